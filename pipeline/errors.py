@@ -1,0 +1,59 @@
+"""Typed errors raised by the model package.
+
+Each carries a stable ``code`` so the worker can turn it into ``{"error": "CODE: message"}``
+without string matching. Messages name the fault and never include credentials.
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base class of every error the model package raises on purpose."""
+
+    code = "PIPELINE_ERROR"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class PoseSpecError(PipelineError, ValueError):
+    """A camera specification (pose string, pose JSON or action list) is malformed."""
+
+    code = "INVALID_POSE"
+
+
+class FrameCountError(PoseSpecError):
+    """A latent / frame count violates the mode's rules; the message lists the nearest valid counts."""
+
+    code = "INVALID_FRAME_COUNT"
+
+
+class ImageError(PipelineError, ValueError):
+    """The conditioning image cannot be used (unreadable, too large, wrong format)."""
+
+    code = "INVALID_IMAGE"
+
+
+class ModelNotFoundError(PipelineError):
+    """A required model component is not available locally and downloading is disabled."""
+
+    code = "MODEL_NOT_FOUND"
+
+
+class ModelDownloadError(PipelineError):
+    """Downloading a model component failed (permanent error, or retries exhausted)."""
+
+    code = "MODEL_DOWNLOAD_FAILED"
+
+
+class CheckpointError(PipelineError):
+    """A checkpoint does not match the architecture (missing / unexpected keys, wrong shapes, truncated)."""
+
+    code = "CHECKPOINT_MISMATCH"
+
+
+class GenerationCancelled(PipelineError):
+    """The caller asked to stop between denoising steps."""
+
+    code = "CANCELLED"
