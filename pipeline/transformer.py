@@ -1,0 +1,569 @@
+"""The WorldPlay DiT: HunyuanVideo-1.5 480p i2v double-stream transformer with camera control.
+
+Module and parameter names follow the official checkpoints, so a state dict loads strictly with no
+key mapping. On top of the base network, WorldPlay adds
+
+* ``action_in``: an embedding of the discrete camera action (0..80) added to the timestep embedding;
+* per-latent-frame modulation: timestep + action are embedded per latent frame and broadcast to the
+  frame's tokens (computed once per frame, not once per token);
+* a second image-attention branch per block whose q/k/v carry PRoPE camera encoding
+  (:mod:`pipeline.prope`), projected by ``img_attn_prope_proj`` and added to the RoPE branch;
+* a separate text timestep (``t`` in bidirectional mode, ``0`` in AR mode);
+* RoPE temporal positions that restart per call (context latents first, current chunk after).
+
+Two ways to run it:
+
+* :meth:`WorldPlayTransformer.forward` -- bidirectional: image and text tokens attend jointly.
+* the AR passes -- :meth:`ar_start` runs the text stream alone and keeps its per-layer K/V in an
+  :class:`ARCache`; :meth:`ar_context_pass` runs the selected clean context latents (which attend to
+  text + themselves) and stores their K/V; :meth:`ar_chunk_pass` runs the current chunk against
+  [text K/V, context K/V, its own K/V]. The cache is one preallocated buffer per layer; nothing is
+  concatenated per step.
+
+Padded text tokens are stripped before the blocks and no attention mask is ever built.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import attention
+from .config import WorldPlayConfig
+from .prope import CameraEncoding
+
+# --------------------------------------------------------------------------------------- layers
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """[N] -> [N, dim] float32, cosines first then sines (the checkpoints' convention)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.reshape(-1, 1).float() * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal features of a scalar (timestep or action id) -> Linear -> SiLU -> Linear."""
+
+    def __init__(self, hidden_size: int, frequency_dim: int = 256):
+        super().__init__()
+        self.frequency_dim = frequency_dim
+        self.mlp = nn.Sequential(nn.Linear(frequency_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        freq = sinusoidal_embedding(t, self.frequency_dim).to(self.mlp[0].weight.dtype)
+        return self.mlp(freq)
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, hidden: int, activation: nn.Module):
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.act = activation
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        normed = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
+        return normed * self.weight
+
+
+class Modulation(nn.Module):
+    """SiLU -> Linear producing `factor` vectors of width `hidden` (shift/scale/gate sets)."""
+
+    def __init__(self, hidden: int, factor: int):
+        super().__init__()
+        self.act = nn.SiLU()
+        self.linear = nn.Linear(hidden, factor * hidden)
+
+    def forward(self, vec: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.act(vec))
+
+
+def layer_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Parameter-free LayerNorm computed in float32."""
+    return F.layer_norm(x.float(), (x.shape[-1],), eps=eps).type_as(x)
+
+
+def per_frame(x: torch.Tensor, frames: int) -> torch.Tensor:
+    """View tokens [B, T*S, C] as [B, T, S, C]."""
+    b, length, c = x.shape
+    return x.view(b, frames, length // frames, c)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x [B, T*S, C]; shift/scale [B, T, C] per frame (T=1 for text)."""
+    frames = shift.shape[1]
+    out = per_frame(x, frames) * (1 + scale.unsqueeze(2)) + shift.unsqueeze(2)
+    return out.view_as(x)
+
+
+def gated(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    frames = gate.shape[1]
+    return (per_frame(x, frames) * gate.unsqueeze(2)).view_as(x)
+
+
+# ----------------------------------------------------------------------------------------- RoPE
+
+
+@lru_cache(maxsize=32)
+def _rope_table(axes: tuple[int, int, int], theta: float, start: int, t: int, h: int, w: int, device: str):
+    grids = torch.meshgrid(
+        torch.arange(start, start + t, dtype=torch.float32),
+        torch.arange(h, dtype=torch.float32),
+        torch.arange(w, dtype=torch.float32),
+        indexing="ij",
+    )
+    cos, sin = [], []
+    for dim, grid in zip(axes, grids):
+        freqs = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32)[: dim // 2] / dim))
+        angles = torch.outer(grid.reshape(-1), freqs)
+        cos.append(angles.cos().repeat_interleave(2, dim=1))
+        sin.append(angles.sin().repeat_interleave(2, dim=1))
+    return torch.cat(cos, 1).to(device), torch.cat(sin, 1).to(device)
+
+
+@dataclass
+class Rope:
+    cos: torch.Tensor  # [L, D] float32
+    sin: torch.Tensor
+
+    @classmethod
+    def create(cls, config: WorldPlayConfig, start: int, t: int, h: int, w: int, device: torch.device) -> "Rope":
+        cos, sin = _rope_table(tuple(config.rope_axes), float(config.rope_theta), start, t, h, w, str(device))
+        return cls(cos, sin)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Rotate adjacent channel pairs of x [B, L, H, D]."""
+        xf = x.float()
+        pairs = xf.unflatten(-1, (-1, 2))
+        rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+        cos = self.cos[None, :, None, :]
+        sin = self.sin[None, :, None, :]
+        return (xf * cos + rotated * sin).type_as(x)
+
+
+# ------------------------------------------------------------------------------------ the cache
+
+
+@dataclass
+class ARCache:
+    """Per-layer K/V for the AR rollout: [text | context | current chunk] along the sequence axis.
+
+    ``keys[i]`` / ``values[i]`` have shape [2, H, capacity, D]: index 0 holds the RoPE branch, index 1
+    the PRoPE branch (the text K/V, which carries no positional encoding, is stored in both).
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    text_len: int
+    context_len: int = 0  # tokens of context currently stored after the text
+    context_latents: int = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2]
+
+    def nbytes(self) -> int:
+        return sum(k.numel() * k.element_size() * 2 for k in self.keys)
+
+
+# ---------------------------------------------------------------------------------------- blocks
+
+
+class DoubleStreamBlock(nn.Module):
+    def __init__(self, config: WorldPlayConfig):
+        super().__init__()
+        c, mlp = config.hidden_size, config.mlp_hidden_size
+        self.heads = config.num_heads
+        self.head_dim = config.head_dim
+        for stream in ("img", "txt"):
+            setattr(self, f"{stream}_mod", Modulation(c, 6))
+            setattr(self, f"{stream}_attn_q", nn.Linear(c, c))
+            setattr(self, f"{stream}_attn_k", nn.Linear(c, c))
+            setattr(self, f"{stream}_attn_v", nn.Linear(c, c))
+            setattr(self, f"{stream}_attn_q_norm", RMSNorm(self.head_dim))
+            setattr(self, f"{stream}_attn_k_norm", RMSNorm(self.head_dim))
+            setattr(self, f"{stream}_attn_proj", nn.Linear(c, c))
+            setattr(self, f"{stream}_mlp", MLP(c, mlp, nn.GELU(approximate="tanh")))
+        self.img_attn_prope_proj = nn.Linear(c, c)
+
+    # -- pieces shared by every mode
+
+    def _qkv(self, stream: str, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor):
+        h = modulate(layer_norm(x), shift, scale)
+        b, length, _ = h.shape
+        q = getattr(self, f"{stream}_attn_q")(h).view(b, length, self.heads, self.head_dim)
+        k = getattr(self, f"{stream}_attn_k")(h).view(b, length, self.heads, self.head_dim)
+        v = getattr(self, f"{stream}_attn_v")(h).view(b, length, self.heads, self.head_dim)
+        q = getattr(self, f"{stream}_attn_q_norm")(q).to(v.dtype)
+        k = getattr(self, f"{stream}_attn_k_norm")(k).to(v.dtype)
+        return q, k, v
+
+    def _finish(self, stream: str, x: torch.Tensor, attn_out: torch.Tensor, mods: tuple[torch.Tensor, ...]):
+        _, _, gate1, shift2, scale2, gate2 = mods
+        x = x + gated(attn_out, gate1)
+        mlp = getattr(self, f"{stream}_mlp")
+        return x + gated(mlp(modulate(layer_norm(x), shift2, scale2)), gate2)
+
+    @staticmethod
+    def _heads_first(x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2)
+
+    @staticmethod
+    def _merge(x: torch.Tensor) -> torch.Tensor:
+        """[B, H, L, D] -> [B, L, H*D]"""
+        return x.transpose(1, 2).flatten(2)
+
+    def _image_update(self, img, img_mods, attn_rope, attn_prope, camera: CameraEncoding):
+        b, length, _ = attn_prope.shape
+        prope_out = camera.outputs(attn_prope.view(b, length, self.heads, self.head_dim)).flatten(2)
+        combined = self.img_attn_proj(attn_rope) + self.img_attn_prope_proj(prope_out)
+        return self._finish("img", img, combined, img_mods)
+
+    # -- bidirectional: joint attention of image and text tokens
+
+    def forward(self, img, txt, vec_img, vec_txt, rope: Rope, camera: CameraEncoding):
+        img_mods = self.img_mod(vec_img).chunk(6, dim=-1)  # each [B, T, C]
+        txt_mods = self.txt_mod(vec_txt).unsqueeze(1).chunk(6, dim=-1)  # each [B, 1, C]
+        q, k, v = self._qkv("img", img, img_mods[0], img_mods[1])
+        tq, tk, tv = self._qkv("txt", txt, txt_mods[0], txt_mods[1])
+        n_img = img.shape[1]
+
+        keys_txt, values_txt = self._heads_first(tk), self._heads_first(tv)
+        joint = attention(
+            self._heads_first(torch.cat([rope(q), tq], 1)),
+            torch.cat([self._heads_first(rope(k)), keys_txt], 2),
+            torch.cat([self._heads_first(v), values_txt], 2),
+        )
+        joint = self._merge(joint)
+        # PRoPE branch: only the image queries are needed (its text output is discarded).
+        prope = attention(
+            self._heads_first(camera.queries(q)),
+            torch.cat([self._heads_first(camera.keys_values(k)), keys_txt], 2),
+            torch.cat([self._heads_first(camera.keys_values(v)), values_txt], 2),
+        )
+        img = self._image_update(img, img_mods, joint[:, :n_img], self._merge(prope), camera)
+        txt = self._finish("txt", txt, self.txt_attn_proj(joint[:, n_img:]), txt_mods)
+        return img, txt
+
+    # -- AR: text alone, then image tokens against the cache
+
+    def forward_text(self, txt, vec_txt):
+        """Text self-attention only; returns the updated text and its K/V [B, H, L, D]."""
+        txt_mods = self.txt_mod(vec_txt).unsqueeze(1).chunk(6, dim=-1)
+        tq, tk, tv = self._qkv("txt", txt, txt_mods[0], txt_mods[1])
+        keys, values = self._heads_first(tk), self._heads_first(tv)
+        out = self._merge(attention(self._heads_first(tq), keys, values))
+        return self._finish("txt", txt, self.txt_attn_proj(out), txt_mods), keys, values
+
+    def forward_cached(self, img, vec_img, rope: Rope, camera: CameraEncoding, keys, values, offset: int):
+        """Image tokens attend to cache[:offset] + themselves; their K/V are written at `offset`.
+
+        `keys`/`values` are this layer's [2, H, capacity, D] buffers (batch 1).
+        """
+        img_mods = self.img_mod(vec_img).chunk(6, dim=-1)
+        q, k, v = self._qkv("img", img, img_mods[0], img_mods[1])
+        n = img.shape[1]
+        end = offset + n
+        keys[0, :, offset:end] = rope(k)[0].transpose(0, 1)
+        keys[1, :, offset:end] = camera.keys_values(k)[0].transpose(0, 1)
+        values[0, :, offset:end] = v[0].transpose(0, 1)
+        values[1, :, offset:end] = camera.keys_values(v)[0].transpose(0, 1)
+        queries = torch.cat([rope(q), camera.queries(q)], 0).transpose(1, 2)  # [2, H, n, D]
+        out = attention(queries, keys[:, :, :end], values[:, :, :end])
+        attn_rope, attn_prope = self._merge(out).chunk(2, dim=0)
+        return self._image_update(img, img_mods, attn_rope, attn_prope, camera)
+
+
+class IndividualTokenRefinerBlock(nn.Module):
+    def __init__(self, hidden: int, heads: int, mlp_hidden: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(hidden, eps=1e-6)
+        self.self_attn_qkv = nn.Linear(hidden, 3 * hidden)
+        self.self_attn_proj = nn.Linear(hidden, hidden)
+        self.norm2 = nn.LayerNorm(hidden, eps=1e-6)
+        self.mlp = MLP(hidden, mlp_hidden, nn.SiLU())
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        gate_attn, gate_mlp = self.adaLN_modulation(c).unsqueeze(1).chunk(2, dim=-1)
+        b, length, width = x.shape
+        qkv = self.self_attn_qkv(self.norm1(x)).view(b, length, 3, self.heads, width // self.heads)
+        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+        out = attention(q, k, v).transpose(1, 2).flatten(2)
+        x = x + self.self_attn_proj(out) * gate_attn
+        return x + self.mlp(self.norm2(x)) * gate_mlp
+
+
+class IndividualTokenRefiner(nn.Module):
+    def __init__(self, hidden: int, heads: int, mlp_hidden: int, depth: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(IndividualTokenRefinerBlock(hidden, heads, mlp_hidden) for _ in range(depth))
+
+
+class TextProjection(nn.Module):
+    def __init__(self, in_dim: int, hidden: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, hidden)
+        self.act_1 = nn.SiLU()
+        self.linear_2 = nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act_1(self.linear_1(x)))
+
+
+class SingleTokenRefiner(nn.Module):
+    """Refines the (unpadded) Qwen hidden states, conditioned on the text timestep and their mean."""
+
+    def __init__(self, config: WorldPlayConfig):
+        super().__init__()
+        c = config.hidden_size
+        self.input_embedder = nn.Linear(config.text_dim, c)
+        self.t_embedder = TimestepEmbedder(c, config.timestep_embed_dim)
+        self.c_embedder = TextProjection(config.text_dim, c)
+        self.individual_token_refiner = IndividualTokenRefiner(
+            c, config.num_heads, config.refiner_mlp_hidden_size, config.refiner_depth
+        )
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        pooled = x.float().mean(dim=1).to(x.dtype)
+        c = self.t_embedder(t) + self.c_embedder(pooled)
+        h = self.input_embedder(x)
+        for block in self.individual_token_refiner.blocks:
+            h = block(h, c)
+        return h
+
+
+class ByT5Mapper(nn.Module):
+    def __init__(self, config: WorldPlayConfig):
+        super().__init__()
+        self.layernorm = nn.LayerNorm(config.byt5_dim)
+        self.fc1 = nn.Linear(config.byt5_dim, config.byt5_hidden_size)
+        self.fc2 = nn.Linear(config.byt5_hidden_size, config.byt5_out_size)
+        self.fc3 = nn.Linear(config.byt5_out_size, config.hidden_size)
+        self.act_fn = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(self.act_fn(self.fc2(self.act_fn(self.fc1(self.layernorm(x))))))
+
+
+class VisionProjection(nn.Module):
+    def __init__(self, config: WorldPlayConfig):
+        super().__init__()
+        d, c = config.vision_dim, config.hidden_size
+        self.proj = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, c), nn.LayerNorm(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class PatchEmbed(nn.Module):
+    """1x1x1 patches: a per-token linear map of the 2*latent+1 input channels (kept as Conv3d weights)."""
+
+    def __init__(self, in_channels: int, hidden: int):
+        super().__init__()
+        self.proj = nn.Conv3d(in_channels, hidden, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, ch, t, h, w = x.shape
+        tokens = x.permute(0, 2, 3, 4, 1).reshape(b, t * h * w, ch)
+        return F.linear(tokens, self.proj.weight.view(self.proj.weight.shape[0], ch), self.proj.bias)
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, hidden: int, out_channels: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden, out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
+
+    def forward(self, x: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(vec).chunk(2, dim=-1)
+        return self.linear(modulate(layer_norm(x), shift, scale))
+
+
+# ---------------------------------------------------------------------------------- the model
+
+
+@dataclass
+class ConditionTokens:
+    """Conditioning tokens after projection: [SigLIP, valid byT5, valid Qwen] and the text modulation."""
+
+    tokens: torch.Tensor  # [1, Lc, C]
+    vec: torch.Tensor  # [1, C]
+
+
+@dataclass
+class VideoTokens:
+    """One call's image tokens and their per-frame conditioning."""
+
+    tokens: torch.Tensor  # [B, T*h*w, C]
+    vec: torch.Tensor  # [B, T, C] timestep + action embedding per latent frame
+    rope: Rope
+    camera: CameraEncoding
+    shape: tuple[int, int, int]  # (T, h, w)
+
+
+class WorldPlayTransformer(nn.Module):
+    def __init__(self, config: WorldPlayConfig):
+        super().__init__()
+        self.config = config
+        c = config.hidden_size
+        self.img_in = PatchEmbed(config.in_channels, c)
+        self.txt_in = SingleTokenRefiner(config)
+        self.byt5_in = ByT5Mapper(config)
+        self.vision_in = VisionProjection(config)
+        self.time_in = TimestepEmbedder(c, config.timestep_embed_dim)
+        self.action_in = TimestepEmbedder(c, config.timestep_embed_dim)
+        self.cond_type_embedding = nn.Embedding(3, c)
+        self.double_blocks = nn.ModuleList(DoubleStreamBlock(config) for _ in range(config.num_layers))
+        self.final_layer = FinalLayer(c, config.out_channels)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.final_layer.linear.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.final_layer.linear.weight.device
+
+    # -- conditioning
+
+    def embed_condition(
+        self,
+        text: torch.Tensor,
+        text_mask: torch.Tensor,
+        byt5: torch.Tensor,
+        byt5_mask: torch.Tensor,
+        vision: torch.Tensor,
+        timestep_txt: float | torch.Tensor,
+    ) -> ConditionTokens:
+        """Project one sample's encoder outputs into [vision, byT5, text] tokens, padding removed.
+
+        text [1, Lt, text_dim] + mask [1, Lt]; byt5 [1, Lb, byt5_dim] + mask [1, Lb];
+        vision [1, Lv, vision_dim]. Only tokens whose mask is set are kept.
+        """
+        if text.shape[0] != 1:
+            raise ValueError("embed_condition takes one sample; run CFG branches separately")
+        dtype, device = self.dtype, self.device
+        t_txt = torch.as_tensor(timestep_txt, dtype=torch.float32, device=device).reshape(1)
+        text_valid = text[0][text_mask[0].bool()].unsqueeze(0).to(device, dtype)
+        byt5_valid = byt5[0][byt5_mask[0].bool()].unsqueeze(0).to(device, dtype)
+        type_emb = self.cond_type_embedding.weight
+        parts = [self.vision_in(vision.to(device, dtype)) + type_emb[2]]
+        if byt5_valid.shape[1]:
+            parts.append(self.byt5_in(byt5_valid) + type_emb[1])
+        parts.append(self.txt_in(text_valid, t_txt) + type_emb[0])
+        return ConditionTokens(tokens=torch.cat(parts, dim=1), vec=self.time_in(t_txt))
+
+    def embed_video(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        actions: torch.Tensor,
+        viewmats: torch.Tensor,
+        intrinsics: torch.Tensor,
+        rope_start: int = 0,
+    ) -> VideoTokens:
+        """latents [B, 2*latent+1, T, h, w]; timesteps/actions [B, T]; viewmats [B, T, 4, 4]; intrinsics [B, T, 3, 3]."""
+        b, _, t, h, w = latents.shape
+        dtype, device = self.dtype, self.device
+        tokens = self.img_in(latents.to(device, dtype))
+        timesteps = torch.as_tensor(timesteps, device=device).float().expand(b, t)
+        actions = torch.as_tensor(actions, device=device).float().expand(b, t)
+        vec = self.time_in(timesteps.reshape(-1)) + self.action_in(actions.reshape(-1))
+        return VideoTokens(
+            tokens=tokens,
+            vec=vec.view(b, t, -1),
+            rope=Rope.create(self.config, rope_start, t, h, w, device),
+            camera=CameraEncoding.create(
+                viewmats.to(device).expand(b, t, 4, 4), intrinsics.to(device).expand(b, t, 3, 3), dtype
+            ),
+            shape=(t, h, w),
+        )
+
+    def _project_out(self, video: VideoTokens, img: torch.Tensor) -> torch.Tensor:
+        out = self.final_layer(img, video.vec)
+        t, h, w = video.shape
+        return out.view(out.shape[0], t, h, w, -1).permute(0, 4, 1, 2, 3)
+
+    # -- bidirectional
+
+    def forward(self, video: VideoTokens, condition: ConditionTokens) -> torch.Tensor:
+        """Joint attention of all image and text tokens; returns the velocity [B, out, T, h, w]."""
+        img = video.tokens
+        txt = condition.tokens.expand(img.shape[0], -1, -1)
+        vec_txt = condition.vec.expand(img.shape[0], -1)
+        for block in self.double_blocks:
+            img, txt = block(img, txt, video.vec, vec_txt, video.rope, video.camera)
+        return self._project_out(video, img)
+
+    # -- autoregressive
+
+    def ar_start(self, condition: ConditionTokens, max_video_tokens: int) -> ARCache:
+        """Run the text stream alone (text attends to text) and keep every layer's text K/V."""
+        txt, vec_txt = condition.tokens, condition.vec
+        text_len = txt.shape[1]
+        capacity = text_len + max_video_tokens
+        cfg = self.config
+        keys, values = [], []
+        for block in self.double_blocks:
+            txt, k, v = block.forward_text(txt, vec_txt)
+            buf_k = torch.empty(2, cfg.num_heads, capacity, cfg.head_dim, dtype=self.dtype, device=self.device)
+            buf_v = torch.empty_like(buf_k)
+            buf_k[:, :, :text_len] = k[0]
+            buf_v[:, :, :text_len] = v[0]
+            keys.append(buf_k)
+            values.append(buf_v)
+        return ARCache(keys=keys, values=values, text_len=text_len)
+
+    def _run_cached(self, cache: ARCache, video: VideoTokens, offset: int) -> torch.Tensor:
+        if video.tokens.shape[0] != 1:
+            raise ValueError("the AR passes take one sample; run CFG branches with separate caches")
+        if offset + video.tokens.shape[1] > cache.capacity:
+            raise ValueError(f"AR cache holds {cache.capacity} tokens; {offset + video.tokens.shape[1]} needed")
+        img = video.tokens
+        for block, k, v in zip(self.double_blocks, cache.keys, cache.values):
+            img = block.forward_cached(img, video.vec, video.rope, video.camera, k, v, offset)
+        return img
+
+    def ar_context_pass(self, cache: ARCache, video: VideoTokens) -> None:
+        """Store the K/V of the selected clean context latents (they attend to text + themselves).
+
+        Replaces whatever context the cache held; `video` must use RoPE start 0.
+        """
+        self._run_cached(cache, video, cache.text_len)
+        cache.context_len = video.tokens.shape[1]
+        cache.context_latents = video.shape[0]
+
+    def ar_clear_context(self, cache: ARCache) -> None:
+        cache.context_len = 0
+        cache.context_latents = 0
+
+    def ar_chunk_pass(self, cache: ARCache, video: VideoTokens) -> torch.Tensor:
+        """Velocity of the current chunk, attending to [text, context, itself].
+
+        `video` must use RoPE start = cache.context_latents.
+        """
+        img = self._run_cached(cache, video, cache.text_len + cache.context_len)
+        return self._project_out(video, img)
