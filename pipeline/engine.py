@@ -1,0 +1,334 @@
+"""WorldPlayPipeline: everything loaded once per worker; one call renders one video.
+
+``generate`` runs: constraint checks (before any heavy work) -> image bucket + VAE condition latent ->
+prompt / image encoding (encoders then leave the GPU when memory is tight) -> AR or bidirectional
+rollout on the resident DiT -> VAE decode -> uint8 frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import components as comp
+from .camera import CameraTrajectory, check_latent_count
+from .checkpoint import load_transformer
+from .errors import ImageError, PipelineError
+from .memory import MEMORY_SIZE, sample_memory_points, select_context_latents
+from .rollout import (
+    AR_CHUNK_LATENTS,
+    Camera,
+    Conditioning,
+    ar_rollout,
+    bidirectional_rollout,
+    fresh_scheduler,
+)
+from .transformer import WorldPlayTransformer
+
+logger = logging.getLogger("worldplay.engine")
+
+Mode = Literal["ar", "bidirectional"]
+MODES: tuple[str, ...] = ("ar", "bidirectional")
+DEFAULTS = {"ar": {"steps": 4, "guidance": 1.0}, "bidirectional": {"steps": 30, "guidance": 6.0}}
+FPS = 24
+
+
+@dataclass
+class GenerationRequest:
+    prompt: str
+    image: Image.Image
+    camera: CameraTrajectory
+    mode: Mode = "ar"
+    negative_prompt: str = ""
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    seed: int = 0
+
+    @property
+    def steps(self) -> int:
+        return int(self.num_inference_steps or DEFAULTS[self.mode]["steps"])
+
+    @property
+    def guidance(self) -> float:
+        value = self.guidance_scale
+        return float(DEFAULTS[self.mode]["guidance"] if value is None else value)
+
+
+@dataclass
+class GenerationResult:
+    frames: np.ndarray  # uint8 [T, H, W, 3]
+    width: int
+    height: int
+    num_frames: int
+    seed: int
+    mode: str
+    num_inference_steps: int
+    guidance_scale: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _Timer:
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - started, 4)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+class WorldPlayPipeline:
+    def __init__(
+        self,
+        *,
+        transformers: dict[str, WorldPlayTransformer],
+        encoders: "comp.ConditionEncoders",
+        vae,
+        scheduler,
+        device: torch.device,
+        dtype: torch.dtype,
+        offload_encoders: bool,
+        load_info: dict | None = None,
+    ):
+        self.transformers = transformers
+        self.encoders = encoders
+        self.vae = vae
+        self.scheduler = scheduler
+        self.device = device
+        self.dtype = dtype
+        self.offload_encoders = offload_encoders
+        self.load_info = load_info or {}
+
+    # ------------------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_paths(
+        cls,
+        paths,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        modes: tuple[str, ...] | None = None,
+    ) -> "WorldPlayPipeline":
+        """Load every component from a resolved :class:`pipeline.resolve.ModelPaths`."""
+        device = torch.device(device) if device is not None else default_device()
+        dtype = dtype or default_dtype(device)
+        modes = tuple(modes or paths.transformer.keys())
+        missing = [m for m in modes if m not in paths.transformer]
+        if missing:
+            raise PipelineError(f"no transformer checkpoint resolved for mode(s) {missing}")
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        transformers = {}
+        for mode in modes:
+            t0 = time.perf_counter()
+            transformers[mode] = load_transformer(paths.transformer[mode], device=device, dtype=dtype)
+            timings[f"transformer_{mode}"] = round(time.perf_counter() - t0, 3)
+        offload = _should_offload_encoders(device)
+        t0 = time.perf_counter()
+        encoders = comp.ConditionEncoders.from_pretrained(
+            paths.components, device="cpu" if offload else device, dtype=dtype
+        )
+        timings["encoders"] = round(time.perf_counter() - t0, 3)
+        t0 = time.perf_counter()
+        vae = comp.load_vae(paths.components, device=device, dtype=dtype)
+        scheduler = comp.load_scheduler(paths.components)
+        timings["vae_scheduler"] = round(time.perf_counter() - t0, 3)
+        timings["total"] = round(time.perf_counter() - started, 3)
+        info = {
+            "load_seconds": timings,
+            "sources": dict(getattr(paths, "sources", {}) or {}),
+            "resolve_seconds": dict(getattr(paths, "timings", {}) or {}),
+        }
+        logger.info("pipeline ready on %s (%s), modes %s, load %s", device, dtype, modes, timings)
+        return cls(
+            transformers=transformers,
+            encoders=encoders,
+            vae=vae,
+            scheduler=scheduler,
+            device=device,
+            dtype=dtype,
+            offload_encoders=offload,
+            load_info=info,
+        )
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return tuple(self.transformers)
+
+    def health(self) -> dict:
+        import diffusers
+        import transformers as hf_transformers
+
+        info = {
+            "modes": list(self.modes),
+            "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "offload_encoders": self.offload_encoders,
+            "versions": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "diffusers": diffusers.__version__,
+                "transformers": hf_transformers.__version__,
+            },
+            **self.load_info,
+        }
+        if self.device.type == "cuda":
+            info["gpu"] = torch.cuda.get_device_name(self.device)
+            info["gpu_memory_allocated_gb"] = round(torch.cuda.memory_allocated(self.device) / 1e9, 2)
+        return info
+
+    # ---------------------------------------------------------------------------- generation
+
+    def validate(self, request: GenerationRequest) -> None:
+        """Every cheap check, before any heavy work."""
+        if request.mode not in self.transformers:
+            raise PipelineError(f"mode {request.mode!r} is not loaded on this worker (loaded: {list(self.modes)})")
+        check_latent_count(request.camera.num_latents, request.mode)
+        if request.steps < 1:
+            raise PipelineError("num_inference_steps must be at least 1")
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        request: GenerationRequest,
+        callback: Callable[[str, int, int], None] | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> GenerationResult:
+        self.validate(request)
+        timer = _Timer(self.device)
+        transformer = self.transformers[request.mode]
+        steps, guidance = request.steps, request.guidance
+        use_cfg = guidance > 1.0
+
+        with timer.stage("prepare_image"):
+            image = _as_rgb(request.image)
+            width, height = comp.select_bucket(image.width, image.height)
+            pixels = comp.prepare_image(image, width, height).to(self.device, self.dtype)
+            image_latent = comp.encode_condition_latents(self.vae, pixels)  # [1, C, 1, h, w]
+
+        with timer.stage("encode_prompt"), self._encoders_on_device():
+            positive = self._conditioning(request.prompt, image)
+            negative = self._conditioning(request.negative_prompt, image) if use_cfg else None
+
+        num_latents = request.camera.num_latents
+        _, channels, _, h, w = image_latent.shape
+        cond_latents = torch.zeros(1, channels + 1, num_latents, h, w, device=self.device, dtype=torch.float32)
+        cond_latents[:, :channels, 0] = image_latent[:, :, 0].float()
+        cond_latents[:, channels, 0] = 1.0
+
+        generator = torch.Generator("cpu").manual_seed(int(request.seed))
+        latents = torch.randn((1, channels, num_latents, h, w), generator=generator, dtype=torch.float32)
+        latents = latents.to(self.device)
+        points = sample_memory_points(generator)
+        w2c = request.camera.w2c
+
+        def select(chunk_start: int, chunk_size: int):
+            return select_context_latents(w2c, chunk_start, chunk_size, points=points)
+
+        select.memory_size = MEMORY_SIZE  # type: ignore[attr-defined]
+        camera = Camera(
+            viewmats=request.camera.w2c.unsqueeze(0).to(self.device),
+            intrinsics=request.camera.intrinsics.unsqueeze(0).to(self.device),
+            actions=request.camera.actions.unsqueeze(0).to(self.device),
+        )
+        rollout = ar_rollout if request.mode == "ar" else bidirectional_rollout
+        with timer.stage("denoise"):
+            latents = rollout(
+                transformer,
+                fresh_scheduler(self.scheduler),
+                latents=latents,
+                cond_latents=cond_latents,
+                camera=camera,
+                positive=positive,
+                negative=negative,
+                guidance_scale=guidance,
+                num_steps=steps,
+                select_context=select,
+                callback=callback,
+                should_cancel=should_cancel,
+            )
+        with timer.stage("decode"):
+            video = comp.decode_latents(self.vae, latents.to(self.dtype))  # [1, 3, T, H, W] in [0, 1]
+            frames = (video[0].permute(1, 2, 3, 0).float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        if callback is not None:
+            callback("decoded", 1, 1)
+        return GenerationResult(
+            frames=frames,
+            width=frames.shape[2],
+            height=frames.shape[1],
+            num_frames=frames.shape[0],
+            seed=int(request.seed),
+            mode=request.mode,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            timings=timer.timings,
+        )
+
+    def _conditioning(self, prompt: str, image: Image.Image) -> Conditioning:
+        embeds = self.encoders.encode_prompt(prompt)
+        vision = self.encoders.encode_image(image)
+        return Conditioning(
+            text=embeds.text,
+            text_mask=embeds.text_mask,
+            byt5=embeds.byt5,
+            byt5_mask=embeds.byt5_mask,
+            vision=vision,
+        )
+
+    @contextmanager
+    def _encoders_on_device(self) -> Iterator[None]:
+        if not self.offload_encoders:
+            yield
+            return
+        self.encoders.to(self.device)
+        try:
+            yield
+        finally:
+            self.encoders.to("cpu")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+
+def _as_rgb(image: Image.Image) -> Image.Image:
+    if not isinstance(image, Image.Image):
+        raise ImageError("the conditioning image must be a PIL image")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _should_offload_encoders(device: torch.device) -> bool:
+    """Keep the encoders resident when the GPU has room for DiT + encoders + AR cache (>= 100 GB)."""
+    choice = os.environ.get("WORLDPLAY_OFFLOAD_ENCODERS", "auto").lower()
+    if device.type != "cuda":
+        return False
+    if choice in ("1", "true", "yes"):
+        return True
+    if choice in ("0", "false", "no"):
+        return False
+    total = torch.cuda.get_device_properties(device).total_memory
+    return total < 100 * 1024**3
+
+
+__all__ = ["AR_CHUNK_LATENTS", "GenerationRequest", "GenerationResult", "WorldPlayPipeline", "MODES", "DEFAULTS"]

@@ -1,0 +1,233 @@
+"""The two generation modes: autoregressive (chunks of 4 latents) and bidirectional (chunks of 16).
+
+Both denoise latents chunk by chunk; later chunks see a selection of earlier, already clean latents
+("memory": :mod:`pipeline.memory`) at the stabilisation timestep 14.
+
+* AR: the text stream runs once and its K/V is cached; per chunk the selected context latents run
+  once to fill the context K/V; each denoising step then runs only the chunk's own tokens.
+* Bidirectional: each step runs [context latents, chunk latents] jointly with the text tokens;
+  classifier-free guidance runs the unconditional and conditional branches as two batch-1 passes
+  (a padded batch of 2 would need an attention mask, which rules out the flash kernels).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+import torch
+
+from .errors import GenerationCancelled
+from .transformer import ConditionTokens, WorldPlayTransformer
+
+CONTEXT_TIMESTEP = 14.0  # upstream: stabilization_level - 1
+AR_CHUNK_LATENTS = 4
+BIDIRECTIONAL_CHUNK_LATENTS = 16
+
+StepCallback = Callable[[str, int, int], None]
+ChunkCallback = Callable[[int, int, torch.Tensor], None]
+
+
+class ContextSelector(Protocol):
+    def __call__(self, chunk_start: int, chunk_size: int) -> Sequence[int]: ...
+
+
+@dataclass
+class Conditioning:
+    """One CFG branch's encoder outputs (batch 1)."""
+
+    text: torch.Tensor  # [1, Lt, text_dim]
+    text_mask: torch.Tensor  # [1, Lt]
+    byt5: torch.Tensor  # [1, Lb, byt5_dim]
+    byt5_mask: torch.Tensor  # [1, Lb]
+    vision: torch.Tensor  # [1, Lv, vision_dim]
+
+    def tokens(self, transformer: WorldPlayTransformer, timestep_txt: float | torch.Tensor) -> ConditionTokens:
+        return transformer.embed_condition(
+            self.text, self.text_mask, self.byt5, self.byt5_mask, self.vision, timestep_txt
+        )
+
+
+@dataclass
+class Camera:
+    """Per-latent camera inputs of the whole video, on the transformer's device."""
+
+    viewmats: torch.Tensor  # [1, L, 4, 4] world-to-camera
+    intrinsics: torch.Tensor  # [1, L, 3, 3] normalised
+    actions: torch.Tensor  # [1, L] int
+
+    def take(self, index: slice | Sequence[int]):
+        return self.viewmats[:, index], self.intrinsics[:, index], self.actions[:, index]
+
+
+class Progress:
+    """Counts denoising steps, reports them, and stops between steps when asked to."""
+
+    def __init__(self, total: int, callback: StepCallback | None, should_cancel: Callable[[], bool] | None):
+        self.total = total
+        self.done = 0
+        self.callback = callback
+        self.should_cancel = should_cancel
+
+    def check(self) -> None:
+        if self.should_cancel is not None and self.should_cancel():
+            raise GenerationCancelled(f"cancelled after {self.done} of {self.total} denoising steps")
+
+    def step(self) -> None:
+        self.done += 1
+        if self.callback is not None:
+            self.callback("denoising", self.done, self.total)
+
+
+def _timesteps(scheduler, steps: int, device: torch.device):
+    scheduler.set_timesteps(steps, device=device)
+    return scheduler.timesteps
+
+
+def _guided(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
+    return uncond + scale * (cond - uncond)
+
+
+def _context_indices(select: ContextSelector, start: int, size: int) -> list[int]:
+    """Union of the memory selections of each 4-latent block of the chunk, chunk itself excluded."""
+    chosen: set[int] = set()
+    for block_start in range(start, start + size, AR_CHUNK_LATENTS):
+        chosen.update(int(i) for i in select(block_start, AR_CHUNK_LATENTS))
+    return sorted(i for i in chosen if not start <= i < start + size)
+
+
+def ar_rollout(
+    transformer: WorldPlayTransformer,
+    scheduler,
+    *,
+    latents: torch.Tensor,
+    cond_latents: torch.Tensor,
+    camera: Camera,
+    positive: Conditioning,
+    negative: Conditioning | None,
+    guidance_scale: float,
+    num_steps: int,
+    select_context: ContextSelector,
+    callback: StepCallback | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    on_chunk: ChunkCallback | None = None,
+) -> torch.Tensor:
+    """Denoise `latents` [1, C, L, h, w] in chunks of 4; returns the clean latents (same tensor)."""
+    num_latents = latents.shape[2]
+    chunks = num_latents // AR_CHUNK_LATENTS
+    device = transformer.device
+    use_cfg = negative is not None and guidance_scale > 1.0
+    progress = Progress(chunks * num_steps, callback, should_cancel)
+    tokens_per_latent = latents.shape[3] * latents.shape[4]
+    # the largest context is memory_size (20) latents; size the cache for it plus one chunk
+    capacity = tokens_per_latent * (_max_context(select_context, num_latents) + AR_CHUNK_LATENTS)
+
+    branches = [positive] + ([negative] if use_cfg else [])
+    caches = [transformer.ar_start(b.tokens(transformer, 0.0), capacity) for b in branches]
+    for chunk in range(chunks):
+        start, end = chunk * AR_CHUNK_LATENTS, (chunk + 1) * AR_CHUNK_LATENTS
+        context = _context_indices(select_context, start, AR_CHUNK_LATENTS) if chunk else []
+        if context:
+            ctx_input = torch.cat([latents[:, :, context], cond_latents[:, :, context]], dim=1)
+            ctx_video = transformer.embed_video(
+                ctx_input, torch.full((len(context),), CONTEXT_TIMESTEP), *_camera_args(camera, context), rope_start=0
+            )
+            for cache in caches:
+                transformer.ar_context_pass(cache, ctx_video)
+        else:
+            for cache in caches:
+                transformer.ar_clear_context(cache)
+        timesteps = _timesteps(scheduler, num_steps, device)
+        chunk_latents = latents[:, :, start:end]
+        for t in timesteps:
+            progress.check()
+            model_input = torch.cat([chunk_latents, cond_latents[:, :, start:end]], dim=1)
+            video = transformer.embed_video(
+                model_input,
+                torch.full((AR_CHUNK_LATENTS,), float(t)),
+                *_camera_args(camera, slice(start, end)),
+                rope_start=len(context),
+            )
+            velocity = transformer.ar_chunk_pass(caches[0], video)
+            if use_cfg:
+                velocity = _guided(transformer.ar_chunk_pass(caches[1], video), velocity, guidance_scale)
+            chunk_latents = scheduler.step(velocity.float(), t, chunk_latents.float(), return_dict=False)[0].to(
+                latents.dtype
+            )
+            progress.step()
+        latents[:, :, start:end] = chunk_latents
+        if on_chunk is not None:
+            on_chunk(start, end, latents)
+    return latents
+
+
+def bidirectional_rollout(
+    transformer: WorldPlayTransformer,
+    scheduler,
+    *,
+    latents: torch.Tensor,
+    cond_latents: torch.Tensor,
+    camera: Camera,
+    positive: Conditioning,
+    negative: Conditioning | None,
+    guidance_scale: float,
+    num_steps: int,
+    select_context: ContextSelector,
+    callback: StepCallback | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    on_chunk: ChunkCallback | None = None,
+) -> torch.Tensor:
+    """Denoise `latents` [1, C, L, h, w] in chunks of 16 with full attention per step."""
+    num_latents = latents.shape[2]
+    chunks = num_latents // BIDIRECTIONAL_CHUNK_LATENTS
+    device = transformer.device
+    use_cfg = negative is not None and guidance_scale > 1.0
+    progress = Progress(chunks * num_steps, callback, should_cancel)
+    size = BIDIRECTIONAL_CHUNK_LATENTS
+    for chunk in range(chunks):
+        start, end = chunk * size, (chunk + 1) * size
+        context = _context_indices(select_context, start, size) if chunk else []
+        positions = context + list(range(start, end))
+        frame_t = torch.full((len(positions),), CONTEXT_TIMESTEP)
+        # upstream quirk kept on purpose: the condition channels are those of the first n positions
+        cond = cond_latents[:, :, : len(positions)]
+        timesteps = _timesteps(scheduler, num_steps, device)
+        chunk_latents = latents[:, :, start:end]
+        for t in timesteps:
+            progress.check()
+            frame_t[len(context):] = float(t)
+            joint = torch.cat([latents[:, :, context], chunk_latents], dim=2) if context else chunk_latents
+            video = transformer.embed_video(
+                torch.cat([joint, cond], dim=1), frame_t, *_camera_args(camera, positions), rope_start=0
+            )
+            velocity = transformer(video, positive.tokens(transformer, t))
+            if use_cfg:
+                uncond = transformer(video, negative.tokens(transformer, t))
+                velocity = _guided(uncond, velocity, guidance_scale)
+            velocity = velocity[:, :, len(context):]
+            chunk_latents = scheduler.step(velocity.float(), t, chunk_latents.float(), return_dict=False)[0].to(
+                latents.dtype
+            )
+            progress.step()
+        latents[:, :, start:end] = chunk_latents
+        if on_chunk is not None:
+            on_chunk(start, end, latents)
+    return latents
+
+
+def _camera_args(camera: Camera, index):
+    if isinstance(index, slice):
+        return camera.take(index)
+    idx = torch.as_tensor(list(index), dtype=torch.long, device=camera.viewmats.device)
+    return camera.viewmats[:, idx], camera.intrinsics[:, idx], camera.actions[:, idx]
+
+
+def _max_context(select_context: ContextSelector, num_latents: int) -> int:
+    limit = getattr(select_context, "memory_size", None)
+    return min(num_latents, int(limit)) if limit else num_latents
+
+
+def fresh_scheduler(scheduler):
+    """An independent copy (the diffusers scheduler keeps per-run state)."""
+    return copy.deepcopy(scheduler)
