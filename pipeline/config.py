@@ -51,6 +51,7 @@ class WorldPlayConfig:
     vision_dim: int = 1152  # SigLIP width
     num_actions: int = 81
     timestep_embed_dim: int = 256
+    resolution_base: int = 640  # side of the square bucket the model was trained at (480p: 640)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -88,11 +89,12 @@ class WorldPlayConfig:
             rope_axes=(4, 14, 14),
             text_dim=32,
             refiner_depth=2,
-            refiner_mlp_hidden_size=128,
+            refiner_mlp_hidden_size=256,  # upstream: 4x hidden, whatever the block MLP ratio
             byt5_dim=16,
             byt5_hidden_size=32,
             byt5_out_size=32,
             vision_dim=32,
+            resolution_base=64,
         )
         values.update(overrides)
         if "rope_axes" not in overrides and ("num_heads" in overrides or "hidden_size" in overrides):

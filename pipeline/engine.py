@@ -28,6 +28,7 @@ from .rollout import (
     AR_CHUNK_LATENTS,
     Camera,
     Conditioning,
+    Trace,
     ar_rollout,
     bidirectional_rollout,
     fresh_scheduler,
@@ -216,7 +217,17 @@ class WorldPlayPipeline:
         request: GenerationRequest,
         callback: Callable[[str, int, int], None] | None = None,
         should_cancel: Callable[[], bool] | None = None,
+        *,
+        on_first_frames: Callable[[np.ndarray], None] | None = None,
+        trace: Trace | None = None,
     ) -> GenerationResult:
+        """Render one video.
+
+        `callback(stage, step, total)` is called once per denoising step (stage "denoising") and once
+        after decoding ("decoded"); `should_cancel()` is polled before every step. With
+        `on_first_frames`, the first chunk is decoded as soon as it is clean and its frames handed over
+        (a causal VAE makes them identical to the final video's first frames).
+        """
         self.validate(request)
         timer = _Timer(self.device)
         transformer = self.transformers[request.mode]
@@ -225,13 +236,13 @@ class WorldPlayPipeline:
 
         with timer.stage("prepare_image"):
             image = _as_rgb(request.image)
-            width, height = comp.select_bucket(image.width, image.height)
+            width, height = comp.select_bucket(image.width, image.height, transformer.config.resolution_base)
             pixels = comp.prepare_image(image, width, height).to(self.device, self.dtype)
             image_latent = comp.encode_condition_latents(self.vae, pixels)  # [1, C, 1, h, w]
 
         with timer.stage("encode_prompt"), self._encoders_on_device():
-            positive = self._conditioning(request.prompt, image)
-            negative = self._conditioning(request.negative_prompt, image) if use_cfg else None
+            positive = self._conditioning(request.prompt, image, width, height)
+            negative = self._conditioning(request.negative_prompt, image, width, height) if use_cfg else None
 
         num_latents = request.camera.num_latents
         _, channels, _, h, w = image_latent.shape
@@ -255,6 +266,15 @@ class WorldPlayPipeline:
             actions=request.camera.actions.unsqueeze(0).to(self.device),
         )
         rollout = ar_rollout if request.mode == "ar" else bidirectional_rollout
+        on_chunk = None
+        if on_first_frames is not None:
+
+            def on_chunk(start: int, end: int, current: torch.Tensor) -> None:
+                if start == 0:
+                    with timer.stage("first_frames_decode"):
+                        preview = comp.decode_latents(self.vae, current[:, :, :end].to(self.dtype))
+                    on_first_frames(comp.frames_to_uint8(preview))
+
         with timer.stage("denoise"):
             latents = rollout(
                 transformer,
@@ -269,10 +289,12 @@ class WorldPlayPipeline:
                 select_context=select,
                 callback=callback,
                 should_cancel=should_cancel,
+                on_chunk=on_chunk,
+                trace=trace,
             )
         with timer.stage("decode"):
             video = comp.decode_latents(self.vae, latents.to(self.dtype))  # [1, 3, T, H, W] in [0, 1]
-            frames = (video[0].permute(1, 2, 3, 0).float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+            frames = comp.frames_to_uint8(video)
         if callback is not None:
             callback("decoded", 1, 1)
         return GenerationResult(
@@ -287,9 +309,9 @@ class WorldPlayPipeline:
             timings=timer.timings,
         )
 
-    def _conditioning(self, prompt: str, image: Image.Image) -> Conditioning:
+    def _conditioning(self, prompt: str, image: Image.Image, width: int, height: int) -> Conditioning:
         embeds = self.encoders.encode_prompt(prompt)
-        vision = self.encoders.encode_image(image)
+        vision = self.encoders.encode_image(image, width, height)
         return Conditioning(
             text=embeds.text,
             text_mask=embeds.text_mask,

@@ -13,11 +13,13 @@ Both denoise latents chunk by chunk; later chunks see a selection of earlier, al
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
 import torch
 
+from .components import set_timesteps
 from .errors import GenerationCancelled
 from .transformer import ConditionTokens, WorldPlayTransformer
 
@@ -57,8 +59,38 @@ class Camera:
     intrinsics: torch.Tensor  # [1, L, 3, 3] normalised
     actions: torch.Tensor  # [1, L] int
 
-    def take(self, index: slice | Sequence[int]):
-        return self.viewmats[:, index], self.intrinsics[:, index], self.actions[:, index]
+
+
+class Trace:
+    """Optional per-pass record for benchmarks: kind, chunk, query/key token counts and seconds.
+
+    Timing synchronises the device around each pass, so it is only enabled when asked for.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.events: list[dict] = []
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def run(self, kind: str, chunk: int, query_tokens: int, key_tokens: int, fn, *args, **kwargs):
+        self._sync()
+        started = time.perf_counter()
+        out = fn(*args, **kwargs)
+        self._sync()
+        self.events.append(
+            {"kind": kind, "chunk": chunk, "query_tokens": query_tokens, "key_tokens": key_tokens,
+             "seconds": time.perf_counter() - started}
+        )
+        return out
+
+
+def _traced(trace: "Trace | None", kind: str, chunk: int, query_tokens: int, key_tokens: int, fn, *args, **kwargs):
+    if trace is None:
+        return fn(*args, **kwargs)
+    return trace.run(kind, chunk, query_tokens, key_tokens, fn, *args, **kwargs)
 
 
 class Progress:
@@ -81,8 +113,8 @@ class Progress:
 
 
 def _timesteps(scheduler, steps: int, device: torch.device):
-    scheduler.set_timesteps(steps, device=device)
-    return scheduler.timesteps
+    """Restart the scheduler on upstream's shifted schedule (1000, 937.5, 833.3, 625 for 4 steps)."""
+    return set_timesteps(scheduler, steps, device=device)
 
 
 def _guided(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
@@ -112,6 +144,7 @@ def ar_rollout(
     callback: StepCallback | None = None,
     should_cancel: Callable[[], bool] | None = None,
     on_chunk: ChunkCallback | None = None,
+    trace: Trace | None = None,
 ) -> torch.Tensor:
     """Denoise `latents` [1, C, L, h, w] in chunks of 4; returns the clean latents (same tensor)."""
     num_latents = latents.shape[2]
@@ -124,7 +157,10 @@ def ar_rollout(
     capacity = tokens_per_latent * (_max_context(select_context, num_latents) + AR_CHUNK_LATENTS)
 
     branches = [positive] + ([negative] if use_cfg else [])
-    caches = [transformer.ar_start(b.tokens(transformer, 0.0), capacity) for b in branches]
+    caches = [
+        _traced(trace, "text", 0, 0, 0, lambda b=b: transformer.ar_start(b.tokens(transformer, 0.0), capacity))
+        for b in branches
+    ]
     for chunk in range(chunks):
         start, end = chunk * AR_CHUNK_LATENTS, (chunk + 1) * AR_CHUNK_LATENTS
         context = _context_indices(select_context, start, AR_CHUNK_LATENTS) if chunk else []
@@ -133,8 +169,9 @@ def ar_rollout(
             ctx_video = transformer.embed_video(
                 ctx_input, torch.full((len(context),), CONTEXT_TIMESTEP), *_camera_args(camera, context), rope_start=0
             )
+            n_ctx = ctx_video.tokens.shape[1]
             for cache in caches:
-                transformer.ar_context_pass(cache, ctx_video)
+                _traced(trace, "context", chunk, n_ctx, cache.text_len + n_ctx, transformer.ar_context_pass, cache, ctx_video)
         else:
             for cache in caches:
                 transformer.ar_clear_context(cache)
@@ -149,9 +186,12 @@ def ar_rollout(
                 *_camera_args(camera, slice(start, end)),
                 rope_start=len(context),
             )
-            velocity = transformer.ar_chunk_pass(caches[0], video)
+            n_q = video.tokens.shape[1]
+            n_k = caches[0].text_len + caches[0].context_len + n_q
+            velocity = _traced(trace, "step", chunk, n_q, n_k, transformer.ar_chunk_pass, caches[0], video)
             if use_cfg:
-                velocity = _guided(transformer.ar_chunk_pass(caches[1], video), velocity, guidance_scale)
+                uncond = _traced(trace, "step", chunk, n_q, n_k, transformer.ar_chunk_pass, caches[1], video)
+                velocity = _guided(uncond, velocity, guidance_scale)
             chunk_latents = scheduler.step(velocity.float(), t, chunk_latents.float(), return_dict=False)[0].to(
                 latents.dtype
             )
@@ -177,6 +217,7 @@ def bidirectional_rollout(
     callback: StepCallback | None = None,
     should_cancel: Callable[[], bool] | None = None,
     on_chunk: ChunkCallback | None = None,
+    trace: Trace | None = None,
 ) -> torch.Tensor:
     """Denoise `latents` [1, C, L, h, w] in chunks of 16 with full attention per step."""
     num_latents = latents.shape[2]
@@ -201,9 +242,14 @@ def bidirectional_rollout(
             video = transformer.embed_video(
                 torch.cat([joint, cond], dim=1), frame_t, *_camera_args(camera, positions), rope_start=0
             )
-            velocity = transformer(video, positive.tokens(transformer, t))
+            n_img = video.tokens.shape[1]
+            cond_tokens = positive.tokens(transformer, t)
+            n_k = n_img + cond_tokens.tokens.shape[1]
+            velocity = _traced(trace, "joint", chunk, n_img, n_k, transformer, video, cond_tokens)
             if use_cfg:
-                uncond = transformer(video, negative.tokens(transformer, t))
+                uncond_tokens = negative.tokens(transformer, t)
+                n_k = n_img + uncond_tokens.tokens.shape[1]
+                uncond = _traced(trace, "joint", chunk, n_img, n_k, transformer, video, uncond_tokens)
                 velocity = _guided(uncond, velocity, guidance_scale)
             velocity = velocity[:, :, len(context):]
             chunk_latents = scheduler.step(velocity.float(), t, chunk_latents.float(), return_dict=False)[0].to(
@@ -216,11 +262,11 @@ def bidirectional_rollout(
     return latents
 
 
-def _camera_args(camera: Camera, index):
-    if isinstance(index, slice):
-        return camera.take(index)
-    idx = torch.as_tensor(list(index), dtype=torch.long, device=camera.viewmats.device)
-    return camera.viewmats[:, idx], camera.intrinsics[:, idx], camera.actions[:, idx]
+def _camera_args(camera: Camera, index: slice | Sequence[int]):
+    """(actions, viewmats, intrinsics) of the given latents, in `embed_video`'s argument order."""
+    if not isinstance(index, slice):
+        index = torch.as_tensor(list(index), dtype=torch.long, device=camera.viewmats.device)
+    return camera.actions[:, index], camera.viewmats[:, index], camera.intrinsics[:, index]
 
 
 def _max_context(select_context: ContextSelector, num_latents: int) -> int:

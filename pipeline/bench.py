@@ -1,0 +1,307 @@
+"""End-to-end benchmark of the production generation path.
+
+    python -m pipeline.bench --tiny                       # CPU, seconds: tiny random models (CI)
+    python -m pipeline.bench --modes ar bidirectional     # GPU: FULL-SIZE architecture, random weights
+
+The full-size run needs no download: the DiT (8.56e9 parameters), Qwen2.5-VL-7B text model (its first
+26 layers, as used), byT5, SigLIP and the HunyuanVideo-1.5 VAE are built at their real sizes with
+random weights directly on the GPU; only the tokenizers come from the tiny fixture. It then calls
+``WorldPlayPipeline.generate`` — the code the worker runs — and reports per stage: encoders, every
+AR chunk (context pass and steps) or bidirectional chunk, VAE decode, H.264 encode, time to the first
+decoded frames, peak GPU memory, and the DiT time against the analytic bf16 floor of the device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import components as comp
+from .camera import parse_pose
+from .config import WorldPlayConfig
+from .engine import GenerationRequest, WorldPlayPipeline, default_dtype
+from .rollout import Trace
+from .transformer import WorldPlayTransformer
+
+PEAK_BF16_TFLOPS = {"H100": 790.0, "H200": 790.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.0}
+PROMPT = (
+    "A paved pathway leads towards a stone arch bridge over calm water, lush trees on both banks, "
+    "a pavilion with a tiered reddish-brown roof on the far shore, soft natural light."
+)
+
+
+# ------------------------------------------------------------------------------------ FLOPs
+
+
+def pass_flops(config: WorldPlayConfig, kind: str, query_tokens: int, key_tokens: int) -> float:
+    """Matmul FLOPs of one transformer pass (all layers) over `query_tokens` image tokens.
+
+    step/context (AR): image tokens attend to `key_tokens` keys in both branches.
+    joint (bidirectional): `key_tokens` = image + text tokens; the RoPE branch's queries include the
+    text tokens, whose linear layers are counted too.
+    """
+    c, m, layers = config.hidden_size, config.mlp_hidden_size, config.num_layers
+    n = query_tokens
+    linear = n * (5 * 2 * c * c + 2 * 2 * c * m)
+    if kind in ("step", "context"):
+        attn = 2 * 4 * n * key_tokens * c
+    elif kind == "joint":
+        text = key_tokens - n
+        linear += text * (4 * 2 * c * c + 2 * 2 * c * m)
+        attn = 4 * key_tokens * key_tokens * c + 4 * n * key_tokens * c
+    else:
+        return 0.0
+    return float(layers * (linear + attn))
+
+
+def device_peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, value in PEAK_BF16_TFLOPS.items():
+        if key in name:
+            return value
+    return None
+
+
+# ------------------------------------------------------------------------------- full size
+
+
+def _random_init_(module: torch.nn.Module, std: float = 0.02) -> None:
+    """Small random weights, unit norm scales, zero biases (values only need to be finite)."""
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if param.ndim >= 2:
+                param.normal_(0, std)
+            elif "norm" in name.lower() and name.endswith("weight"):
+                param.fill_(1.0)
+            else:
+                param.zero_()
+
+
+def build_full_size(modes: tuple[str, ...], device: torch.device, dtype: torch.dtype, scratch: Path) -> WorldPlayPipeline:
+    """Every component at its real size with random weights, on `device`."""
+    from diffusers import AutoencoderKLHunyuanVideo15
+    from transformers import (
+        ByT5Tokenizer,
+        Qwen2_5_VLTextConfig,
+        Qwen2_5_VLTextModel,
+        Qwen2Tokenizer,
+        SiglipImageProcessorPil,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+        T5Config,
+        T5EncoderModel,
+    )
+
+    from .tiny import COMPONENTS_DIR, write_tiny_models
+
+    tiny_root = write_tiny_models(scratch / "tiny", modes=())
+    tiny_components = tiny_root / COMPONENTS_DIR
+    started = time.perf_counter()
+    transformers = {}
+    for mode in modes:
+        with torch.device("meta"):
+            model = WorldPlayTransformer(WorldPlayConfig.full())
+        model = model.to_empty(device=device).to(dtype)
+        _random_init_(model)
+        transformers[mode] = model.eval().requires_grad_(False)
+    qwen_config = Qwen2_5_VLTextConfig(
+        hidden_size=3584, intermediate_size=18944, num_hidden_layers=28 - comp.TEXT_SKIP_LAYERS,
+        num_attention_heads=28, num_key_value_heads=4, vocab_size=152064, rms_norm_eps=1e-6,
+        max_position_embeddings=128000,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+    )
+    with torch.device(device):
+        text_encoder = Qwen2_5_VLTextModel(qwen_config).to(dtype)
+        text_encoder.norm = torch.nn.Identity()
+        byt5 = T5EncoderModel(
+            T5Config(d_model=1472, d_ff=3584, num_layers=12, num_heads=6, d_kv=64, vocab_size=384,
+                     feed_forward_proj="gated-gelu", is_encoder_decoder=False)
+        )
+        siglip = SiglipVisionModel(
+            SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+                               num_attention_heads=16, image_size=384, patch_size=14)
+        ).to(dtype)
+        vae = AutoencoderKLHunyuanVideo15().to(dtype)
+    for module in (text_encoder, byt5, siglip, vae):
+        _random_init_(module)
+        module.eval().requires_grad_(False)
+    encoders = comp.ConditionEncoders(
+        text_encoder=text_encoder,
+        tokenizer=Qwen2Tokenizer.from_pretrained(tiny_components / "tokenizer", padding_side="right"),
+        byt5_encoder=byt5,
+        byt5_tokenizer=ByT5Tokenizer.from_pretrained(tiny_components / "tokenizer_2"),
+        image_encoder=siglip,
+        image_processor=SiglipImageProcessorPil(size={"height": 384, "width": 384}),
+        dtype=dtype,
+    )
+    from .engine import _should_offload_encoders
+
+    offload = _should_offload_encoders(device)
+    if offload:
+        encoders.to("cpu")
+    pipe = WorldPlayPipeline(
+        transformers=transformers,
+        encoders=encoders,
+        vae=vae,
+        scheduler=comp.load_scheduler(tiny_components),
+        device=device,
+        dtype=dtype,
+        offload_encoders=offload,
+        load_info={"build_seconds": round(time.perf_counter() - started, 2), "weights": "random, full size"},
+    )
+    return pipe
+
+
+def build_tiny(modes: tuple[str, ...], scratch: Path) -> WorldPlayPipeline:
+    from .resolve import ModelPaths
+    from .tiny import CHECKPOINT_FILES, COMPONENTS_DIR, WORLDPLAY_DIR, write_tiny_models
+
+    root = write_tiny_models(scratch / "tiny", modes=modes)
+    paths = ModelPaths(
+        components=root / COMPONENTS_DIR,
+        transformer={m: root / WORLDPLAY_DIR / CHECKPOINT_FILES[m] for m in modes},
+    )
+    return WorldPlayPipeline.from_paths(paths, device="cpu", dtype=torch.float32)
+
+
+# ------------------------------------------------------------------------------------ runs
+
+
+def demo_image(width: int, height: int) -> Image.Image:
+    """A smooth, structured picture (not noise), deterministic."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    r = 0.5 + 0.5 * np.sin(x / 37.0) * np.cos(y / 53.0)
+    g = np.clip(y / height, 0, 1)
+    b = 0.5 + 0.5 * np.sin((x + y) / 71.0)
+    return Image.fromarray((np.stack([r, g, b], -1) * 255).astype(np.uint8))
+
+
+def pose_for(mode: str, frames: int) -> str:
+    latents = (frames - 1) // 4 + 1
+    return f"w-{latents - 1}"
+
+
+def run_one(pipe: WorldPlayPipeline, mode: str, frames: int, width: int, height: int, steps: int | None,
+            guidance: float | None, out_dir: Path) -> dict:
+    try:
+        from .video import encode_mp4
+    except ImportError:  # PyAV missing (e.g. a bare GPU box): time the model only
+        encode_mp4 = None
+
+    device = pipe.device
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+    trace = Trace(device)
+    first_frames: dict[str, float] = {}
+    started = time.perf_counter()
+
+    def on_first(frames_np: np.ndarray) -> None:
+        first_frames["seconds"] = time.perf_counter() - started
+        first_frames["frames"] = int(frames_np.shape[0])
+
+    request = GenerationRequest(
+        prompt=PROMPT, image=demo_image(width, height), camera=parse_pose(pose_for(mode, frames)), mode=mode,
+        num_inference_steps=steps, guidance_scale=guidance, seed=42,
+    )
+    result = pipe.generate(request, on_first_frames=on_first if mode == "ar" else None, trace=trace)
+    generate_s = time.perf_counter() - started
+    t0 = time.perf_counter()
+    if encode_mp4 is not None:
+        encode_mp4(result.frames, out_dir / f"bench_{mode}.mp4", fps=24)
+    encode_s = time.perf_counter() - t0 if encode_mp4 is not None else None
+
+    config = next(iter(pipe.transformers.values())).config
+    per_kind: dict[str, float] = defaultdict(float)
+    per_chunk: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    flops = 0.0
+    for event in trace.events:
+        per_kind[event["kind"]] += event["seconds"]
+        per_chunk[event["chunk"]][event["kind"]] += event["seconds"]
+        flops += pass_flops(config, event["kind"], event["query_tokens"], event["key_tokens"])
+    dit_s = sum(per_kind.values())
+    peak = device_peak_tflops(device)
+    floor_s = flops / (peak * 1e12) if peak else None
+    report = {
+        "mode": mode,
+        "frames": result.num_frames,
+        "size": f"{result.width}x{result.height}",
+        "steps": result.num_inference_steps,
+        "guidance": result.guidance_scale,
+        "stage_seconds": result.timings,
+        "dit_seconds_by_kind": {k: round(v, 3) for k, v in per_kind.items()},
+        "chunks": {str(k): {kk: round(vv, 3) for kk, vv in v.items()} for k, v in sorted(per_chunk.items())},
+        "dit_seconds": round(dit_s, 3),
+        "dit_pflop": round(flops / 1e15, 3),
+        "dit_floor_seconds": round(floor_s, 2) if floor_s else None,
+        "dit_vs_floor": round(dit_s / floor_s, 2) if floor_s else None,
+        "achieved_tflops": round(flops / dit_s / 1e12, 1) if dit_s else None,
+        "generate_seconds": round(generate_s, 3),
+        "h264_encode_seconds": round(encode_s, 3) if encode_s is not None else None,
+        "total_seconds": round(generate_s + (encode_s or 0.0), 3),
+        "time_to_first_frames_seconds": round(first_frames["seconds"], 3) if first_frames else None,
+        "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated(device) / 1e9, 2) if device.type == "cuda" else None,
+    }
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="tiny random models on the CPU (seconds)")
+    parser.add_argument("--modes", nargs="+", default=["ar"], choices=["ar", "bidirectional"])
+    parser.add_argument("--frames", type=int, default=None, help="video frames (default 125; tiny: 29 AR / 61 bi)")
+    parser.add_argument("--width", type=int, default=832)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the mode's)")
+    parser.add_argument("--warmup", action="store_true", help="run a short generation first (kernel warm-up)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the report here")
+    args = parser.parse_args(argv)
+
+    device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
+    modes = tuple(args.modes)
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        t0 = time.perf_counter()
+        pipe = build_tiny(modes, scratch) if args.tiny else build_full_size(modes, device, default_dtype(device), scratch)
+        build_s = time.perf_counter() - t0
+        reports = []
+        for mode in modes:
+            frames = args.frames or (125 if not args.tiny else (29 if mode == "ar" else 61))
+            width, height = (args.width, args.height) if not args.tiny else (256, 144)
+            if args.warmup:
+                run_one(pipe, mode, 13 if mode == "ar" else 61, width, height, 1, None, scratch)
+            report = run_one(pipe, mode, frames, width, height, args.steps, None, scratch)
+            reports.append(report)
+            print(json.dumps(report, indent=2), flush=True)
+        summary = {
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "command": "python -m pipeline.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "build_seconds": round(build_s, 2),
+            "attention": os.environ.get("WORLDPLAY_ATTENTION", "auto"),
+            "runs": reports,
+        }
+        if args.json:
+            args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

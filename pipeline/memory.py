@@ -1,0 +1,250 @@
+"""Memory-frame (context latent) selection for the chunked rollouts.
+
+When a rollout generates the chunk of latents that starts at ``chunk_start`` it conditions on a set of
+earlier, already denoised latents (the "context"). This module decides which ones, reproducing the rule
+of the reference implementation (``hyvideo/utils/retrieval_context.py`` in HY-WorldPlay):
+
+* The chunk is split into 4-latent queries (one for an AR chunk of 4, four for a bidirectional chunk
+  of 16). For a query starting at ``q``:
+
+  - ``q <= memory_size``: every earlier latent ``0 .. q-1``;
+  - otherwise the ``temporal_context`` most recent latents, the first block ``0..3``, and whole
+    4-latent historical blocks ``[s, s+4)`` (``s = 4, 8, ...`` and ``s < q - temporal_context``),
+    best first, while the non-recent part holds fewer than ``memory_size - temporal_context``
+    latents. With the defaults (20, 12) that is exactly one block, 20 latents in all.
+
+* A block is scored by how much of the query cameras' view it saw: for every query pose and for the
+  block's latents ``s`` and ``s+2`` the overlap is the share of Monte-Carlo points inside the query
+  camera's view cone (60° × 35°, within 8 units, the points fill a ball of radius 8 around the query
+  camera) that also lie inside the historical camera's cone and within 8 units of it. Distance is
+  ``1 - overlap`` averaged over the two block latents and then over the query latents; the smallest
+  distance wins, ties go to the earlier block.
+
+* The per-query selections of a chunk are merged, sorted, and the chunk's own latents removed. A
+  bidirectional chunk can therefore get more than ``memory_size`` context latents (up to 32 with the
+  defaults); an AR chunk of 4 gets at most ``memory_size``.
+
+The view cones are the reference's, not a pinhole frustum: a point is inside when its azimuth
+(``atan2(x, z)``) and elevation (``atan2(y, hypot(x, z))``) in the query camera's frame differ from the
+camera's forward direction by less than half the field of view. Roll is ignored.
+
+Randomness: the reference draws its 50 000 points once per generation from the *global* torch RNG
+(three ``torch.rand(n)`` calls: radius, azimuth, polar) and reuses them for every chunk; it never seeds
+that RNG, so its context choice is not reproducible. Here the points come from an explicit generator
+(:func:`sample_memory_points`), drawn with the same calls in the same order, so
+``sample_memory_points(torch.Generator().manual_seed(s))`` is bit-identical to what the reference gets
+after ``torch.manual_seed(s)``. Draw them once per request and pass them to every chunk.
+
+Everything is computed on the CPU in float64 (the reference works on float64 numpy poses); inputs may
+live on any device. One call costs a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+__all__ = [
+    "MEMORY_SIZE",
+    "NUM_POINTS",
+    "TEMPORAL_CONTEXT",
+    "sample_memory_points",
+    "select_context_latents",
+]
+
+MEMORY_SIZE = 20
+"""Context latents per 4-latent query (reference ``memory_frames``)."""
+TEMPORAL_CONTEXT = 12
+"""Most recent latents always kept (reference ``temporal_context_size``)."""
+NUM_POINTS = 50_000
+"""Monte-Carlo points drawn once per generation."""
+POINT_RADIUS = 8.0
+"""Radius of the ball the points fill (scene units)."""
+
+_BLOCK = 4  # latents per query / per historical block / size of the always-kept first block
+_REPRESENTATIVE_OFFSETS = (0, 2)  # block latents whose poses stand for the block
+_FOV_DEG = (60.0, 35.0)  # horizontal, vertical full field of view of the view cones
+_MAX_DISTANCE = 8.0  # points farther than this from a historical camera are not seen by it
+_DEG_PER_RAD = 180.0 / math.pi
+
+
+def sample_memory_points(
+    generator: torch.Generator,
+    num_points: int = NUM_POINTS,
+    radius: float = POINT_RADIUS,
+) -> torch.Tensor:
+    """Draw points uniformly inside a ball of ``radius`` around the origin, float32 ``[num_points, 3]`` on CPU.
+
+    Draws three ``torch.rand(num_points)`` tensors from ``generator`` (radius, azimuth, polar cosine, in
+    that order), exactly as the reference draws them from the global RNG, so a CPU generator seeded
+    with ``s`` reproduces the reference's points after ``torch.manual_seed(s)``. The global RNG is
+    never touched.
+    """
+    if num_points < 0:
+        raise ValueError(f"num_points must be >= 0, got {num_points}")
+    device = generator.device
+    u_radius = torch.rand(num_points, generator=generator, device=device)
+    u_azimuth = torch.rand(num_points, generator=generator, device=device)
+    u_polar = torch.rand(num_points, generator=generator, device=device)
+
+    # Inverse-CDF sampling: radius ~ r^2 (cube root), azimuth uniform, cos(polar) uniform in [-1, 1].
+    r = radius * torch.pow(u_radius, 1 / 3)
+    azimuth = 2 * math.pi * u_azimuth
+    polar = torch.acos(1 - 2 * u_polar)
+    sin_polar = torch.sin(polar)
+    points = torch.stack(
+        (r * sin_polar * torch.cos(azimuth), r * sin_polar * torch.sin(azimuth), r * torch.cos(polar)),
+        dim=1,
+    )
+    return points.cpu()
+
+
+def select_context_latents(
+    w2c: torch.Tensor,
+    chunk_start: int,
+    chunk_size: int,
+    *,
+    points: torch.Tensor,
+    memory_size: int = MEMORY_SIZE,
+    temporal_context: int = TEMPORAL_CONTEXT,
+) -> list[int]:
+    """Return the sorted latent indices (all ``< chunk_start``) to use as context for one chunk.
+
+    Args:
+        w2c: world-to-camera matrices of every latent of the request, ``[L, 4, 4]`` (the model's
+            ``viewmats``, OpenCV axes), any device / float dtype. Poses after the chunk are not read.
+        chunk_start: index of the chunk's first latent (a multiple of 4 in both rollouts).
+        chunk_size: latents in the chunk: 4 for the AR rollout, 16 for the bidirectional one.
+        points: Monte-Carlo points from :func:`sample_memory_points`, ``[N, 3]``; draw them once per
+            request and reuse them for every chunk (as the reference does).
+        memory_size: context latents per 4-latent query (20).
+        temporal_context: most recent latents always kept (12).
+
+    Returns:
+        Sorted, unique indices in ``[0, chunk_start)``. Empty for the first chunk.
+    """
+    w2c = torch.as_tensor(w2c)
+    if w2c.ndim != 3 or w2c.shape[1:] != (4, 4):
+        raise ValueError(f"w2c must have shape [L, 4, 4], got {tuple(w2c.shape)}")
+    num_latents = w2c.shape[0]
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if chunk_start < 0 or chunk_start + chunk_size > num_latents:
+        raise ValueError(
+            f"chunk [{chunk_start}, {chunk_start + chunk_size}) is outside the {num_latents} latents"
+        )
+    if memory_size < 0 or temporal_context < 0:
+        raise ValueError("memory_size and temporal_context must be >= 0")
+    points = torch.as_tensor(points)
+    if points.ndim != 2 or points.shape[1] != 3:
+        raise ValueError(f"points must have shape [N, 3], got {tuple(points.shape)}")
+
+    w2c64 = w2c.detach().to(device="cpu", dtype=torch.float64)
+    cone_points: torch.Tensor | None = None  # computed on first need: points seen by a query camera
+
+    selected: set[int] = set()
+    for query_start in range(chunk_start, chunk_start + chunk_size, _BLOCK):
+        if query_start <= memory_size:
+            selected.update(range(query_start))
+            continue
+        recent_from = max(0, query_start - temporal_context)
+        selected.update(range(recent_from, query_start))
+
+        memory = list(range(_BLOCK))
+        budget = memory_size - temporal_context
+        block_starts = list(range(_BLOCK, query_start - temporal_context, _BLOCK))
+        if block_starts and len(memory) < budget:
+            if cone_points is None:
+                cone_points = _points_in_query_cone(points)
+            queries = list(range(query_start, min(query_start + _BLOCK, num_latents)))
+            distances = _block_distances(w2c64, queries, block_starts, cone_points)
+            # Stable sort: equal distances keep the earlier block first, as the reference does.
+            for i in sorted(range(len(block_starts)), key=distances.__getitem__):
+                if len(memory) >= budget:
+                    break
+                start = block_starts[i]
+                if start not in memory:
+                    memory.extend(range(start, start + _BLOCK))
+        selected.update(memory)
+
+    return sorted(i for i in selected if i < chunk_start)
+
+
+def _points_in_query_cone(points: torch.Tensor) -> torch.Tensor:
+    """The points (float64, query camera frame) inside a query camera's view cone.
+
+    Every query camera sits at the origin of its own frame looking down +z, so the same points serve
+    all queries; only they matter, because the overlap is normalised by their count.
+    """
+    pts = points.detach().to(device="cpu", dtype=torch.float64)
+    x, y, z = pts.unbind(-1)
+    azimuth = torch.atan2(x, z) * _DEG_PER_RAD
+    elevation = torch.atan2(y, torch.sqrt(x**2 + z**2)) * _DEG_PER_RAD
+    inside = (azimuth.abs() < _FOV_DEG[0] / 2.0) & (elevation.abs() < _FOV_DEG[1] / 2.0)
+    return pts[inside]
+
+
+def _block_distances(
+    w2c64: torch.Tensor,
+    queries: Sequence[int],
+    block_starts: Sequence[int],
+    cone_points: torch.Tensor,
+) -> list[float]:
+    """``1 - overlap`` per historical block, averaged over its representative latents and the queries."""
+    num_blocks = len(block_starts)
+    hist = torch.tensor([s + o for s in block_starts for o in _REPRESENTATIVE_OFFSETS])
+    hist_c2w = torch.linalg.inv(w2c64[hist])  # [2B, 4, 4]
+    # Historical cameras expressed in each query camera's frame: [Q, 2B, 4, 4].
+    rel = w2c64[list(queries)][:, None] @ hist_c2w[None]
+    seen = _count_seen(cone_points, rel[..., :3, 3], rel[..., :3, 2])
+    num_cone = cone_points.shape[0]
+    if num_cone == 0:
+        overlap = torch.zeros(seen.shape, dtype=torch.float64)
+    else:
+        # The reference divides float32 counts; keep that rounding so ties and orderings agree.
+        overlap = (seen.to(torch.float32) / torch.tensor(float(num_cone))).to(torch.float64)
+
+    per_pose = (1.0 - overlap).reshape(len(queries), num_blocks, len(_REPRESENTATIVE_OFFSETS))
+    per_query = (per_pose[..., 0] + per_pose[..., 1]) / 2.0
+    total = torch.zeros(num_blocks, dtype=torch.float64)
+    for q in range(len(queries)):  # sequential sum, same rounding as the reference's loop
+        total = total + per_query[q]
+    return (total / len(queries)).tolist()
+
+
+def _count_seen(points: torch.Tensor, centres: torch.Tensor, forward: torch.Tensor) -> torch.Tensor:
+    """How many ``points [M, 3]`` each camera (``centres``, ``forward`` ``[..., 3]``) sees; shape ``[...]``.
+
+    A point is seen when it is closer than 8 units, its azimuth is within half the horizontal FOV of
+    the camera's yaw and its elevation within half the vertical FOV of the camera's pitch, angles
+    taken as ``atan2(x, z)`` and ``atan2(y, hypot(x, z))`` in the shared frame. The angle tests are
+    done without per-point trigonometry: rotating the offset by the yaw gives its forward / lateral
+    parts, and elevation bounds become slope bounds (elevation is monotonic in ``y / hypot(x, z)``).
+    """
+    fx, fy, fz = forward.unbind(-1)
+    yaw = torch.atan2(fx, fz)
+    pitch_deg = torch.atan2(fy, torch.sqrt(fx**2 + fz**2)) * _DEG_PER_RAD
+    half_h, half_v = _FOV_DEG[0] / 2.0, _FOV_DEG[1] / 2.0
+
+    px, py, pz = (points[:, i].contiguous() for i in range(3))
+    cx, cy, cz = (centres[..., i].reshape(-1, 1) for i in range(3))
+    vx, vy, vz = px - cx, py - cy, pz - cz  # [P, M] offsets from each camera
+    sin_yaw = torch.sin(yaw).reshape(-1, 1)
+    cos_yaw = torch.cos(yaw).reshape(-1, 1)
+    along = vx * sin_yaw + vz * cos_yaw  # |v_h| cos(azimuth - yaw)
+    across = vx * cos_yaw - vz * sin_yaw  # |v_h| sin(azimuth - yaw)
+    in_azimuth = (along > 0) & (across.abs() < math.tan(math.radians(half_h)) * along)
+
+    horizontal_sq = vx * vx + vz * vz
+    horizontal = torch.sqrt(horizontal_sq)
+    lower = (pitch_deg - half_v).reshape(-1, 1)
+    upper = (pitch_deg + half_v).reshape(-1, 1)
+    # Elevation lies in [-90, 90]: a bound beyond it is always met (its tangent is then unused).
+    above_lower = (lower <= -90) | (vy > horizontal * torch.tan(torch.deg2rad(lower)))
+    below_upper = (upper >= 90) | (vy < horizontal * torch.tan(torch.deg2rad(upper)))
+
+    near = (horizontal_sq + vy * vy) < _MAX_DISTANCE**2
+    seen = in_azimuth & above_lower & below_upper & near
+    return seen.sum(-1).reshape(centres.shape[:-1])
