@@ -1,0 +1,105 @@
+"""Render a video from the command line.
+
+    python -m pipeline --tiny --image in.png --pose "w-3" --mode ar --out demo.mp4
+    python -m pipeline --model-dir /models --image in.png --prompt "..." --pose "w-31" --out out.mp4
+
+``--tiny`` writes tiny random-weight models (real architecture and on-disk layout) to a temporary
+folder and renders on the CPU in seconds: the frames are noise-like, the code path is the real one.
+Without ``--tiny`` the models are resolved like the worker does (WORLDPLAY_MODEL_DIR, RunPod cache,
+Hugging Face cache, download when allowed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from .camera import parse_pose
+from .errors import PipelineError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="use tiny random models on the CPU")
+    parser.add_argument("--model-dir", type=Path, default=None, help="local model folder (else: resolved)")
+    parser.add_argument("--image", type=Path, default=None, help="input image (default: a generated picture)")
+    parser.add_argument("--prompt", default="A quiet street at dawn, trees and shops under a pale sky.")
+    parser.add_argument("--negative-prompt", default="")
+    parser.add_argument("--pose", default="w-3", help='pose string ("w-31"), or a pose JSON / action list file')
+    parser.add_argument("--mode", choices=["ar", "bidirectional"], default="ar")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--guidance", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fps", type=int, default=24)
+    parser.add_argument("--out", type=Path, default=Path("demo.mp4"))
+    return parser
+
+
+def _camera_spec(value: str):
+    path = Path(value)
+    if value.endswith(".json") and path.is_file():
+        return json.loads(path.read_text())
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from .engine import GenerationRequest, WorldPlayPipeline
+    from .video import encode_mp4, probe_mp4
+
+    try:
+        camera = parse_pose(_camera_spec(args.pose))
+        with tempfile.TemporaryDirectory() as tmp:
+            if args.tiny:
+                from .resolve import ModelPaths
+                from .tiny import CHECKPOINT_FILES, COMPONENTS_DIR, WORLDPLAY_DIR, write_tiny_models
+
+                root = write_tiny_models(Path(tmp), modes=(args.mode,))
+                paths = ModelPaths(
+                    components=root / COMPONENTS_DIR,
+                    transformer={args.mode: root / WORLDPLAY_DIR / CHECKPOINT_FILES[args.mode]},
+                )
+                pipe = WorldPlayPipeline.from_paths(paths, device="cpu")
+            else:
+                from .resolve import resolve_models
+
+                kwargs = {"model_dir": args.model_dir} if args.model_dir else {}
+                pipe = WorldPlayPipeline.from_paths(resolve_models((args.mode,), **kwargs))
+            if args.image:
+                image = Image.open(args.image)
+            else:
+                from .bench import demo_image
+
+                image = demo_image(832, 480)
+            started = time.perf_counter()
+            result = pipe.generate(
+                GenerationRequest(
+                    prompt=args.prompt, negative_prompt=args.negative_prompt, image=image, camera=camera,
+                    mode=args.mode, num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
+                ),
+                callback=lambda stage, step, total: print(f"{stage} {step}/{total}", file=sys.stderr),
+            )
+            encode_mp4(result.frames, args.out, fps=args.fps)
+        info = probe_mp4(args.out)
+        print(json.dumps({
+            "out": str(args.out), "codec": info.codec, "width": info.width, "height": info.height,
+            "num_frames": info.num_frames, "fps": float(info.fps), "seconds": round(time.perf_counter() - started, 2),
+            "timings": result.timings,
+        }, indent=2))
+        return 0
+    except PipelineError as exc:
+        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
