@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""Pre-fetch, verify or bundle the HY-WorldPlay weights the worker needs (and nothing more).
+
+Thin CLI over ``pipeline.resolve``; run ``python download_models.py --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+from pipeline.resolve import (
+    COMPONENTS_DIRNAME,
+    DEFAULT_COMPONENTS_REPO,
+    DEFAULT_RUNPOD_CACHE,
+    DEFAULT_WORLDPLAY_REPO,
+    MODES,
+    TRANSFORMER_FILES,
+    WORLDPLAY_DIRNAME,
+    check_model_dir,
+    prefetch,
+)
+
+BUNDLE_MANIFEST = "worldplay_bundle.json"
+
+EPILOG = f"""\
+actions:
+  fetch   (default) make DIR a complete folder for --mode: keep what is already there, copy
+          what a local cache holds, download only the missing files (progress bars shown).
+  check   verify DIR without any network access; exit 1 and list every problem.
+          `--check` is the same as `check`.
+  bundle  like fetch with --mode all by default, then add a model card and a manifest so
+          DIR can be pushed as ONE Hugging Face repo and selected as the endpoint's RunPod
+          cached model (one cached model per endpoint); prints the upload command.
+
+layout written to DIR (what WORLDPLAY_MODEL_DIR and bundle repos use):
+  DIR/{COMPONENTS_DIRNAME}/model_index.json, text_encoder/, tokenizer/, text_encoder_2/,
+      tokenizer_2/, image_encoder/, feature_extractor/, vae/, scheduler/, guider/
+      (from {DEFAULT_COMPONENTS_REPO}, never its transformer/)
+  DIR/{WORLDPLAY_DIRNAME}/{TRANSFORMER_FILES['ar'][0]}/{TRANSFORMER_FILES['ar'][1]}             (--mode ar)
+  DIR/{WORLDPLAY_DIRNAME}/{TRANSFORMER_FILES['bidirectional'][0]}/{TRANSFORMER_FILES['bidirectional'][1]}  (--mode bidirectional)
+
+environment:
+  HF_TOKEN                       Hugging Face read token (gated repos need the licence accepted)
+  WORLDPLAY_MODEL_DIR            local-layout folder to read from (and default DIR)
+  RUNPOD_HF_CACHE                RunPod cached-model root (default {DEFAULT_RUNPOD_CACHE})
+  HF_HUB_CACHE / HF_HOME         standard Hugging Face cache, also searched before downloading
+  WORLDPLAY_BUNDLE_REPO          bundle repo id to look for in the caches
+  WORLDPLAY_COMPONENTS_REPO      components repo (default {DEFAULT_COMPONENTS_REPO})
+  WORLDPLAY_REPO                 WorldPlay repo (default {DEFAULT_WORLDPLAY_REPO})
+  WORLDPLAY_COMPONENTS_REVISION  / WORLDPLAY_REVISION: branch, tag or commit (default main)
+  WORLDPLAY_DOWNLOAD_ATTEMPTS    attempts per Hub call on transient errors (default 5)
+  WORLDPLAY_RETRY_WAIT           first backoff wait in seconds, doubling (default 2)
+  WORLDPLAY_RETRY_WAIT_MAX       longest backoff wait in seconds (default 60)
+  HF_HUB_DISABLE_PROGRESS_BARS=1 hide progress bars (or pass --no-progress)
+
+exit status: 0 done, 1 failed (problems or errors listed on stderr), 2 bad usage.
+"""
+
+
+def _fmt_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="download_models.py",
+        description=(
+            "Fetch exactly the HY-WorldPlay files the worker needs (~40 GB in bf16 for one mode,\n"
+            "not the ~90 GB of whole repos) into a local-layout folder, verify such a folder\n"
+            "offline, or assemble a single-repo bundle for RunPod cached models."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "action", nargs="?", choices=("fetch", "check", "bundle"), default=None,
+        help="what to do (default: fetch)",
+    )
+    parser.add_argument(
+        "--mode", choices=MODES + ("all",), default=None,
+        help="which transformer(s) to include: ar, bidirectional or all (default: ar; all for bundle)",
+    )
+    parser.add_argument(
+        "--dest", metavar="DIR", default=None,
+        help="target folder in the local layout (default: $WORLDPLAY_MODEL_DIR)",
+    )
+    parser.add_argument("--check", action="store_true", help="same as the `check` action")
+    parser.add_argument(
+        "--no-download", action="store_true",
+        help="fetch/bundle: only copy from local caches, never contact the Hub",
+    )
+    parser.add_argument(
+        "--repo-id", metavar="ORG/NAME", default=None,
+        help="bundle: the repo id to show in the upload command (default: <your-user>/HY-WorldPlay-worker-bundle)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide download progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def _action(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
+    if args.check and args.action not in (None, "check"):
+        parser.error(f"--check cannot be combined with the `{args.action}` action")
+    if args.check:
+        return "check"
+    return args.action or "fetch"
+
+
+def _dest(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path:
+    dest = args.dest or os.environ.get("WORLDPLAY_MODEL_DIR")
+    if not dest:
+        parser.error("--dest DIR is required (or set WORLDPLAY_MODEL_DIR)")
+    return Path(dest)
+
+
+def run_check(dest: Path, mode: str) -> int:
+    problems = check_model_dir(dest, mode)
+    if problems:
+        print(f"{dest}: {len(problems)} problem(s) for mode {mode}:", file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+        return 1
+    print(f"{dest}: complete for mode {mode}")
+    return 0
+
+
+def run_fetch(dest: Path, mode: str, *, allow_download: bool) -> int:
+    t0 = time.perf_counter()
+    report = prefetch(mode, dest, allow_download=allow_download)
+    for key, origin in report.origins.items():
+        path = report.paths.components if key == "components" else report.paths.transformer[key]
+        print(f"{key:<14} {origin}\n{'':<14} -> {path}")
+    print(f"total size: {_fmt_bytes(report.total_bytes)} ({report.total_bytes} bytes) in {dest} "
+          f"[{time.perf_counter() - t0:.1f}s]")
+    return 0
+
+
+def _bundle_files(dest: Path) -> list[dict]:
+    files = []
+    for p in sorted(dest.rglob("*")):
+        rel = p.relative_to(dest)
+        if not p.is_file() or ".cache" in rel.parts or rel.as_posix() in (BUNDLE_MANIFEST, "README.md"):
+            continue
+        files.append({"path": rel.as_posix(), "size": p.stat().st_size})
+    return files
+
+
+def _model_card(mode: str, total: int) -> str:
+    return f"""---
+license: other
+license_name: tencent-hy-worldplay-community
+tags:
+  - image-to-video
+  - world-model
+  - runpod
+---
+
+# HY-WorldPlay worker bundle (mode: {mode})
+
+Only the files the worldplay-worker needs, in one repo, for use as a RunPod cached model
+(set the endpoint's cached model to this repo, or `WORLDPLAY_BUNDLE_REPO` to its id).
+Total {_fmt_bytes(total)}.
+
+- `{COMPONENTS_DIRNAME}/`: from `{DEFAULT_COMPONENTS_REPO}` without `transformer/`.
+- `{WORLDPLAY_DIRNAME}/`: the WorldPlay checkpoint(s) from `{DEFAULT_WORLDPLAY_REPO}`.
+
+The weights are governed by the Tencent HY-WorldPlay Community License (not licensed in the EU,
+the UK or South Korea; a separate licence is needed above 1 million monthly active users) and by
+the licences of the upstream component repos. Keep this repo private unless redistribution is
+permitted to you.
+"""
+
+
+def run_bundle(dest: Path, mode: str, *, allow_download: bool, repo_id: str | None) -> int:
+    run_fetch(dest, mode, allow_download=allow_download)
+    files = _bundle_files(dest)
+    total = sum(f["size"] for f in files)
+    manifest = {
+        "format": "worldplay-worker-bundle/1",
+        "modes": list(MODES) if mode == "all" else [mode],
+        "layout": {"components": COMPONENTS_DIRNAME, "worldplay": WORLDPLAY_DIRNAME},
+        "sources": {"components": DEFAULT_COMPONENTS_REPO, "worldplay": DEFAULT_WORLDPLAY_REPO},
+        "total_bytes": total,
+        "files": files,
+    }
+    (dest / BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    (dest / "README.md").write_text(_model_card(mode, total))
+    repo = repo_id or "<your-user>/HY-WorldPlay-worker-bundle"
+    cmd = (
+        f"hf upload {shlex.quote(repo)} {shlex.quote(str(dest))} . --repo-type model --private "
+        f"--exclude '.cache/*' --exclude '*/.cache/*'"
+    )
+    print(f"bundle ready: {len(files)} files, {_fmt_bytes(total)} in {dest}")
+    print("push it as one repo (huggingface_hub >= 1.0 CLI; with older versions use `huggingface-cli upload`):")
+    print(f"  HF_TOKEN=<write token> {cmd}")
+    print(f"then select {repo} as the endpoint's cached model (or set WORLDPLAY_BUNDLE_REPO={repo}).")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    action = _action(args, parser)
+    dest = _dest(args, parser)
+    mode = args.mode or ("all" if action == "bundle" else "ar")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.no_progress:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    try:
+        if action == "check":
+            return run_check(dest, mode)
+        if action == "bundle":
+            return run_bundle(dest, mode, allow_download=not args.no_download, repo_id=args.repo_id)
+        return run_fetch(dest, mode, allow_download=not args.no_download)
+    except PipelineError as exc:
+        print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

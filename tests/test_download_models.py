@@ -1,0 +1,265 @@
+"""download_models.py: --help, fetch (copy from caches / download), --check, bundle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from huggingface_hub import constants as hf_constants
+from huggingface_hub.hf_api import RepoFile, RepoFolder
+from safetensors.torch import save_file
+
+import download_models
+from pipeline import resolve
+from pipeline.resolve import COMPONENTS_DIRNAME, WORLDPLAY_DIRNAME, check_model_dir, resolve_models
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+COMP_REPO = "hunyuanvideo-community/HunyuanVideo-1.5-480p_i2v"
+WP_REPO = "tencent/HY-WorldPlay"
+AR_REL = "ar_distilled_action_model/model.safetensors"
+BI_REL = "bidirectional_model/diffusion_pytorch_model.safetensors"
+
+
+def _st(path: Path, n: int = 8, seed: int = 0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"w": torch.randn(n, generator=torch.Generator().manual_seed(seed))}, str(path))
+
+
+def _json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def write_components(folder: Path) -> Path:
+    _json(folder / "model_index.json", {
+        "_class_name": "HunyuanVideo15ImageToVideoPipeline",
+        "text_encoder": ["transformers", "Qwen2_5_VLTextModel"],
+        "tokenizer": ["transformers", "Qwen2Tokenizer"],
+        "vae": ["diffusers", "AutoencoderKLHunyuanVideo15"],
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "transformer": ["diffusers", "HunyuanVideo15Transformer3DModel"],
+    })
+    _json(folder / "text_encoder" / "config.json", {})
+    _st(folder / "text_encoder" / "model.safetensors", seed=1)
+    _json(folder / "tokenizer" / "tokenizer_config.json", {})
+    _json(folder / "vae" / "config.json", {})
+    _st(folder / "vae" / "diffusion_pytorch_model.safetensors", seed=2)
+    _json(folder / "scheduler" / "scheduler_config.json", {})
+    return folder
+
+
+def write_layout(root: Path, modes=("ar", "bidirectional")) -> Path:
+    write_components(root / COMPONENTS_DIRNAME)
+    for mode, rel in (("ar", AR_REL), ("bidirectional", BI_REL)):
+        if mode in modes:
+            _st(root / WORLDPLAY_DIRNAME / rel, n=32, seed=3)
+            _json((root / WORLDPLAY_DIRNAME / rel).parent / "config.json", {"mode": mode})
+    return root
+
+
+def files_of(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def add_cache_repo(cache: Path, repo_id: str, files: dict[str, bytes], commit: str = "e" * 40) -> Path:
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snap = repo / "snapshots" / commit
+    for rel, data in files.items():
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        (snap / rel).parent.mkdir(parents=True, exist_ok=True)
+        (snap / rel).symlink_to(os.path.relpath(blob, (snap / rel).parent))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snap
+
+
+class MiniHub:
+    """In-process stand-in for the Hub: HfApi listing calls and hf_hub_download into local_dir."""
+
+    commit = "f" * 40
+
+    def __init__(self, repos):
+        self.repos = repos
+        self.downloads: list[str] = []
+
+    def repo_info(self, repo_id, revision=None, repo_type=None):
+        return SimpleNamespace(sha=self.commit)
+
+    def list_repo_tree(self, repo_id, recursive=False, revision=None, repo_type=None):
+        files = self.repos[repo_id]
+        dirs = sorted({k.rsplit("/", 1)[0] for k in files if "/" in k})
+        return [RepoFolder(path=d, oid="0") for d in dirs] + [RepoFile(path=k, size=len(v), oid="1") for k, v in files.items()]
+
+    def get_paths_info(self, repo_id, paths, revision=None, repo_type=None):
+        return [RepoFile(path=p, size=len(self.repos[repo_id][p]), oid="1") for p in paths if p in self.repos[repo_id]]
+
+    def download(self, *, repo_id, filename, revision, local_dir=None, cache_dir=None, **_):
+        assert local_dir is not None, "download_models must download straight into --dest"
+        self.downloads.append(f"{repo_id}:{filename}")
+        out = Path(local_dir) / filename
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(self.repos[repo_id][filename])
+        return str(out)
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("WORLDPLAY_") or name in ("HF_HUB_OFFLINE", "HF_TOKEN", "HF_HOME"):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RUNPOD_HF_CACHE", str(tmp_path / "runpod"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("WORLDPLAY_RETRY_WAIT", "0")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    attempts = []
+
+    def refuse(*a, **k):
+        attempts.append(a)
+        raise OSError("network access attempted")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(resolve, "_hub_api", lambda: pytest.fail("the Hub API was called"))
+    monkeypatch.setattr(resolve, "hf_hub_download", lambda **k: pytest.fail("hf_hub_download was called"))
+    return attempts
+
+
+@pytest.fixture
+def minihub(tmp_path, monkeypatch) -> MiniHub:
+    comp = files_of(write_components(tmp_path / "remote-c"))
+    comp["transformer/diffusion_pytorch_model.safetensors"] = b"never"
+    wp_root = tmp_path / "remote-w"
+    write_layout(wp_root)
+    wp = files_of(wp_root / WORLDPLAY_DIRNAME)
+    wp["ar_model/diffusion_pytorch_model.safetensors"] = b"never"
+    hub = MiniHub({COMP_REPO: comp, WP_REPO: wp})
+    monkeypatch.setattr(resolve, "_hub_api", lambda: hub)
+    monkeypatch.setattr(resolve, "hf_hub_download", hub.download)
+    return hub
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_help_documents_actions_modes_and_env():
+    out = subprocess.run([sys.executable, "download_models.py", "--help"], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    for needle in ("--mode", "{ar,bidirectional,all}", "--dest", "--check", "bundle", "--no-download",
+                   "HF_TOKEN", "WORLDPLAY_MODEL_DIR", "RUNPOD_HF_CACHE", "HF_HUB_CACHE",
+                   "WORLDPLAY_BUNDLE_REPO", "WORLDPLAY_REPO", "WORLDPLAY_COMPONENTS_REPO",
+                   "WORLDPLAY_DOWNLOAD_ATTEMPTS", "WORLDPLAY_RETRY_WAIT", AR_REL, BI_REL):
+        assert needle in text, needle
+
+
+def test_check_good_folder(tmp_path, capsys, no_network):
+    root = write_layout(tmp_path / "m")
+    assert download_models.main(["--check", "--mode", "all", "--dest", str(root)]) == 0
+    assert "complete" in capsys.readouterr().out
+    assert download_models.main(["check", "--mode", "ar", "--dest", str(root)]) == 0
+    assert no_network == []
+
+
+def test_check_broken_folder_lists_every_problem(tmp_path, capsys, no_network):
+    root = write_layout(tmp_path / "m", modes=("ar",))
+    ckpt = root / WORLDPLAY_DIRNAME / AR_REL
+    ckpt.write_bytes(ckpt.read_bytes()[:-10])
+    (root / COMPONENTS_DIRNAME / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    assert download_models.main(["--check", "--mode", "all", "--dest", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert "3 problem(s)" in err
+    assert f"{ckpt}: truncated" in err
+    assert "vae: no weights" in err
+    assert f"{root / WORLDPLAY_DIRNAME / BI_REL}: missing" in err
+    assert no_network == []
+
+
+def test_check_uses_worldplay_model_dir_by_default(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLDPLAY_MODEL_DIR", str(write_layout(tmp_path / "m", modes=("ar",))))
+    assert download_models.main(["--check"]) == 0
+
+
+def test_missing_dest_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        download_models.main(["--mode", "ar"])
+    assert exc.value.code == 2 and "--dest" in capsys.readouterr().err
+
+
+def test_fetch_copies_from_local_caches_without_network(tmp_path, capsys, no_network):
+    comp = add_cache_repo(tmp_path / "hf", COMP_REPO, files_of(write_components(tmp_path / "c")))
+    add_cache_repo(tmp_path / "runpod", WP_REPO, files_of(write_layout(tmp_path / "w") / WORLDPLAY_DIRNAME))
+    dest = tmp_path / "dest"
+    assert download_models.main(["--mode", "ar", "--dest", str(dest)]) == 0
+    out = capsys.readouterr().out
+    assert "copied from hf-cache" in out and "copied from runpod-cache" in out
+    assert "total size:" in out
+    assert check_model_dir(dest, "ar") == []
+    assert not (dest / WORLDPLAY_DIRNAME / BI_REL).exists()  # mode filter
+    assert not any(p.is_symlink() for p in dest.rglob("*"))  # real files, not links into a cache
+    assert (dest / COMPONENTS_DIRNAME / "model_index.json").read_bytes() == (comp / "model_index.json").read_bytes()
+    # a second run finds everything in place
+    assert download_models.main(["--mode", "ar", "--dest", str(dest)]) == 0
+    assert capsys.readouterr().out.count("already present") == 2
+
+
+def test_fetch_downloads_only_needed_files(tmp_path, capsys, minihub):
+    dest = tmp_path / "dest"
+    assert download_models.main(["--mode", "bidirectional", "--dest", str(dest), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"downloaded from https://huggingface.co/{WP_REPO}" in out
+    assert f"{WP_REPO}:{BI_REL}" in minihub.downloads
+    assert not any("transformer/" in d or "ar_" in d for d in minihub.downloads)
+    assert check_model_dir(dest, "bidirectional") == []
+    size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file() and ".cache" not in p.parts)
+    assert f"({size} bytes)" in out
+
+
+def test_fetch_without_download_fails_cleanly(tmp_path, capsys, no_network):
+    assert download_models.main(["--mode", "ar", "--dest", str(tmp_path / "d"), "--no-download"]) == 1
+    assert "error [MODEL_NOT_FOUND]" in capsys.readouterr().err
+
+
+def test_bundle_is_a_usable_runpod_cached_model(tmp_path, capsys, minihub, monkeypatch):
+    dest = tmp_path / "bundle"
+    assert download_models.main(["bundle", "--dest", str(dest), "--repo-id", "me/wp-bundle"]) == 0
+    out = capsys.readouterr().out
+    assert "hf upload me/wp-bundle" in out and "--exclude" in out
+    assert "WORLDPLAY_BUNDLE_REPO=me/wp-bundle" in out
+    assert check_model_dir(dest, "all") == []  # bundle defaults to every mode
+    manifest = json.loads((dest / download_models.BUNDLE_MANIFEST).read_text())
+    assert manifest["modes"] == ["ar", "bidirectional"]
+    listed = {f["path"] for f in manifest["files"]}
+    assert f"{WORLDPLAY_DIRNAME}/{AR_REL}" in listed and f"{WORLDPLAY_DIRNAME}/{BI_REL}" in listed
+    assert not any("/transformer/" in p or ".cache" in p for p in listed)
+    assert "Community License" in (dest / "README.md").read_text()
+    # push it "as one repo": what RunPod mounts is that tree in HF-cache layout
+    uploaded = {k: v for k, v in files_of(dest).items() if ".cache" not in k}
+    add_cache_repo(tmp_path / "runpod", "me/wp-bundle", uploaded)
+    paths = resolve_models(("ar", "bidirectional"), allow_download=False, set_offline=False)
+    assert set(paths.sources.values()) == {"runpod-cache"}
+    assert "models--me--wp-bundle" in str(paths.components)
+
+
+def test_check_and_action_conflict_is_rejected(tmp_path):
+    with pytest.raises(SystemExit):
+        download_models.main(["bundle", "--check", "--dest", str(tmp_path)])
+
+
+def test_check_accepts_the_projects_tiny_fixture(tiny_models, capsys):
+    """The offline completeness rules agree with the layout pipeline.tiny writes."""
+    assert download_models.main(["--check", "--mode", "all", "--dest", str(tiny_models)]) == 0
