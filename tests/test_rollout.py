@@ -1,0 +1,134 @@
+"""End-to-end generation at tiny size through WorldPlayPipeline.generate (both modes)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.camera import parse_pose
+from pipeline.engine import GenerationRequest, WorldPlayPipeline
+from pipeline.errors import FrameCountError, GenerationCancelled, PipelineError
+from pipeline.resolve import resolve_models
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_models) -> WorldPlayPipeline:
+    paths = resolve_models(["ar", "bidirectional"], model_dir=tiny_models, allow_download=False, set_offline=False)
+    return WorldPlayPipeline.from_paths(paths, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def image() -> Image.Image:
+    y, x = np.mgrid[0:90, 0:160]
+    rgb = np.stack([(x * 1.5) % 256, (y * 2.8) % 256, ((x + y) * 0.9) % 256], -1).astype(np.uint8)
+    return Image.fromarray(rgb)
+
+
+def request(image, pose="w-7", mode="ar", **kwargs) -> GenerationRequest:
+    return GenerationRequest(prompt='a street, a sign reads "OPEN"', image=image, camera=parse_pose(pose), mode=mode,
+                             **kwargs)
+
+
+@pytest.fixture(scope="module")
+def ar_result(pipe, image):
+    return pipe.generate(request(image, seed=7))
+
+
+def test_ar_frames_shape_range_and_size(ar_result):
+    frames = ar_result.frames
+    assert frames.dtype == np.uint8
+    assert frames.shape == (29, ar_result.height, ar_result.width, 3)  # 8 latents -> 29 frames
+    assert (ar_result.width, ar_result.height) == (80, 48)  # 16:9 bucket of the tiny resolution base (64)
+    assert frames.std() > 1.0 and frames.min() < frames.max()
+    assert ar_result.num_inference_steps == 4 and ar_result.guidance_scale == 1.0
+    assert {"denoise", "decode", "encode_prompt", "prepare_image"} <= set(ar_result.timings)
+
+
+def test_ar_is_deterministic_for_a_seed_and_seeds_differ(pipe, image, ar_result):
+    again = pipe.generate(request(image, seed=7))
+    other = pipe.generate(request(image, seed=8))
+    np.testing.assert_array_equal(again.frames, ar_result.frames)
+    assert np.abs(other.frames.astype(int) - ar_result.frames.astype(int)).mean() > 1.0
+
+
+def test_ar_is_causal_in_the_camera(pipe, image, ar_result):
+    """Changing the camera of the last chunk leaves the frames of the first chunk unchanged."""
+    turned = pipe.generate(request(image, pose="w-3, left-4", seed=7))
+    first_chunk_frames = 13  # latents 0..3
+    np.testing.assert_array_equal(turned.frames[:first_chunk_frames], ar_result.frames[:first_chunk_frames])
+    assert np.abs(turned.frames[first_chunk_frames:].astype(int) - ar_result.frames[first_chunk_frames:]).mean() > 0.5
+
+
+def test_first_frames_hook_matches_final_video(pipe, image, ar_result):
+    seen = []
+    result = pipe.generate(request(image, seed=7), on_first_frames=seen.append)
+    assert len(seen) == 1 and seen[0].shape[0] == 13
+    np.testing.assert_array_equal(seen[0], result.frames[:13])
+    np.testing.assert_array_equal(result.frames, ar_result.frames)
+
+
+def test_callback_once_per_denoising_step_with_totals(pipe, image):
+    events = []
+    pipe.generate(request(image, pose="w-7", num_inference_steps=3), callback=lambda *e: events.append(e))
+    steps = [e for e in events if e[0] == "denoising"]
+    assert steps == [("denoising", i, 6) for i in range(1, 7)]  # 2 chunks x 3 steps
+    assert events[-1] == ("decoded", 1, 1)
+
+
+def test_cancellation_stops_between_steps(pipe, image):
+    events = []
+    with pytest.raises(GenerationCancelled, match="after 3 of 8"):
+        pipe.generate(request(image), callback=lambda *e: events.append(e), should_cancel=lambda: len(events) >= 3)
+    assert len(events) == 3
+
+
+@pytest.mark.parametrize(
+    "pose, mode, nearest",
+    [("w-5", "ar", "13 or 29"), ("w-7", "bidirectional", "61"), ("w-30", "bidirectional", "61 or 125")],
+)
+def test_constraint_errors_come_before_any_heavy_work(pipe, image, pose, mode, nearest):
+    before = pipe.encoders.encode_count
+    with pytest.raises(FrameCountError) as info:
+        pipe.generate(request(image, pose=pose, mode=mode))
+    assert nearest in str(info.value)
+    assert pipe.encoders.encode_count == before
+
+
+def test_unloaded_mode_is_a_clear_error(tiny_models, image):
+    paths = resolve_models(["ar"], model_dir=tiny_models, allow_download=False, set_offline=False)
+    ar_only = WorldPlayPipeline.from_paths(paths, device="cpu")
+    with pytest.raises(PipelineError, match="not loaded"):
+        ar_only.generate(request(image, pose="w-15", mode="bidirectional"))
+
+
+def test_ar_with_guidance_runs_both_branches(pipe, image, ar_result):
+    guided = pipe.generate(request(image, seed=7, guidance_scale=4.0, negative_prompt="blurry"))
+    assert guided.frames.shape == ar_result.frames.shape
+    assert not np.array_equal(guided.frames, ar_result.frames)
+
+
+@pytest.fixture(scope="module")
+def bi_result(pipe, image):
+    return pipe.generate(request(image, pose="w-15", mode="bidirectional", num_inference_steps=2, seed=3))
+
+
+def test_bidirectional_end_to_end(pipe, image, bi_result):
+    assert bi_result.frames.shape == (61, 48, 80, 3)
+    assert bi_result.guidance_scale == 6.0 and bi_result.num_inference_steps == 2
+    assert bi_result.frames.std() > 1.0
+    again = pipe.generate(request(image, pose="w-15", mode="bidirectional", num_inference_steps=2, seed=3))
+    np.testing.assert_array_equal(again.frames, bi_result.frames)
+    other = pipe.generate(request(image, pose="w-15", mode="bidirectional", num_inference_steps=2, seed=4))
+    assert not np.array_equal(other.frames, bi_result.frames)
+
+
+def test_bidirectional_second_chunk_uses_context(pipe, image):
+    """32 latents = 2 chunks of 16; the callback counts 2 x steps."""
+    events = []
+    result = pipe.generate(
+        request(image, pose="w-31", mode="bidirectional", num_inference_steps=1, guidance_scale=1.0),
+        callback=lambda *e: events.append(e),
+    )
+    assert result.frames.shape[0] == 125
+    assert [e for e in events if e[0] == "denoising"] == [("denoising", 1, 2), ("denoising", 2, 2)]
