@@ -197,10 +197,11 @@ def pose_for(mode: str, frames: int) -> str:
 
 def run_one(pipe: WorldPlayPipeline, mode: str, frames: int, width: int, height: int, steps: int | None,
             guidance: float | None, out_dir: Path) -> dict:
-    try:
+    import importlib.util
+
+    encode_mp4 = None
+    if importlib.util.find_spec("av") is not None:  # PyAV missing (a bare GPU box): time the model only
         from .video import encode_mp4
-    except ImportError:  # PyAV missing (e.g. a bare GPU box): time the model only
-        encode_mp4 = None
 
     device = pipe.device
     if device.type == "cuda":

@@ -31,6 +31,8 @@ from typing import Iterable, Iterator
 
 import torch
 
+from .components import SYSTEM_MESSAGE
+
 COMPONENTS_DIR = "HunyuanVideo-1.5-480p_i2v"
 WORLDPLAY_DIR = "HY-WorldPlay"
 CHECKPOINT_FILES = {
@@ -57,16 +59,11 @@ _CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
-# Text the tiny BPE learns its merges from. Learning the system message keeps the template short (150
-# tokens before the prompt; 108 with the real tokenizer): upstream locates the prompt start within the
-# first 256 tokens, so a tokenizer that spells the template out byte by byte would not mirror the real one.
+# Text the tiny BPE learns its merges from. Learning the system message keeps the template short
+# (115 tokens before the prompt; diffusers hard-codes 108 for the real tokenizer): upstream looks for the
+# prompt start within the first 256 tokens, so a byte-by-byte template would not mirror the real one.
 _BPE_CORPUS = [
-    "You are a helpful assistant. Describe the video by detailing the following aspects:",
-    "1. The main content and theme of the video.",
-    "2. The color, shape, size, texture, quantity, text, and spatial relationships of the objects.",
-    "3. Actions, events, behaviors temporal relationships, physical movement changes of the objects.",
-    "4. background environment, light, style and atmosphere.",
-    "5. camera angles, movements, and transitions used in the video.",
+    SYSTEM_MESSAGE,
     "A quiet street at dawn, the camera walks forward past shops and trees under a pale sky.",
     "A sign reads \"OPEN\" above a wooden door; the light is warm and soft.",
 ]
@@ -93,9 +90,8 @@ def _qwen_tokenizer():
         vocab.setdefault(token, len(vocab))
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in model["merges"]]
     tok = Qwen2Tokenizer(vocab=vocab, merges=merges, padding_side="right")
-    tok.add_special_tokens(
-        {"additional_special_tokens": [AddedToken("<|im_start|>", special=True), AddedToken("<|im_end|>", special=True)]}
-    )
+    chatml = [AddedToken("<|im_start|>", special=True), AddedToken("<|im_end|>", special=True)]
+    tok.add_special_tokens({"additional_special_tokens": chatml})
     tok.chat_template = _CHAT_TEMPLATE
     tok.model_max_length = 32768
     return tok

@@ -1,0 +1,293 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Root of the tiny random-weight models (both modes), written once per test session.
+
+    Layout: ``HunyuanVideo-1.5-480p_i2v/`` (diffusers components) and ``HY-WorldPlay/`` (checkpoints).
+    Treat it as read-only: tests that need to modify files copy them first.
+    """
+    from pipeline.tiny import write_tiny_models
+
+    return write_tiny_models(tmp_path_factory.mktemp("tiny_models"))
+
+
+# ==== worker / storage / handler fixtures (schemas, worker, handler, smoke tests) ===============
+import base64 as _base64
+import contextlib as _contextlib
+import io as _io
+import json as _json
+import logging as _logging
+import os as _os
+import socket as _socket
+import threading as _threading
+import uuid as _uuid
+from http.server import BaseHTTPRequestHandler as _BaseHandler
+from http.server import ThreadingHTTPServer as _ThreadingHTTPServer
+
+S3_ACCESS_KEY = "test-access-key"
+S3_SECRET_KEY = "test-secret-Zq8vN3xPp2"  # tests assert this never shows up in outputs / logs
+
+
+def free_port() -> int:
+    with _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def png_bytes(width: int = 96, height: int = 64, color=(40, 120, 200), fmt: str = "PNG") -> bytes:
+    from PIL import Image
+
+    buf = _io.BytesIO()
+    img = Image.new("RGB", (width, height), color)
+    for x in range(0, width, 8):  # some structure
+        for y in range(height):
+            img.putpixel((x, y), (255 - color[0], color[1], 255 - color[2]))
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return _base64.b64encode(data).decode("ascii")
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 (free port) for the whole session; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    _logging.getLogger("werkzeug").setLevel(_logging.ERROR)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    for _ in range(200):  # bounded wait for the socket
+        try:
+            _socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            import time as _time
+
+            _time.sleep(0.025)
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch, tmp_path):
+    """MINIO_* pointing at moto with a fresh bucket; worker state reset; temp dir isolated.
+    Yields a dict of the environment it set (bucket under "MINIO_BUCKET")."""
+    from worker import job as worker_job
+    from worker.storage import Storage
+
+    bucket = f"test-{_uuid.uuid4().hex[:12]}"
+    env = {
+        "MINIO_ENDPOINT": s3_server,
+        "MINIO_ACCESS_KEY": S3_ACCESS_KEY,
+        "MINIO_SECRET_KEY": S3_SECRET_KEY,
+        "MINIO_BUCKET": bucket,
+        "MINIO_REGION": "us-east-1",
+        "MINIO_RETRY_ATTEMPTS": "2",
+        "WORLDPLAY_TMPDIR": str(tmp_path / "worktmp"),
+        "WORLDPLAY_MODES": "ar",
+    }
+    (tmp_path / "worktmp").mkdir()
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("RUNPOD_WEBHOOK_GET_JOB", raising=False)
+    monkeypatch.delenv("MINIO_PUBLIC_ENDPOINT", raising=False)
+    monkeypatch.delenv("MINIO_USE_SSL", raising=False)
+    Storage.from_env().ensure_bucket()
+    saved_loader = worker_job.MODELS.loader
+    worker_job.reset_state()
+    yield env
+    worker_job.reset_state(loader=saved_loader)
+
+
+@pytest.fixture
+def storage(s3_env):
+    from worker.storage import RetryPolicy, Storage
+
+    return Storage.from_env(retry=RetryPolicy(attempts=2, initial=0.01, maximum=0.02))
+
+
+class FakeResult:
+    def __init__(self, frames):
+        self.frames = frames
+        self.num_frames, self.height, self.width = frames.shape[:3]
+        self.timings = {"denoise": 0.0}
+
+
+class FakePipeline:
+    """Honours the WorldPlayPipeline contract (generate/health/modes) with deterministic frames:
+    a colour gradient that depends on the seed and moves with the frame index."""
+
+    def __init__(self, modes=("ar",), width=64, height=48, fail=None, step_hook=None):
+        self._modes = tuple(modes)
+        self.width, self.height = width, height
+        self.fail = fail
+        self.step_hook = step_hook
+        self.calls = []
+
+    @property
+    def modes(self):
+        return self._modes
+
+    def health(self):
+        return {"modes": list(self._modes), "device": "cpu", "dtype": "float32", "fake": True}
+
+    def generate(self, request, callback=None, should_cancel=None):
+        import numpy as np
+
+        from pipeline.errors import GenerationCancelled
+
+        self.calls.append(request)
+        if self.fail is not None:
+            raise self.fail
+        total = int(request.num_inference_steps)
+        for step in range(1, total + 1):
+            if should_cancel is not None and should_cancel():
+                raise GenerationCancelled(f"cancelled at step {step}/{total}")
+            if self.step_hook is not None:
+                self.step_hook(step)
+            if callback is not None:
+                callback("denoise", step, total)
+        n = request.camera.num_frames
+        t = np.arange(n, dtype=np.int64)[:, None, None]
+        y = np.arange(self.height, dtype=np.int64)[None, :, None]
+        x = np.arange(self.width, dtype=np.int64)[None, None, :]
+        base = (x * 3 + y * 2 + t * 5 + int(request.seed)) % 256
+        frames = np.stack([base, (base + 85) % 256, (255 - base)], axis=-1).astype(np.uint8)
+        return FakeResult(frames)
+
+
+@pytest.fixture
+def fake_pipeline(s3_env, monkeypatch):
+    """Installs a FakePipeline as the worker's model (no torch model involved)."""
+    from dataclasses import make_dataclass
+
+    from worker import job as worker_job
+
+    pipe = FakePipeline()
+    request_cls = make_dataclass("FakeRequest", [
+        "prompt", "image", "camera", ("mode", str, "ar"), ("negative_prompt", str, ""),
+        ("num_inference_steps", object, None), ("guidance_scale", object, None),
+        ("seed", int, 0)])
+    monkeypatch.setattr(worker_job, "_request_class", lambda: request_cls)
+    worker_job.reset_state(loader=lambda modes: pipe)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_models):
+    """The REAL WorldPlayPipeline loaded once from the tiny models (AR mode)."""
+    from pipeline.engine import WorldPlayPipeline
+    from pipeline.resolve import resolve_models
+
+    paths = resolve_models(["ar"], model_dir=tiny_models, allow_download=False, set_offline=False)
+    return WorldPlayPipeline.from_paths(paths, device="cpu", modes=("ar",))
+
+
+@pytest.fixture
+def real_pipeline(s3_env, tiny_models, tiny_pipeline, monkeypatch):
+    """The worker uses the real tiny pipeline (loaded once per session, handed to the holder)."""
+    from worker import job as worker_job
+
+    monkeypatch.setenv("WORLDPLAY_MODEL_DIR", str(tiny_models))
+    worker_job.reset_state(loader=lambda modes: tiny_pipeline)
+    return tiny_pipeline
+
+
+class HttpStub:
+    """A programmable HTTP server on 127.0.0.1: queue (status, headers, body) responses per path;
+    the last response of a path repeats. ``hits[path]`` counts requests."""
+
+    def __init__(self):
+        self.routes = {}
+        self.hits = {}
+        stub = self
+
+        class _H(_BaseHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _serve(self, head_only=False):
+                path = self.path.split("?")[0]
+                stub.hits[path] = stub.hits.get(path, 0) + 1
+                queue = stub.routes.get(path) or [(404, {}, b"not found")]
+                status, headers, body = queue.pop(0) if len(queue) > 1 else queue[0]
+                self.send_response(status)
+                chunked = headers.get("Transfer-Encoding") == "chunked"
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                if not chunked:
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if head_only:
+                    return
+                if chunked:
+                    for i in range(0, len(body), 4096):
+                        part = body[i:i + 4096]
+                        self.wfile.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+                    self.wfile.write(b"0\r\n\r\n")
+                else:
+                    self.wfile.write(body)
+
+            def do_GET(self):
+                self._serve()
+
+            def do_HEAD(self):
+                self._serve(head_only=True)
+
+            def do_PUT(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                self._serve()
+
+        self.server = _ThreadingHTTPServer(("127.0.0.1", 0), _H)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = _threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def route(self, path, *responses):
+        self.routes[path] = list(responses)
+        self.hits[path] = 0
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def http_stub():
+    stub = HttpStub()
+    yield stub
+    stub.close()
+
+
+@pytest.fixture
+def no_secret_in_logs(caplog):
+    """Capture everything at DEBUG; after the test assert the secret key never appeared."""
+    caplog.set_level(_logging.DEBUG)
+    yield caplog
+    assert S3_SECRET_KEY not in caplog.text
+
+
+def worker_subprocess_env(extra: dict) -> dict:
+    """Environment for `python handler.py ...` subprocesses: inherit, then override."""
+    env = dict(_os.environ)
+    env.pop("RUNPOD_WEBHOOK_GET_JOB", None)
+    env.update({"PYTHONUNBUFFERED": "1", "RUNPOD_LOG_LEVEL": "INFO", **extra})
+    return env
+# ==== end of worker fixtures ===================================================================
