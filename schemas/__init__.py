@@ -1,0 +1,25 @@
+"""Request / response contract of the WorldPlay worker (see ``schemas.job``)."""
+
+from schemas.job import (  # noqa: F401
+    CAMERA_FIELDS,
+    DEFAULT_KEY_PREFIX,
+    DEFAULT_POSE,
+    IMAGE_FIELDS,
+    MAX_IMAGE_BYTES,
+    MAX_IMAGE_PIXELS,
+    MAX_POSE_JSON_BYTES,
+    MIN_IMAGE_SIDE,
+    MODE_DEFAULTS,
+    RANDOM_SEED_MAX,
+    ErrorOutput,
+    HealthInput,
+    HealthOutput,
+    JobInput,
+    JobOutput,
+    OutputOptions,
+    Timings,
+    format_validation_error,
+    json_schemas,
+    parse_input,
+    strip_data_url,
+)

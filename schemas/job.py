@@ -1,0 +1,364 @@
+"""The request/response contract of the worker (pydantic v2).
+
+``job["input"]`` is either a generation request (:class:`JobInput`) or a health check
+(:class:`HealthInput`, ``{"health": true}``). Validation is strict: booleans are not integers,
+strings are not numbers, unknown fields are rejected by name.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Dict, List, Literal, Optional, Union
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+# ---- limits ---------------------------------------------------------------------------------
+MAX_PROMPT_CHARS = 2000
+MAX_IMAGE_BYTES = 7 * 1024 * 1024  # decoded; keeps a /run payload (10 MB, base64) under the cap
+MAX_IMAGE_PIXELS = 40_000_000
+MIN_IMAGE_SIDE = 16
+MAX_BASE64_CHARS = math.ceil(MAX_IMAGE_BYTES / 3) * 4 + 256  # + room for a data: URL prefix
+MAX_KEY_CHARS = 1024
+MAX_URL_CHARS = 2048
+MAX_POSE_STRING_CHARS = 4000
+MAX_POSE_ENTRIES = 1024
+MAX_ACTIONS = 1024
+MAX_POSE_JSON_BYTES = 2 * 1024 * 1024
+MAX_FRAMES = 1021  # 256 latents
+MAX_STEPS = 100
+MAX_SEED = 2**32 - 1
+RANDOM_SEED_MAX = 2**31 - 1
+DEFAULT_POSE = "w-31"
+DEFAULT_KEY_PREFIX = "worldplay"
+
+MODE_DEFAULTS = {
+    "ar": {"num_inference_steps": 4, "guidance_scale": 1.0},
+    "bidirectional": {"num_inference_steps": 30, "guidance_scale": 6.0},
+}
+
+_KEY_PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]*$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_DATA_URL_RE = re.compile(r"^data:image/(png|jpeg|jpg|webp);base64,", re.IGNORECASE)
+
+IMAGE_FIELDS = ("image_key", "image_url", "image_base64")
+CAMERA_FIELDS = ("pose", "pose_key", "pose_json", "actions")
+
+
+def _check_object_key(value: str, what: str) -> str:
+    if not value or not value.strip():
+        raise ValueError(f"{what} must not be empty")
+    if _CONTROL_RE.search(value):
+        raise ValueError(f"{what} must not contain control characters")
+    if value.startswith("/"):
+        raise ValueError(f"{what} must not start with '/'")
+    if any(part == ".." for part in value.split("/")):
+        raise ValueError(f"{what} must not contain '..' path segments")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+
+class OutputOptions(_Strict):
+    """Where the video goes and how long its presigned link lives."""
+
+    key_prefix: str = Field(
+        DEFAULT_KEY_PREFIX, min_length=1, max_length=256,
+        description="Object key prefix: the video is stored at {key_prefix}/{job_id}/video.mp4. "
+                    "Letters, digits and . _ - / only; no '..' segments.")
+    presign_expiry_seconds: int = Field(3600, ge=60, le=604800,
+                                        description="Lifetime of the presigned URL (60 s .. 7 days).")
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        v = v.strip("/")
+        if not v or not _KEY_PREFIX_RE.match(v):
+            raise ValueError("key_prefix may only contain letters, digits and . _ - / "
+                             "and must start with a letter or digit")
+        if any(part in ("..", ".", "") for part in v.split("/")):
+            raise ValueError("key_prefix must not contain empty, '.' or '..' segments")
+        return v
+
+
+class JobInput(_Strict):
+    """A generation request: prompt + one image source + one camera source."""
+
+    prompt: str = Field(..., max_length=MAX_PROMPT_CHARS,
+                        description="What the scene looks like (required, non-empty).")
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS,
+                                 description="Used only when guidance_scale > 1.")
+
+    image_key: Optional[str] = Field(
+        None, max_length=MAX_KEY_CHARS,
+        validation_alias=AliasChoices("image_key", "input_image_minio_path"),
+        description="Object key of the input image in the worker's bucket "
+                    "(alias: input_image_minio_path).")
+    image_url: Optional[str] = Field(None, max_length=MAX_URL_CHARS,
+                                     description="http(s) URL of the input image.")
+    image_base64: Optional[str] = Field(
+        None, max_length=MAX_BASE64_CHARS,
+        description=f"Base64 image (optionally a data: URL), at most {MAX_IMAGE_BYTES // 2**20} MB "
+                    "decoded.")
+
+    pose: Optional[str] = Field(None, max_length=MAX_POSE_STRING_CHARS,
+                                description='Pose string, e.g. "w-31" (default) or "w-15, right-16". '
+                                            "N counts latents (4 frames each).")
+    pose_key: Optional[str] = Field(None, max_length=MAX_KEY_CHARS,
+                                    description="Object key of a pose JSON in the bucket.")
+    pose_json: Optional[Dict[str, Any]] = Field(
+        None, description='Inline pose JSON: {"0": {"extrinsic": 4x4 c2w, "K": 3x3}, ...}.')
+    actions: Optional[List[Dict[str, Any]]] = Field(
+        None, min_length=1, max_length=MAX_ACTIONS,
+        description='Keyboard actions: [{"key": "w", "latents": 8, "speed": 0.12}, ...].')
+
+    mode: Literal["ar", "bidirectional"] = Field(
+        "ar", description="ar: distilled autoregressive (4 steps); bidirectional: 30 steps + CFG.")
+    num_frames: Optional[int] = Field(
+        None, ge=1, le=MAX_FRAMES,
+        description="Optional check: must equal the frames the camera path gives "
+                    "(4*(latents-1)+1; ar needs latents % 4 == 0, bidirectional % 16 == 0).")
+    num_inference_steps: Optional[int] = Field(None, ge=1, le=MAX_STEPS,
+                                               description="Default 4 (ar) / 30 (bidirectional).")
+    guidance_scale: Optional[float] = Field(None, ge=1.0, le=20.0,
+                                            description="Default 1.0 (ar) / 6.0 (bidirectional).")
+    seed: Optional[int] = Field(None, ge=0, le=MAX_SEED,
+                                description="null: random in 0..2^31-1 (returned in the output).")
+    fps: int = Field(24, ge=1, le=60, description="Frame rate of the MP4.")
+    output: OutputOptions = Field(default_factory=OutputOptions)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "image_key" in data and "input_image_minio_path" in data:
+            raise ValueError("give image_key or its alias input_image_minio_path, not both")
+        return data
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("prompt must not be empty")
+        return v
+
+    @field_validator("image_key", "pose_key")
+    @classmethod
+    def _key(cls, v: Optional[str], info) -> Optional[str]:
+        return None if v is None else _check_object_key(v, info.field_name)
+
+    @field_validator("image_url")
+    @classmethod
+    def _url(cls, v: Optional[str]) -> Optional[str]:
+        if v is None:
+            return v
+        v = v.strip()
+        low = v.lower()
+        if not (low.startswith("http://") or low.startswith("https://")):
+            raise ValueError("image_url must be an http:// or https:// URL")
+        if _CONTROL_RE.search(v) or " " in v:
+            raise ValueError("image_url must not contain spaces or control characters")
+        return v
+
+    @field_validator("image_base64")
+    @classmethod
+    def _b64(cls, v: Optional[str]) -> Optional[str]:
+        if v is None:
+            return v
+        body = strip_data_url(v)
+        # 4 base64 chars carry 3 bytes; whitespace is ignored by the decoder.
+        approx = (len(body) - body.count("\n") - body.count("\r") - body.count(" ")) * 3 // 4
+        if approx > MAX_IMAGE_BYTES:
+            raise ValueError(f"decoded image would be about {approx / 2**20:.1f} MB; the limit is "
+                             f"{MAX_IMAGE_BYTES // 2**20} MB (use image_key or image_url for large "
+                             "images)")
+        if not body.strip():
+            raise ValueError("image_base64 must not be empty")
+        return v
+
+    @field_validator("pose")
+    @classmethod
+    def _pose(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not v.strip():
+            raise ValueError("pose must not be empty")
+        return v
+
+    @field_validator("pose_json")
+    @classmethod
+    def _pose_json(cls, v: Optional[dict]) -> Optional[dict]:
+        if v is not None:
+            if not v:
+                raise ValueError("pose_json must not be empty")
+            if len(v) > MAX_POSE_ENTRIES:
+                raise ValueError(f"pose_json has {len(v)} entries; at most {MAX_POSE_ENTRIES}")
+        return v
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "JobInput":
+        images = [name for name in IMAGE_FIELDS if getattr(self, name) is not None]
+        if len(images) != 1:
+            given = ", ".join(images) if images else "none"
+            raise ValueError("exactly one of image_key (alias input_image_minio_path), image_url, "
+                             f"image_base64 is required (given: {given})")
+        cameras = [name for name in CAMERA_FIELDS if getattr(self, name) is not None]
+        if len(cameras) > 1:
+            raise ValueError("at most one of pose, pose_key, pose_json, actions may be given "
+                             f"(given: {', '.join(cameras)})")
+        if not cameras:
+            self.pose = DEFAULT_POSE
+        return self
+
+    # ---- resolved values -------------------------------------------------------------------
+    @property
+    def image_source(self) -> str:
+        return next(name for name in IMAGE_FIELDS if getattr(self, name) is not None)
+
+    @property
+    def camera_source(self) -> str:
+        return next(name for name in CAMERA_FIELDS if getattr(self, name) is not None)
+
+    @property
+    def steps(self) -> int:
+        return self.num_inference_steps or MODE_DEFAULTS[self.mode]["num_inference_steps"]
+
+    @property
+    def guidance(self) -> float:
+        if self.guidance_scale is None:
+            return MODE_DEFAULTS[self.mode]["guidance_scale"]
+        return float(self.guidance_scale)
+
+    def summary(self) -> dict:
+        """A log-safe description of the request (no image data, no long strings)."""
+        return {
+            "mode": self.mode,
+            "image": self.image_source,
+            "camera": self.camera_source,
+            "pose": self.pose if self.pose and len(self.pose) <= 80 else None,
+            "num_frames": self.num_frames,
+            "steps": self.steps,
+            "guidance": self.guidance,
+            "seed": self.seed,
+            "fps": self.fps,
+            "prompt_chars": len(self.prompt),
+        }
+
+
+class HealthInput(_Strict):
+    """``{"health": true}``: report readiness without generating."""
+
+    health: bool = Field(..., description="Must be true.")
+
+    @field_validator("health")
+    @classmethod
+    def _true(cls, v: bool) -> bool:
+        if v is not True:
+            raise ValueError("health must be true")
+        return v
+
+
+class Timings(BaseModel):
+    validate_: float = Field(0.0, alias="validate", serialization_alias="validate")
+    fetch: float = 0.0
+    load: float = 0.0
+    generate: float = 0.0
+    encode: float = 0.0
+    upload: float = 0.0
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class JobOutput(BaseModel):
+    """A successful generation."""
+
+    minio_key: str = Field(..., description="Object key of the MP4 in the bucket.")
+    bucket: str
+    presigned_url: str = Field(..., description="Time-limited GET URL of the MP4.")
+    expires_at: str = Field(..., description="Expiry of presigned_url, ISO-8601 UTC.")
+    num_frames: int
+    fps: int
+    width: int
+    height: int
+    duration_seconds: float
+    seed: int
+    mode: Literal["ar", "bidirectional"]
+    num_inference_steps: int
+    guidance_scale: float
+    timings: Timings = Field(..., description="Seconds per stage.")
+    generation_time_seconds: float = Field(..., description="Wall time of the whole job.")
+
+
+class HealthOutput(BaseModel):
+    status: Literal["ok", "degraded", "error"]
+    models_loaded: bool
+    modes: List[str] = Field(..., description="Modes this worker serves (WORLDPLAY_MODES).")
+    loaded_modes: List[str]
+    device: Optional[str] = None
+    dtype: Optional[str] = None
+    versions: Dict[str, Optional[str]]
+    model: Dict[str, Any] = Field(default_factory=dict, description="pipe.health() when loaded.")
+    model_error: Optional[str] = None
+    storage: Dict[str, Any]
+
+
+class ErrorOutput(BaseModel):
+    error: str = Field(..., description='"CODE: message"')
+    refresh_worker: Optional[bool] = None
+
+
+def strip_data_url(value: str) -> str:
+    match = _DATA_URL_RE.match(value)
+    return value[match.end():] if match else value
+
+
+def parse_input(data: Any) -> Union[JobInput, HealthInput]:
+    """Validate ``job["input"]``; raises :class:`pydantic.ValidationError` (or ``TypeError``)."""
+    if not isinstance(data, dict):
+        raise TypeError(f"input must be a JSON object, got {type(data).__name__}")
+    if "health" in data:
+        return HealthInput.model_validate(data)
+    return JobInput.model_validate(data)
+
+
+def format_validation_error(exc: ValidationError, limit: int = 8) -> str:
+    """Summarise pydantic errors as ``field.path: message; ...`` (never echoes input values)."""
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
+        kind = err.get("type", "")
+        msg = err.get("msg", "invalid value")
+        if kind == "extra_forbidden":
+            msg = "unknown field"
+        elif kind == "missing":
+            msg = "field required"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        elif msg.startswith("Assertion failed, "):
+            msg = msg[len("Assertion failed, "):]
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    if len(parts) > limit:
+        parts = parts[:limit] + [f"... and {len(parts) - limit} more"]
+    return "; ".join(parts) or "invalid input"
+
+
+def json_schemas() -> dict:
+    """Input and output JSON Schemas as one document."""
+    return {
+        "input": {
+            "oneOf": [JobInput.model_json_schema(), HealthInput.model_json_schema()],
+        },
+        "output": {
+            "oneOf": [JobOutput.model_json_schema(by_alias=True),
+                      HealthOutput.model_json_schema(),
+                      ErrorOutput.model_json_schema()],
+        },
+    }
