@@ -249,6 +249,11 @@ class ConditionEncoders:
             module.to(device)
         return self
 
+    def is_cached(self, prompt: str) -> bool:
+        """Whether `encode_prompt(prompt)` would be answered from the cache (no encoder run)."""
+        with self._lock:
+            return prompt in self._cache
+
     def clear_cache(self) -> None:
         with self._lock:
             self._cache.clear()
@@ -285,7 +290,7 @@ class ConditionEncoders:
             tokenizer=self.byt5_tokenizer,
             text_encoder=self.byt5_encoder,
             prompt=prompt,
-            device=self.device,
+            device=next(self.byt5_encoder.parameters()).device,
             tokenizer_max_length=BYT5_MAX_LENGTH,
         )
         return embeds.to(self.dtype), mask.long()
@@ -326,7 +331,7 @@ class ConditionEncoders:
             image = resize_and_center_crop(image, width, height)
         pixels = self.image_processor(images=image, return_tensors="pt")["pixel_values"]
         encoder_dtype = next(self.image_encoder.parameters()).dtype
-        pixels = pixels.to(device=self.device, dtype=encoder_dtype)
+        pixels = pixels.to(device=next(self.image_encoder.parameters()).device, dtype=encoder_dtype)
         return self.image_encoder(pixel_values=pixels).last_hidden_state.to(self.dtype)
 
 

@@ -33,7 +33,7 @@ from .rollout import (
     bidirectional_rollout,
     fresh_scheduler,
 )
-from .transformer import WorldPlayTransformer
+from .transformer import WorldPlayTransformer, enable_compile
 
 logger = logging.getLogger("worldplay.engine")
 
@@ -122,6 +122,16 @@ class WorldPlayPipeline:
         self.dtype = dtype
         self.offload_encoders = offload_encoders
         self.load_info = load_info or {}
+        self.compiled = os.environ.get("WORLDPLAY_COMPILE", "0").lower() in ("1", "true", "yes") and enable_compile()
+        self._text_encoder_host: HostResident | None = None
+        if offload_encoders:
+            # byT5 and SigLIP are small (~2 GB): they stay on the GPU. The Qwen text encoder (~15 GB)
+            # lives in pinned host memory and visits the GPU only when a prompt misses the cache.
+            for module in (encoders.byt5_encoder, encoders.image_encoder):
+                module.to(device)
+            self._text_encoder_host = HostResident(encoders.text_encoder, device)
+        else:
+            encoders.to(device)
 
     # ------------------------------------------------------------------------------ loading
 
@@ -149,9 +159,7 @@ class WorldPlayPipeline:
             timings[f"transformer_{mode}"] = round(time.perf_counter() - t0, 3)
         offload = _should_offload_encoders(device)
         t0 = time.perf_counter()
-        encoders = comp.ConditionEncoders.from_pretrained(
-            paths.components, device="cpu" if offload else device, dtype=dtype
-        )
+        encoders = comp.ConditionEncoders.from_pretrained(paths.components, device="cpu", dtype=dtype)
         timings["encoders"] = round(time.perf_counter() - t0, 3)
         t0 = time.perf_counter()
         vae = comp.load_vae(paths.components, device=device, dtype=dtype)
@@ -188,6 +196,7 @@ class WorldPlayPipeline:
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
             "offload_encoders": self.offload_encoders,
+            "compiled": self.compiled,
             "versions": {
                 "python": platform.python_version(),
                 "torch": torch.__version__,
@@ -240,7 +249,9 @@ class WorldPlayPipeline:
             pixels = comp.prepare_image(image, width, height).to(self.device, self.dtype)
             image_latent = comp.encode_condition_latents(self.vae, pixels)  # [1, C, 1, h, w]
 
-        with timer.stage("encode_prompt"), self._encoders_on_device():
+        prompts = [request.prompt] + ([request.negative_prompt] if use_cfg else [])
+        need_text_encoder = any(not self.encoders.is_cached(p) for p in prompts)
+        with timer.stage("encode_prompt"), self._text_encoder_on_device(need_text_encoder):
             positive = self._conditioning(request.prompt, image, width, height)
             negative = self._conditioning(request.negative_prompt, image, width, height) if use_cfg else None
 
@@ -320,18 +331,49 @@ class WorldPlayPipeline:
             vision=vision,
         )
 
+    def _text_encoder_on_device(self, needed: bool):
+        if self._text_encoder_host is None or not needed:
+            return _nullcontext()
+        return self._text_encoder_host.on_device()
+
+
+@contextmanager
+def _nullcontext() -> Iterator[None]:
+    yield
+
+
+class HostResident:
+    """A module whose weights live in (pinned) host memory and visit `device` only while needed.
+
+    Visiting costs one host-to-device copy; leaving costs nothing (the GPU copies are dropped and
+    the parameters point at the host tensors again), unlike `module.to("cpu")`.
+    """
+
+    def __init__(self, module: torch.nn.Module, device: torch.device):
+        self.module = module
+        self.device = device
+        self.host: dict[str, torch.Tensor] = {}
+        pin = device.type == "cuda"
+        for name, tensor in self._tensors():
+            host = tensor.data.to("cpu")
+            self.host[name] = host.pin_memory() if pin else host
+            tensor.data = self.host[name]
+        if pin:
+            torch.cuda.empty_cache()
+
+    def _tensors(self):
+        yield from self.module.named_parameters(remove_duplicate=False)
+        yield from self.module.named_buffers(remove_duplicate=False)
+
     @contextmanager
-    def _encoders_on_device(self) -> Iterator[None]:
-        if not self.offload_encoders:
-            yield
-            return
-        self.encoders.to(self.device)
+    def on_device(self) -> Iterator[None]:
+        for name, tensor in self._tensors():
+            tensor.data = self.host[name].to(self.device, non_blocking=True)
         try:
             yield
         finally:
-            self.encoders.to("cpu")
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+            for name, tensor in self._tensors():
+                tensor.data = self.host[name]
 
 
 def _as_rgb(image: Image.Image) -> Image.Image:

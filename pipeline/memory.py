@@ -36,7 +36,8 @@ that RNG, so its context choice is not reproducible. Here the points come from a
 after ``torch.manual_seed(s)``. Draw them once per request and pass them to every chunk.
 
 Everything is computed on the CPU in float64 (the reference works on float64 numpy poses); inputs may
-live on any device. One call costs a few milliseconds.
+live on any device. A call costs about 5 ms of CPU time with 32 latents (125 frames) and about 25 ms
+for the last AR chunk of 125 latents (the block scoring grows with the number of earlier blocks).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def sample_memory_points(
     num_points: int = NUM_POINTS,
     radius: float = POINT_RADIUS,
 ) -> torch.Tensor:
-    """Draw points uniformly inside a ball of ``radius`` around the origin, float32 ``[num_points, 3]`` on CPU.
+    """Draw points uniformly inside a ball of ``radius`` around the origin: float32 ``[num_points, 3]``, CPU.
 
     Draws three ``torch.rand(num_points)`` tensors from ``generator`` (radius, azimuth, polar cosine, in
     that order), exactly as the reference draws them from the global RNG, so a CPU generator seeded
@@ -230,21 +231,20 @@ def _count_seen(points: torch.Tensor, centres: torch.Tensor, forward: torch.Tens
 
     px, py, pz = (points[:, i].contiguous() for i in range(3))
     cx, cy, cz = (centres[..., i].reshape(-1, 1) for i in range(3))
-    vx, vy, vz = px - cx, py - cy, pz - cz  # [P, M] offsets from each camera
+    vx, vy, vz = px - cx, py - cy, pz - cz  # [P, M] offsets from each camera (P cameras, M points)
     sin_yaw = torch.sin(yaw).reshape(-1, 1)
     cos_yaw = torch.cos(yaw).reshape(-1, 1)
     along = vx * sin_yaw + vz * cos_yaw  # |v_h| cos(azimuth - yaw)
     across = vx * cos_yaw - vz * sin_yaw  # |v_h| sin(azimuth - yaw)
-    in_azimuth = (along > 0) & (across.abs() < math.tan(math.radians(half_h)) * along)
+    seen = along > 0
+    seen &= across.abs_() < along.mul_(math.tan(math.radians(half_h)))
 
-    horizontal_sq = vx * vx + vz * vz
-    horizontal = torch.sqrt(horizontal_sq)
+    horizontal_sq = vx.mul_(vx).add_(vz.mul_(vz))  # vx, vz are not needed any more
+    seen &= (vy * vy).add_(horizontal_sq) < _MAX_DISTANCE**2
+    horizontal = horizontal_sq.sqrt_()
     lower = (pitch_deg - half_v).reshape(-1, 1)
     upper = (pitch_deg + half_v).reshape(-1, 1)
     # Elevation lies in [-90, 90]: a bound beyond it is always met (its tangent is then unused).
-    above_lower = (lower <= -90) | (vy > horizontal * torch.tan(torch.deg2rad(lower)))
-    below_upper = (upper >= 90) | (vy < horizontal * torch.tan(torch.deg2rad(upper)))
-
-    near = (horizontal_sq + vy * vy) < _MAX_DISTANCE**2
-    seen = in_azimuth & above_lower & below_upper & near
+    seen &= (lower <= -90) | (vy > horizontal * torch.tan(torch.deg2rad(lower)))
+    seen &= (upper >= 90) | (vy < horizontal.mul_(torch.tan(torch.deg2rad(upper))))
     return seen.sum(-1).reshape(centres.shape[:-1])

@@ -402,6 +402,33 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(layer_norm(x), shift, scale))
 
 
+# --------------------------------------------------------------------------------- compilation
+
+_COMPILED = False
+
+
+def enable_compile() -> bool:
+    """Compile the elementwise-heavy parts of every block with torch.compile (process-wide, once).
+
+    Attention stays on the fused SDPA kernels; what compiles is the layer-norm / modulation / QK-norm /
+    projection / RoPE / PRoPE / gating chains around it, which are memory-bound in eager mode. The
+    functions are compiled at class level, so the 54 blocks share one set of graphs (parameters are
+    graph inputs). Returns False where torch.compile is unavailable.
+    """
+    global _COMPILED
+    if _COMPILED:
+        return True
+    if not hasattr(torch, "compile"):
+        return False
+    options = {"dynamic": True}
+    DoubleStreamBlock._qkv = torch.compile(DoubleStreamBlock._qkv, **options)
+    DoubleStreamBlock._finish = torch.compile(DoubleStreamBlock._finish, **options)
+    Rope.__call__ = torch.compile(Rope.__call__, **options)
+    CameraEncoding._apply = staticmethod(torch.compile(CameraEncoding._apply, **options))
+    _COMPILED = True
+    return True
+
+
 # ---------------------------------------------------------------------------------- the model
 
 
