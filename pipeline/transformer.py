@@ -405,6 +405,7 @@ class FinalLayer(nn.Module):
 # --------------------------------------------------------------------------------- compilation
 
 _COMPILED = False
+_EAGER: dict[str, object] = {}
 
 
 def enable_compile() -> bool:
@@ -421,12 +422,28 @@ def enable_compile() -> bool:
     if not hasattr(torch, "compile"):
         return False
     options = {"dynamic": True}
+    _EAGER.update(
+        qkv=DoubleStreamBlock._qkv, finish=DoubleStreamBlock._finish, rope=Rope.__call__,
+        camera=CameraEncoding.__dict__["_apply"],
+    )
     DoubleStreamBlock._qkv = torch.compile(DoubleStreamBlock._qkv, **options)
     DoubleStreamBlock._finish = torch.compile(DoubleStreamBlock._finish, **options)
     Rope.__call__ = torch.compile(Rope.__call__, **options)
     CameraEncoding._apply = staticmethod(torch.compile(CameraEncoding._apply, **options))
     _COMPILED = True
     return True
+
+
+def disable_compile() -> None:
+    """Restore the eager implementations (tests compare both paths in one process)."""
+    global _COMPILED
+    if not _COMPILED:
+        return
+    DoubleStreamBlock._qkv = _EAGER["qkv"]
+    DoubleStreamBlock._finish = _EAGER["finish"]
+    Rope.__call__ = _EAGER["rope"]
+    CameraEncoding._apply = _EAGER["camera"]
+    _COMPILED = False
 
 
 # ---------------------------------------------------------------------------------- the model

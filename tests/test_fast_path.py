@@ -1,0 +1,64 @@
+"""The optional fast paths change speed, not results: compiled blocks, host-resident text encoder."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pipeline.config import WorldPlayConfig
+from pipeline.engine import HostResident
+from pipeline.transformer import WorldPlayTransformer, disable_compile, enable_compile
+
+
+def _inputs(model: WorldPlayTransformer, frames: int, rope_start: int = 0):
+    g = torch.Generator().manual_seed(frames + rope_start)
+    latents = torch.randn(1, 65, frames, 3, 5, generator=g)
+    viewmats = torch.eye(4).repeat(1, frames, 1, 1)
+    viewmats[..., 2, 3] = -0.08 * torch.arange(frames)
+    intrinsics = torch.tensor([[0.5, 0, 0.5], [0, 0.9, 0.5], [0, 0, 1.0]]).repeat(1, frames, 1, 1)
+    return model.embed_video(latents, torch.full((frames,), 625.0), torch.arange(frames) % 81, viewmats, intrinsics,
+                             rope_start=rope_start)
+
+
+def _run_all(model: WorldPlayTransformer):
+    g = torch.Generator().manual_seed(0)
+    cfg = model.config
+    cond = model.embed_condition(
+        torch.randn(1, 7, cfg.text_dim, generator=g), torch.tensor([[1, 1, 1, 1, 1, 0, 0]]),
+        torch.randn(1, 4, cfg.byt5_dim, generator=g), torch.tensor([[1, 1, 0, 0]]),
+        torch.randn(1, 6, cfg.vision_dim, generator=g), 0.0,
+    )
+    bidirectional = model(_inputs(model, 4), cond)
+    cache = model.ar_start(cond, max_video_tokens=8 * 15)
+    model.ar_context_pass(cache, _inputs(model, 4))
+    chunk = model.ar_chunk_pass(cache, _inputs(model, 4, rope_start=4))
+    return bidirectional, chunk
+
+
+def test_compiled_blocks_match_eager():
+    torch.manual_seed(0)
+    model = WorldPlayTransformer(WorldPlayConfig.tiny()).eval()
+    with torch.no_grad():
+        eager = _run_all(model)
+        assert enable_compile()
+        try:
+            compiled = _run_all(model)
+        finally:
+            disable_compile()
+        again = _run_all(model)
+    for a, b, c in zip(eager, compiled, again):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (a - b).abs().max()
+        assert torch.equal(a, c)  # eager is restored exactly
+
+
+def test_host_resident_module_visits_the_device_and_leaves_host_copies():
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8))
+    x = torch.randn(2, 8)
+    expected = module(x)
+    resident = HostResident(module, torch.device("cpu"))
+    host_ptrs = {name: t.data_ptr() for name, t in resident.host.items()}
+    with resident.on_device():
+        assert torch.equal(module(x), expected)
+    assert {n: p.data_ptr() for n, p in module.named_parameters()} == {n: host_ptrs[n] for n, _ in module.named_parameters()}
+    assert torch.equal(module(x), expected)
