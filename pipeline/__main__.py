@@ -60,15 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         camera = parse_pose(_camera_spec(args.pose))
         with tempfile.TemporaryDirectory() as tmp:
             if args.tiny:
-                from .resolve import ModelPaths
-                from .tiny import CHECKPOINT_FILES, COMPONENTS_DIR, WORLDPLAY_DIR, write_tiny_models
+                from .resolve import layout_paths
+                from .tiny import write_tiny_models
 
                 root = write_tiny_models(Path(tmp), modes=(args.mode,))
-                paths = ModelPaths(
-                    components=root / COMPONENTS_DIR,
-                    transformer={args.mode: root / WORLDPLAY_DIR / CHECKPOINT_FILES[args.mode]},
-                )
-                pipe = WorldPlayPipeline.from_paths(paths, device="cpu")
+                pipe = WorldPlayPipeline.from_paths(layout_paths(root, (args.mode,)), device="cpu")
             else:
                 from .resolve import resolve_models
 

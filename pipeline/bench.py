@@ -165,15 +165,11 @@ def build_full_size(modes: tuple[str, ...], device: torch.device, dtype: torch.d
 
 
 def build_tiny(modes: tuple[str, ...], scratch: Path) -> WorldPlayPipeline:
-    from .resolve import ModelPaths
-    from .tiny import CHECKPOINT_FILES, COMPONENTS_DIR, WORLDPLAY_DIR, write_tiny_models
+    from .resolve import layout_paths
+    from .tiny import write_tiny_models
 
     root = write_tiny_models(scratch / "tiny", modes=modes)
-    paths = ModelPaths(
-        components=root / COMPONENTS_DIR,
-        transformer={m: root / WORLDPLAY_DIR / CHECKPOINT_FILES[m] for m in modes},
-    )
-    return WorldPlayPipeline.from_paths(paths, device="cpu", dtype=torch.float32)
+    return WorldPlayPipeline.from_paths(layout_paths(root, modes), device="cpu", dtype=torch.float32)
 
 
 # ------------------------------------------------------------------------------------ runs

@@ -81,16 +81,6 @@ BUCKET_STRIDE = 16
 MAX_IMAGE_PIXELS = 40_000_000  # refuse larger inputs before decoding them fully
 PROMPT_CACHE_SIZE = 8
 
-COMPONENT_FOLDERS = (
-    "text_encoder",
-    "tokenizer",
-    "text_encoder_2",
-    "tokenizer_2",
-    "image_encoder",
-    "feature_extractor",
-    "vae",
-    "scheduler",
-)
 
 
 def _require(root: Path, *names: str) -> None:

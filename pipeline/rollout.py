@@ -93,6 +93,28 @@ def _traced(trace: "Trace | None", kind: str, chunk: int, query_tokens: int, key
     return trace.run(kind, chunk, query_tokens, key_tokens, fn, *args, **kwargs)
 
 
+@dataclass
+class RolloutInputs:
+    """Everything a rollout needs besides the model and the scheduler."""
+
+    latents: torch.Tensor  # [1, C, L, h, w] initial noise (float32); denoised in place
+    cond_latents: torch.Tensor  # [1, C + 1, L, h, w] image latent at position 0 + mask channel
+    camera: Camera
+    positive: Conditioning
+    negative: Conditioning | None
+    guidance_scale: float
+    num_steps: int
+    select_context: ContextSelector
+    callback: StepCallback | None = None
+    should_cancel: Callable[[], bool] | None = None
+    on_chunk: ChunkCallback | None = None
+    trace: "Trace | None" = None
+
+    @property
+    def use_cfg(self) -> bool:
+        return self.negative is not None and self.guidance_scale > 1.0
+
+
 class Progress:
     """Counts denoising steps, reports them, and stops between steps when asked to."""
 
@@ -129,137 +151,102 @@ def _context_indices(select: ContextSelector, start: int, size: int) -> list[int
     return sorted(i for i in chosen if not start <= i < start + size)
 
 
-def ar_rollout(
-    transformer: WorldPlayTransformer,
-    scheduler,
-    *,
-    latents: torch.Tensor,
-    cond_latents: torch.Tensor,
-    camera: Camera,
-    positive: Conditioning,
-    negative: Conditioning | None,
-    guidance_scale: float,
-    num_steps: int,
-    select_context: ContextSelector,
-    callback: StepCallback | None = None,
-    should_cancel: Callable[[], bool] | None = None,
-    on_chunk: ChunkCallback | None = None,
-    trace: Trace | None = None,
-) -> torch.Tensor:
-    """Denoise `latents` [1, C, L, h, w] in chunks of 4; returns the clean latents (same tensor)."""
-    num_latents = latents.shape[2]
-    chunks = num_latents // AR_CHUNK_LATENTS
-    device = transformer.device
-    use_cfg = negative is not None and guidance_scale > 1.0
-    progress = Progress(chunks * num_steps, callback, should_cancel)
+def _run_chunks(transformer: WorldPlayTransformer, scheduler, job: RolloutInputs, size: int, begin_chunk, velocity_at):
+    """The loop both modes share: per chunk, pick the context, then Euler-step the chunk's latents.
+
+    `begin_chunk(chunk, context)` runs once per chunk; `velocity_at(chunk, start, end, context,
+    chunk_latents, t)` returns the (guided) velocity of the chunk's latents at timestep `t`.
+    """
+    latents = job.latents
+    chunks = latents.shape[2] // size
+    progress = Progress(chunks * job.num_steps, job.callback, job.should_cancel)
+    for chunk in range(chunks):
+        start, end = chunk * size, (chunk + 1) * size
+        context = _context_indices(job.select_context, start, size) if chunk else []
+        begin_chunk(chunk, context)
+        chunk_latents = latents[:, :, start:end]
+        for t in _timesteps(scheduler, job.num_steps, transformer.device):
+            progress.check()
+            velocity = velocity_at(chunk, start, end, context, chunk_latents, t)
+            chunk_latents = scheduler.step(velocity.float(), t, chunk_latents.float(), return_dict=False)[0]
+            chunk_latents = chunk_latents.to(latents.dtype)
+            progress.step()
+        latents[:, :, start:end] = chunk_latents
+        if job.on_chunk is not None:
+            job.on_chunk(start, end, latents)
+    return latents
+
+
+def ar_rollout(transformer: WorldPlayTransformer, scheduler, job: RolloutInputs) -> torch.Tensor:
+    """Denoise `job.latents` [1, C, L, h, w] in chunks of 4; returns the clean latents (same tensor)."""
+    latents, trace = job.latents, job.trace
     tokens_per_latent = latents.shape[3] * latents.shape[4]
     # the largest context is memory_size (20) latents; size the cache for it plus one chunk
-    capacity = tokens_per_latent * (_max_context(select_context, num_latents) + AR_CHUNK_LATENTS)
-
-    branches = [positive] + ([negative] if use_cfg else [])
+    capacity = tokens_per_latent * (_max_context(job.select_context, latents.shape[2]) + AR_CHUNK_LATENTS)
+    branches = [job.positive] + ([job.negative] if job.use_cfg else [])
     caches = [
         _traced(trace, "text", 0, 0, 0, lambda b=b: transformer.ar_start(b.tokens(transformer, 0.0), capacity))
         for b in branches
     ]
-    for chunk in range(chunks):
-        start, end = chunk * AR_CHUNK_LATENTS, (chunk + 1) * AR_CHUNK_LATENTS
-        context = _context_indices(select_context, start, AR_CHUNK_LATENTS) if chunk else []
-        if context:
-            ctx_input = torch.cat([latents[:, :, context], cond_latents[:, :, context]], dim=1)
-            ctx_video = transformer.embed_video(
-                ctx_input, torch.full((len(context),), CONTEXT_TIMESTEP), *_camera_args(camera, context), rope_start=0
-            )
-            n_ctx = ctx_video.tokens.shape[1]
-            for cache in caches:
-                _traced(trace, "context", chunk, n_ctx, cache.text_len + n_ctx, transformer.ar_context_pass, cache, ctx_video)
-        else:
+
+    def begin_chunk(chunk: int, context: list[int]) -> None:
+        if not context:
             for cache in caches:
                 transformer.ar_clear_context(cache)
-        timesteps = _timesteps(scheduler, num_steps, device)
-        chunk_latents = latents[:, :, start:end]
-        for t in timesteps:
-            progress.check()
-            model_input = torch.cat([chunk_latents, cond_latents[:, :, start:end]], dim=1)
-            video = transformer.embed_video(
-                model_input,
-                torch.full((AR_CHUNK_LATENTS,), float(t)),
-                *_camera_args(camera, slice(start, end)),
-                rope_start=len(context),
-            )
-            n_q = video.tokens.shape[1]
-            n_k = caches[0].text_len + caches[0].context_len + n_q
-            velocity = _traced(trace, "step", chunk, n_q, n_k, transformer.ar_chunk_pass, caches[0], video)
-            if use_cfg:
-                uncond = _traced(trace, "step", chunk, n_q, n_k, transformer.ar_chunk_pass, caches[1], video)
-                velocity = _guided(uncond, velocity, guidance_scale)
-            chunk_latents = scheduler.step(velocity.float(), t, chunk_latents.float(), return_dict=False)[0].to(
-                latents.dtype
-            )
-            progress.step()
-        latents[:, :, start:end] = chunk_latents
-        if on_chunk is not None:
-            on_chunk(start, end, latents)
-    return latents
+            return
+        ctx_input = torch.cat([latents[:, :, context], job.cond_latents[:, :, context]], dim=1)
+        ctx_video = transformer.embed_video(
+            ctx_input, torch.full((len(context),), CONTEXT_TIMESTEP), *_camera_args(job.camera, context), rope_start=0
+        )
+        n_ctx = ctx_video.tokens.shape[1]
+        for cache in caches:
+            _traced(trace, "context", chunk, n_ctx, cache.text_len + n_ctx, transformer.ar_context_pass, cache, ctx_video)
+
+    def velocity_at(chunk, start, end, context, chunk_latents, t):
+        video = transformer.embed_video(
+            torch.cat([chunk_latents, job.cond_latents[:, :, start:end]], dim=1),
+            torch.full((AR_CHUNK_LATENTS,), float(t)),
+            *_camera_args(job.camera, slice(start, end)),
+            rope_start=len(context),
+        )
+        n_q = video.tokens.shape[1]
+        n_k = caches[0].text_len + caches[0].context_len + n_q
+        velocity = _traced(trace, "step", chunk, n_q, n_k, transformer.ar_chunk_pass, caches[0], video)
+        if job.use_cfg:
+            uncond = _traced(trace, "step", chunk, n_q, n_k, transformer.ar_chunk_pass, caches[1], video)
+            velocity = _guided(uncond, velocity, job.guidance_scale)
+        return velocity
+
+    return _run_chunks(transformer, scheduler, job, AR_CHUNK_LATENTS, begin_chunk, velocity_at)
 
 
-def bidirectional_rollout(
-    transformer: WorldPlayTransformer,
-    scheduler,
-    *,
-    latents: torch.Tensor,
-    cond_latents: torch.Tensor,
-    camera: Camera,
-    positive: Conditioning,
-    negative: Conditioning | None,
-    guidance_scale: float,
-    num_steps: int,
-    select_context: ContextSelector,
-    callback: StepCallback | None = None,
-    should_cancel: Callable[[], bool] | None = None,
-    on_chunk: ChunkCallback | None = None,
-    trace: Trace | None = None,
-) -> torch.Tensor:
-    """Denoise `latents` [1, C, L, h, w] in chunks of 16 with full attention per step."""
-    num_latents = latents.shape[2]
-    chunks = num_latents // BIDIRECTIONAL_CHUNK_LATENTS
-    device = transformer.device
-    use_cfg = negative is not None and guidance_scale > 1.0
-    progress = Progress(chunks * num_steps, callback, should_cancel)
-    size = BIDIRECTIONAL_CHUNK_LATENTS
-    for chunk in range(chunks):
-        start, end = chunk * size, (chunk + 1) * size
-        context = _context_indices(select_context, start, size) if chunk else []
+def bidirectional_rollout(transformer: WorldPlayTransformer, scheduler, job: RolloutInputs) -> torch.Tensor:
+    """Denoise `job.latents` [1, C, L, h, w] in chunks of 16 with full attention per step."""
+    latents, trace = job.latents, job.trace
+
+    def velocity_at(chunk, start, end, context, chunk_latents, t):
         positions = context + list(range(start, end))
-        frame_t = torch.full((len(positions),), CONTEXT_TIMESTEP)
+        frame_t = torch.full((len(positions),), float(t))
+        frame_t[: len(context)] = CONTEXT_TIMESTEP
         # upstream quirk kept on purpose: the condition channels are those of the first n positions
-        cond = cond_latents[:, :, : len(positions)]
-        timesteps = _timesteps(scheduler, num_steps, device)
-        chunk_latents = latents[:, :, start:end]
-        for t in timesteps:
-            progress.check()
-            frame_t[len(context):] = float(t)
-            joint = torch.cat([latents[:, :, context], chunk_latents], dim=2) if context else chunk_latents
-            video = transformer.embed_video(
-                torch.cat([joint, cond], dim=1), frame_t, *_camera_args(camera, positions), rope_start=0
-            )
-            n_img = video.tokens.shape[1]
-            cond_tokens = positive.tokens(transformer, t)
-            n_k = n_img + cond_tokens.tokens.shape[1]
-            velocity = _traced(trace, "joint", chunk, n_img, n_k, transformer, video, cond_tokens)
-            if use_cfg:
-                uncond_tokens = negative.tokens(transformer, t)
-                n_k = n_img + uncond_tokens.tokens.shape[1]
-                uncond = _traced(trace, "joint", chunk, n_img, n_k, transformer, video, uncond_tokens)
-                velocity = _guided(uncond, velocity, guidance_scale)
-            velocity = velocity[:, :, len(context):]
-            chunk_latents = scheduler.step(velocity.float(), t, chunk_latents.float(), return_dict=False)[0].to(
-                latents.dtype
-            )
-            progress.step()
-        latents[:, :, start:end] = chunk_latents
-        if on_chunk is not None:
-            on_chunk(start, end, latents)
-    return latents
+        cond = job.cond_latents[:, :, : len(positions)]
+        joint = torch.cat([latents[:, :, context], chunk_latents], dim=2) if context else chunk_latents
+        video = transformer.embed_video(
+            torch.cat([joint, cond], dim=1), frame_t, *_camera_args(job.camera, positions), rope_start=0
+        )
+        n_img = video.tokens.shape[1]
+        cond_tokens = job.positive.tokens(transformer, t)
+        velocity = _traced(trace, "joint", chunk, n_img, n_img + cond_tokens.tokens.shape[1], transformer, video,
+                           cond_tokens)
+        if job.use_cfg:
+            uncond_tokens = job.negative.tokens(transformer, t)
+            uncond = _traced(trace, "joint", chunk, n_img, n_img + uncond_tokens.tokens.shape[1], transformer, video,
+                             uncond_tokens)
+            velocity = _guided(uncond, velocity, job.guidance_scale)
+        return velocity[:, :, len(context):]
+
+    return _run_chunks(transformer, scheduler, job, BIDIRECTIONAL_CHUNK_LATENTS, lambda chunk, context: None,
+                       velocity_at)
 
 
 def _camera_args(camera: Camera, index: slice | Sequence[int]):

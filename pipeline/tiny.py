@@ -33,12 +33,12 @@ import torch
 
 from .components import SYSTEM_MESSAGE
 
-COMPONENTS_DIR = "HunyuanVideo-1.5-480p_i2v"
-WORLDPLAY_DIR = "HY-WorldPlay"
-CHECKPOINT_FILES = {
-    "ar": Path("ar_distilled_action_model") / "model.safetensors",
-    "bidirectional": Path("bidirectional_model") / "diffusion_pytorch_model.safetensors",
-}
+from .resolve import COMPONENTS_DIRNAME as COMPONENTS_DIR
+from .resolve import TRANSFORMER_FILES
+from .resolve import WORLDPLAY_DIRNAME as WORLDPLAY_DIR
+
+#: mode -> checkpoint path relative to the WorldPlay folder (the layout has one home: pipeline.resolve)
+CHECKPOINT_FILES = {mode: Path(folder) / name for mode, (folder, name) in TRANSFORMER_FILES.items()}
 
 #: Widths of the tiny encoders; the tiny transformer's input projections must match them.
 TINY_DIMS = {

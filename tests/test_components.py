@@ -43,7 +43,9 @@ def test_tiny_fixture_has_the_real_layout(tiny_models: Path, root: Path):
     assert index["text_encoder"] == ["transformers", "Qwen2_5_VLTextModel"]
     assert index["tokenizer"] == ["transformers", "Qwen2Tokenizer"]
     assert index["vae"] == ["diffusers", "AutoencoderKLHunyuanVideo15"]
-    for name in C.COMPONENT_FOLDERS:
+    from pipeline.resolve import COMPONENT_FOLDERS
+
+    for name in COMPONENT_FOLDERS:
         assert (root / name).is_dir(), name
     assert not (root / "transformer").exists()
     for rel in CHECKPOINT_FILES.values():
