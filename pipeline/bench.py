@@ -254,6 +254,45 @@ def run_one(pipe: WorldPlayPipeline, mode: str, frames: int, width: int, height:
     return report
 
 
+def attention_kernels(device: torch.device) -> list[dict]:
+    """Time each SDPA backend on the DiT's attention shapes (K/V as strided cache slices)."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def timed(fn, repeat: int = 10) -> float:
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - started) / repeat
+
+    heads, dim = 16, 128
+    shapes = {"ar_step": (2, 6240, 38000), "ar_context": (2, 31200, 32000), "bidirectional": (1, 26000, 26000)}
+    rows = []
+    for name, (b, lq, lk) in shapes.items():
+        q = torch.randn(b, heads, lq, dim, device=device, dtype=torch.bfloat16)
+        cache = torch.randn(b, heads, lk + 1, dim, device=device, dtype=torch.bfloat16)
+        k, v = cache[:, :, :lk], cache[:, :, 1:]
+        flops = 4 * b * heads * lq * lk * dim
+        backends = {"flash": [SDPBackend.FLASH_ATTENTION], "cudnn": [SDPBackend.CUDNN_ATTENTION],
+                    "efficient": [SDPBackend.EFFICIENT_ATTENTION], "default": None}
+        for label, chosen in backends.items():
+            try:
+                if chosen is None:
+                    seconds = timed(lambda: F.scaled_dot_product_attention(q, k, v))
+                else:
+                    with sdpa_kernel(chosen):
+                        seconds = timed(lambda: F.scaled_dot_product_attention(q, k, v))
+                rows.append({"shape": name, "backend": label, "ms": round(seconds * 1e3, 2),
+                             "tflops": round(flops / seconds / 1e12)})
+            except RuntimeError as exc:
+                rows.append({"shape": name, "backend": label, "error": str(exc)[:120]})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -265,7 +304,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the mode's)")
     parser.add_argument("--warmup", action="store_true", help="run a short generation first (kernel warm-up)")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
+    parser.add_argument("--attention-kernels", action="store_true",
+                        help="only time the SDPA backends on the DiT's attention shapes (GPU)")
     args = parser.parse_args(argv)
+
+    if args.attention_kernels:
+        if not torch.cuda.is_available():
+            parser.error("--attention-kernels needs a GPU")
+        for row in attention_kernels(torch.device("cuda")):
+            print(json.dumps(row), flush=True)
+        return 0
 
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
     modes = tuple(args.modes)
@@ -280,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
             width, height = (args.width, args.height) if not args.tiny else (256, 144)
             if args.warmup:
                 # a different prompt, so the measured run still pays for text encoding (cache miss)
-                run_one(pipe, mode, 13 if mode == "ar" else 61, width, height, 1, None, scratch, prompt="warm-up")
+                # AR: 3 chunks, so the context pass meets two sizes (torch.compile's dynamic-shape recompile)
+                run_one(pipe, mode, 45 if mode == "ar" else 61, width, height, 1, None, scratch, prompt="warm-up")
             report = run_one(pipe, mode, frames, width, height, args.steps, None, scratch)
             reports.append(report)
             print(json.dumps(report, indent=2), flush=True)

@@ -1,0 +1,34 @@
+"""The benchmark runs end to end at tiny size (CI) and its FLOP model is right."""
+
+from __future__ import annotations
+
+import json
+
+from pipeline.bench import main, pass_flops
+from pipeline.config import WorldPlayConfig
+
+
+def test_tiny_benchmark_runs_both_modes(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["--tiny", "--modes", "ar", "bidirectional", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["device"] and report["command"].startswith("python -m pipeline.bench")
+    ar, bi = report["runs"]
+    assert (ar["mode"], ar["frames"], ar["steps"]) == ("ar", 29, 4)
+    assert (bi["mode"], bi["frames"], bi["steps"]) == ("bidirectional", 61, 30)
+    # AR: a text pass, one context pass (chunk 1) and 4 steps per chunk were traced
+    assert set(ar["chunks"]) == {"0", "1"}
+    assert set(ar["chunks"]["1"]) == {"context", "step"}
+    assert ar["time_to_first_frames_seconds"] > 0
+    assert ar["h264_encode_seconds"] >= 0 and ar["dit_pflop"] >= 0
+    assert {"prepare_image", "encode_prompt", "denoise", "decode"} <= set(ar["stage_seconds"])
+
+
+def test_flop_model_matches_hand_count():
+    cfg = WorldPlayConfig.full()
+    c, m, layers = 2048, 8192, 54
+    n, keys = 6240, 38000
+    linear = n * (5 * 2 * c * c + 2 * 2 * c * m)  # q, k, v, proj, prope_proj + the two MLP matmuls
+    attention = 2 * 4 * n * keys * c  # two branches, QK^T and AV
+    assert pass_flops(cfg, "step", n, keys) == layers * (linear + attention)
+    assert pass_flops(cfg, "text", 0, 0) == 0.0
