@@ -125,6 +125,7 @@ class WorldPlayPipeline:
         self.load_info = load_info or {}
         self.compiled = os.environ.get("WORLDPLAY_COMPILE", "0").lower() in ("1", "true", "yes") and enable_compile()
         self._text_encoder_host: HostResident | None = None
+        placed = time.perf_counter()
         if offload_encoders:
             # byT5 and SigLIP are small (~2 GB): they stay on the GPU. The Qwen text encoder (~15 GB)
             # lives in pinned host memory and visits the GPU only when a prompt misses the cache.
@@ -133,6 +134,7 @@ class WorldPlayPipeline:
             self._text_encoder_host = HostResident(encoders.text_encoder, device)
         else:
             encoders.to(device)
+        self.load_info.setdefault("load_seconds", {})["encoders_to_device"] = round(time.perf_counter() - placed, 3)
 
     # ------------------------------------------------------------------------------ loading
 
