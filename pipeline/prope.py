@@ -39,33 +39,44 @@ def _projection(viewmats: torch.Tensor, intrinsics: torch.Tensor) -> tuple[torch
     return lift_k @ w2c, w2c_inv @ lift_k_inv
 
 
+def _block_diagonal(m: torch.Tensor, dim: int) -> torch.Tensor:
+    """[..., 4, 4] -> [..., dim, dim] = diag(m, m, ..., m)."""
+    eye = torch.eye(dim // 4, dtype=m.dtype, device=m.device)
+    blocks = torch.einsum("ij,...kl->...ikjl", eye, m)
+    return blocks.reshape(*m.shape[:-2], dim, dim)
+
+
 @dataclass
 class CameraEncoding:
     """Per-latent-frame PRoPE matrices, ready to apply to tokens laid out as [B, T*HW, H, D].
 
-    The stored matrices are already transposed for right-multiplication of row vectors:
-    ``x @ right_q`` equals ``P^T x`` on each 4-dim sub-block, and so on.
+    Each matrix is stored transposed for right-multiplication of row vectors and expanded to the
+    block-diagonal [D, D] form diag(M, ..., M): ``x @ right_q`` equals ``P^T x`` on every 4-dim
+    sub-block of a head, and so on. One [*, D] x [D, D] GEMM per frame streams at memory speed, where
+    a GEMM with K = 4 would not; the zeros add nothing.
     """
 
-    right_q: torch.Tensor  # [B, T, 4, 4]  = P
-    right_kv: torch.Tensor  # [B, T, 4, 4] = (P^{-1})^T
-    right_o: torch.Tensor  # [B, T, 4, 4]  = P^T
+    right_q: torch.Tensor  # [B, T, D, D]  blocks of P
+    right_kv: torch.Tensor  # [B, T, D, D] blocks of (P^{-1})^T
+    right_o: torch.Tensor  # [B, T, D, D]  blocks of P^T
 
     @classmethod
-    def create(cls, viewmats: torch.Tensor, intrinsics: torch.Tensor, dtype: torch.dtype) -> "CameraEncoding":
+    def create(
+        cls, viewmats: torch.Tensor, intrinsics: torch.Tensor, dtype: torch.dtype, head_dim: int
+    ) -> "CameraEncoding":
         p, p_inv = _projection(viewmats, intrinsics)
         return cls(
-            right_q=p.to(dtype),
-            right_kv=p_inv.transpose(-1, -2).to(dtype),
-            right_o=p.transpose(-1, -2).to(dtype),
+            right_q=_block_diagonal(p, head_dim).to(dtype),
+            right_kv=_block_diagonal(p_inv.transpose(-1, -2), head_dim).to(dtype),
+            right_o=_block_diagonal(p.transpose(-1, -2), head_dim).to(dtype),
         )
 
     @staticmethod
     def _apply(x: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
         b, length, heads, dim = x.shape
         frames = right.shape[1]
-        blocks = x.reshape(b, frames, (length // frames) * heads * dim // 4, 4)
-        return torch.matmul(blocks, right).reshape(b, length, heads, dim)
+        rows = x.reshape(b, frames, (length // frames) * heads, dim)
+        return torch.matmul(rows, right).reshape(b, length, heads, dim)
 
     def queries(self, x: torch.Tensor) -> torch.Tensor:
         return self._apply(x, self.right_q)

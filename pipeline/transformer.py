@@ -100,7 +100,9 @@ class Modulation(nn.Module):
 
 
 def layer_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Parameter-free LayerNorm computed in float32."""
+    """Parameter-free LayerNorm; statistics in float32 (PyTorch's kernels accumulate half types in fp32)."""
+    if x.device.type == "cuda":
+        return F.layer_norm(x, (x.shape[-1],), eps=eps)
     return F.layer_norm(x.float(), (x.shape[-1],), eps=eps).type_as(x)
 
 
@@ -541,7 +543,8 @@ class WorldPlayTransformer(nn.Module):
             vec=vec.view(b, t, -1),
             rope=Rope.create(self.config, rope_start, t, h, w, device),
             camera=CameraEncoding.create(
-                viewmats.to(device).expand(b, t, 4, 4), intrinsics.to(device).expand(b, t, 3, 3), dtype
+                viewmats.to(device).expand(b, t, 4, 4), intrinsics.to(device).expand(b, t, 3, 3), dtype,
+                self.config.head_dim,
             ),
             shape=(t, h, w),
         )

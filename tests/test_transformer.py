@@ -548,7 +548,7 @@ def test_chunk_camera_and_action_change_the_output():
 
 def test_prope_identity_camera_is_identity():
     x = torch.randn(2, 3 * 5, 4, 8)
-    cam = CameraEncoding.create(torch.eye(4).expand(2, 3, 4, 4), torch.eye(3).expand(2, 3, 3, 3), torch.float32)
+    cam = CameraEncoding.create(torch.eye(4).expand(2, 3, 4, 4), torch.eye(3).expand(2, 3, 3, 3), torch.float32, 8)
     assert torch.equal(cam.queries(x), x)
     assert torch.equal(cam.keys_values(x), x)
     assert torch.equal(cam.outputs(x), x)
@@ -559,7 +559,7 @@ def test_prope_matches_explicit_projection_matrices():
     frames, tokens, heads, dim = 3, 5, 2, 8
     viewmats = random_w2c(frames, gen)
     intrinsics = random_intrinsics(frames, gen)
-    cam = CameraEncoding.create(viewmats[None], intrinsics[None], torch.float64)
+    cam = CameraEncoding.create(viewmats[None], intrinsics[None], torch.float64, dim)
     x = torch.randn(1, frames * tokens, heads, dim, generator=gen, dtype=torch.float64)
     proj = ref_projection(viewmats, intrinsics)  # principal point ignored
     per_token = proj.repeat_interleave(tokens, dim=0)
@@ -579,7 +579,7 @@ def test_prope_logits_invariant_under_common_world_transform():
     k = torch.randn(1, frames * tokens, heads, dim, generator=gen, dtype=torch.float64)
 
     def logits(mats):
-        cam = CameraEncoding.create(mats[None], intrinsics[None], torch.float64)
+        cam = CameraEncoding.create(mats[None], intrinsics[None], torch.float64, dim)
         return torch.einsum("blhd,bmhd->bhlm", cam.queries(q), cam.keys_values(k))
 
     world = random_w2c(1, gen)[0]  # a rigid transform of the world, applied to every camera
