@@ -40,6 +40,21 @@ from .resolve import WORLDPLAY_DIRNAME as WORLDPLAY_DIR
 #: mode -> checkpoint path relative to the WorldPlay folder (the layout has one home: pipeline.resolve)
 CHECKPOINT_FILES = {mode: Path(folder) / name for mode, (folder, name) in TRANSFORMER_FILES.items()}
 
+#: model_index.json of the real diffusers repo (its classes; the version is filled in when written)
+MODEL_INDEX = {
+    "_class_name": "HunyuanVideo15ImageToVideoPipeline",
+    "feature_extractor": ["transformers", "SiglipImageProcessor"],
+    "guider": ["diffusers", "ClassifierFreeGuidance"],
+    "image_encoder": ["transformers", "SiglipVisionModel"],
+    "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+    "text_encoder": ["transformers", "Qwen2_5_VLTextModel"],
+    "text_encoder_2": ["transformers", "T5EncoderModel"],
+    "tokenizer": ["transformers", "Qwen2Tokenizer"],
+    "tokenizer_2": ["transformers", "ByT5Tokenizer"],
+    "transformer": ["diffusers", "HunyuanVideo15Transformer3DModel"],
+    "vae": ["diffusers", "AutoencoderKLHunyuanVideo15"],
+}
+
 #: Widths of the tiny encoders; the tiny transformer's input projections must match them.
 TINY_DIMS = {
     "text_dim": 32,  # Qwen2.5-VL hidden size (3584 at full size)
@@ -186,20 +201,8 @@ def _write_components(folder: Path, seed: int) -> None:
     FlowMatchEulerDiscreteScheduler(shift=5.0).save_pretrained(folder / "scheduler")
     ClassifierFreeGuidance(guidance_scale=6.0).save_pretrained(folder / "guider")
 
-    model_index = {
-        "_class_name": "HunyuanVideo15ImageToVideoPipeline",
-        "_diffusers_version": _diffusers_version(),
-        "feature_extractor": ["transformers", "SiglipImageProcessor"],
-        "guider": ["diffusers", "ClassifierFreeGuidance"],
-        "image_encoder": ["transformers", "SiglipVisionModel"],
-        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-        "text_encoder": ["transformers", "Qwen2_5_VLTextModel"],
-        "text_encoder_2": ["transformers", "T5EncoderModel"],
-        "tokenizer": ["transformers", "Qwen2Tokenizer"],
-        "tokenizer_2": ["transformers", "ByT5Tokenizer"],
-        "transformer": ["diffusers", "HunyuanVideo15Transformer3DModel"],
-        "vae": ["diffusers", "AutoencoderKLHunyuanVideo15"],
-    }
+    model_index = {"_class_name": MODEL_INDEX["_class_name"], "_diffusers_version": _diffusers_version(),
+                   **{k: v for k, v in MODEL_INDEX.items() if k != "_class_name"}}
     (folder / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
 
 

@@ -71,20 +71,9 @@ def write_json(path: Path, obj) -> Path:
 
 def write_components(folder: Path, seed: int = 0) -> Path:
     """A diffusers components folder in the real layout (tiny weights)."""
-    model_index = {
-        "_class_name": "HunyuanVideo15ImageToVideoPipeline",
-        "_diffusers_version": "0.42.1",
-        "feature_extractor": ["transformers", "SiglipImageProcessor"],
-        "guider": ["diffusers", "ClassifierFreeGuidance"],
-        "image_encoder": ["transformers", "SiglipVisionModel"],
-        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-        "text_encoder": ["transformers", "Qwen2_5_VLTextModel"],
-        "text_encoder_2": ["transformers", "T5EncoderModel"],
-        "tokenizer": ["transformers", "Qwen2Tokenizer"],
-        "tokenizer_2": ["transformers", "ByT5Tokenizer"],
-        "transformer": ["diffusers", "HunyuanVideo15Transformer3DModel"],
-        "vae": ["diffusers", "AutoencoderKLHunyuanVideo15"],
-    }
+    from pipeline.tiny import MODEL_INDEX
+
+    model_index = {**MODEL_INDEX, "_diffusers_version": "0.42.1"}
     write_json(folder / "model_index.json", model_index)
     for i, sub in enumerate(("text_encoder", "text_encoder_2", "image_encoder")):
         write_json(folder / sub / "config.json", {"sub": sub})
