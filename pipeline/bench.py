@@ -31,7 +31,7 @@ from PIL import Image
 from . import components as comp
 from .camera import parse_pose
 from .config import WorldPlayConfig
-from .engine import GenerationRequest, WorldPlayPipeline, default_dtype
+from .engine import GenerationRequest, WorldPlayPipeline, default_dtype, should_offload_encoders
 from .rollout import Trace
 from .transformer import WorldPlayTransformer
 
@@ -148,9 +148,7 @@ def build_full_size(modes: tuple[str, ...], device: torch.device, dtype: torch.d
         image_processor=SiglipImageProcessorPil(size={"height": 384, "width": 384}),
         dtype=dtype,
     )
-    from .engine import _should_offload_encoders
-
-    offload = _should_offload_encoders(device)
+    offload = should_offload_encoders(device)
     pipe = WorldPlayPipeline(
         transformers=transformers,
         encoders=encoders,

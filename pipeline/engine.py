@@ -11,7 +11,7 @@ import logging
 import os
 import platform
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Literal
 
@@ -160,7 +160,7 @@ class WorldPlayPipeline:
             t0 = time.perf_counter()
             transformers[mode] = load_transformer(paths.transformer[mode], device=device, dtype=dtype)
             timings[f"transformer_{mode}"] = round(time.perf_counter() - t0, 3)
-        offload = _should_offload_encoders(device)
+        offload = should_offload_encoders(device)
         t0 = time.perf_counter()
         encoders = comp.ConditionEncoders.from_pretrained(paths.components, device="cpu", dtype=dtype)
         timings["encoders"] = round(time.perf_counter() - t0, 3)
@@ -338,13 +338,8 @@ class WorldPlayPipeline:
 
     def _text_encoder_on_device(self, needed: bool):
         if self._text_encoder_host is None or not needed:
-            return _nullcontext()
+            return nullcontext()
         return self._text_encoder_host.on_device()
-
-
-@contextmanager
-def _nullcontext() -> Iterator[None]:
-    yield
 
 
 class HostResident:
@@ -387,7 +382,7 @@ def _as_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def _should_offload_encoders(device: torch.device) -> bool:
+def should_offload_encoders(device: torch.device) -> bool:
     """Keep the encoders resident when the GPU has room for DiT + encoders + AR cache (>= 100 GB)."""
     choice = os.environ.get("WORLDPLAY_OFFLOAD_ENCODERS", "auto").lower()
     if device.type != "cuda":

@@ -201,8 +201,7 @@ def _write_components(folder: Path, seed: int) -> None:
     FlowMatchEulerDiscreteScheduler(shift=5.0).save_pretrained(folder / "scheduler")
     ClassifierFreeGuidance(guidance_scale=6.0).save_pretrained(folder / "guider")
 
-    model_index = {"_class_name": MODEL_INDEX["_class_name"], "_diffusers_version": _diffusers_version(),
-                   **{k: v for k, v in MODEL_INDEX.items() if k != "_class_name"}}
+    model_index = {**MODEL_INDEX, "_diffusers_version": _diffusers_version()}
     (folder / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
 
 
