@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .causal_decode import DEFAULT_LATENTS_PER_STEP, CausalVAEDecoder
 from .errors import ImageError, ModelNotFoundError
 
 if TYPE_CHECKING:  # heavy imports stay lazy for modules that only need the image helpers
@@ -406,33 +407,12 @@ def prepare_image(image: Image.Image, width: int, height: int) -> torch.Tensor:
 
 # --- VAE ---------------------------------------------------------------------------------------------
 
-#: Decoding tiles spatially once one full-resolution activation of the decoder's last stage would
-#: exceed this many bytes. Without tiles the diffusers VAE decodes every frame at once (upstream
-#: streams frames through a causal cache instead). Measured on an H100, full-size VAE in bf16, 848x480:
-#: 29 frames untiled 1.2 s / 20.1 GiB peak, tiled 2.1 s / 3.3 GiB; 125 frames untiled runs out of
-#: memory on 80 GB, tiled 8.1 s / 14.1 GiB (512-pixel tiles: same time, 51.6 GiB; 384: 37 s). So
-#: long videos must tile; a single frame (the condition image) never does.
-VAE_TILING_THRESHOLD_BYTES = 2 * 1024**3
-#: Tile geometry: diffusers' default, which was also the fastest measured (256-pixel tiles, 25 % overlap).
-VAE_TILE_PIXELS = 256
-VAE_TILE_OVERLAP = 0.25
-
-
 def load_vae(root: Path, device: Device = "cpu", dtype: torch.dtype = torch.bfloat16) -> "AutoencoderKLHunyuanVideo15":
     """The HunyuanVideo-1.5 VAE (32 latent channels, 4x temporal, 16x spatial) in ``dtype``."""
     from diffusers import AutoencoderKLHunyuanVideo15
 
     _require(Path(root), "vae")
     vae = AutoencoderKLHunyuanVideo15.from_pretrained(Path(root) / "vae", torch_dtype=dtype)
-    latent_tile = VAE_TILE_PIXELS // vae.spatial_compression_ratio
-    vae.enable_tiling(
-        tile_sample_min_height=VAE_TILE_PIXELS,
-        tile_sample_min_width=VAE_TILE_PIXELS,
-        tile_latent_min_height=latent_tile,
-        tile_latent_min_width=latent_tile,
-        tile_overlap_factor=VAE_TILE_OVERLAP,
-    )
-    vae.use_tiling = False  # switched on per call by decode_latents (see VAE_TILING_THRESHOLD_BYTES)
     return vae.eval().requires_grad_(False).to(device)
 
 
@@ -450,42 +430,23 @@ def video_frames(num_latents: int, temporal_ratio: int = 4) -> int:
 def encode_condition_latents(vae: "AutoencoderKLHunyuanVideo15", image_tensor: torch.Tensor) -> torch.Tensor:
     """Normalised latents of the first frame, [1, 32, 1, H/16, W/16], in the VAE's dtype.
 
-    ``mode()`` of the posterior times ``scaling_factor``, as upstream. One frame never needs tiles.
+    ``mode()`` of the posterior times ``scaling_factor``, as upstream (one frame: never tiled).
     """
     param = next(vae.parameters())
-    use_tiling, vae.use_tiling = vae.use_tiling, False
-    try:
-        latents = vae.encode(image_tensor.to(device=param.device, dtype=param.dtype)).latent_dist.mode()
-    finally:
-        vae.use_tiling = use_tiling
+    latents = vae.encode(image_tensor.to(device=param.device, dtype=param.dtype)).latent_dist.mode()
     return latents * vae.config.scaling_factor
-
-
-def _needs_tiling(vae, latents: torch.Tensor) -> bool:
-    _, _, t, h, w = latents.shape
-    widest = vae.config.block_out_channels[0]
-    frames = video_frames(t, vae.temporal_compression_ratio)
-    pixels = h * w * vae.spatial_compression_ratio**2
-    return widest * frames * pixels * latents.element_size() > VAE_TILING_THRESHOLD_BYTES
 
 
 @torch.inference_mode()
 def decode_latents(
-    vae: "AutoencoderKLHunyuanVideo15", latents: torch.Tensor, *, tiling: bool | None = None
+    vae: "AutoencoderKLHunyuanVideo15", latents: torch.Tensor, *, latents_per_step: int = DEFAULT_LATENTS_PER_STEP
 ) -> torch.Tensor:
     """Video [B, 3, 4 (T - 1) + 1, 16 h, 16 w] as float32 in [0, 1] from normalised latents.
 
-    ``tiling=None`` tiles only when the decode would be large (see ``VAE_TILING_THRESHOLD_BYTES``).
+    The whole video, decoded causally a few latents at a time (:class:`CausalVAEDecoder`): the same
+    frames as one untiled ``vae.decode`` with bounded memory and no spatial tiles.
     """
-    param = next(vae.parameters())
-    z = latents.to(device=param.device, dtype=param.dtype) / vae.config.scaling_factor
-    use = _needs_tiling(vae, z) if tiling is None else tiling
-    previous, vae.use_tiling = vae.use_tiling, use
-    try:
-        video = vae.decode(z, return_dict=False)[0]
-    finally:
-        vae.use_tiling = previous
-    return (video.float() / 2 + 0.5).clamp(0, 1)
+    return CausalVAEDecoder(vae, latents_per_step=latents_per_step).decode(latents)
 
 
 def frames_to_uint8(video: torch.Tensor) -> np.ndarray:

@@ -128,6 +128,7 @@ class Mp4Writer:
         self._closed = False
         self._info: Optional[VideoInfo] = None
         self._error: Optional[BaseException] = None
+        self._aborted = False
         self._queue: Optional[queue.Queue] = None
         self._thread: Optional[threading.Thread] = None
         self.encode_seconds = 0.0
@@ -198,13 +199,18 @@ class Mp4Writer:
         return self._info
 
     def abort(self) -> None:
-        """Stop without finalising; removes the partial file."""
+        """Stop without finalising; removes the partial file. Chunks still queued are dropped; the
+        background thread finishes the one it is encoding and ends before the container closes."""
         self._closed = True
-        if self._thread is not None and self._thread.is_alive():
-            try:
-                self._queue.put_nowait(None)
-            except queue.Full:
-                pass
+        self._aborted = True
+        if self._thread is not None:
+            while True:  # drop what is queued, then make room for the stop marker
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            self._queue.put(None)
+            self._thread.join()
         if self._container is not None:
             try:
                 self._container.close()
@@ -236,7 +242,7 @@ class Mp4Writer:
             item = self._queue.get()
             if item is None:
                 return
-            if self._error is not None:
+            if self._error is not None or self._aborted:
                 continue  # keep draining so producers never block forever
             try:
                 self._encode(item)

@@ -128,10 +128,13 @@ class FakePipeline:
     """Honours the WorldPlayPipeline contract (generate/health/modes) with deterministic frames:
     a colour gradient that depends on the seed and moves with the frame index."""
 
-    def __init__(self, modes=("ar",), width=64, height=48, fail=None, step_hook=None):
+    def __init__(self, modes=("ar",), width=64, height=48, fail=None, step_hook=None, stream=True,
+                 fail_after_first_chunk=None):
         self._modes = tuple(modes)
         self.width, self.height = width, height
         self.fail = fail
+        self.stream = stream  # hand frames over chunk by chunk (13, then 16 each), like the real one
+        self.fail_after_first_chunk = fail_after_first_chunk
         self.step_hook = step_hook
         self.calls = []
 
@@ -142,7 +145,7 @@ class FakePipeline:
     def health(self):
         return {"modes": list(self._modes), "device": "cpu", "dtype": "float32", "fake": True}
 
-    def generate(self, request, callback=None, should_cancel=None):
+    def generate(self, request, callback=None, should_cancel=None, on_frames=None):
         import numpy as np
 
         from pipeline.errors import GenerationCancelled
@@ -164,6 +167,12 @@ class FakePipeline:
         x = np.arange(self.width, dtype=np.int64)[None, None, :]
         base = (x * 3 + y * 2 + t * 5 + int(request.seed)) % 256
         frames = np.stack([base, (base + 85) % 256, (255 - base)], axis=-1).astype(np.uint8)
+        if on_frames is not None and self.stream:
+            for start in range(0, n, 16):
+                piece = frames[max(0, start - 3):start + 13]
+                on_frames(piece)
+                if self.fail_after_first_chunk is not None:
+                    raise self.fail_after_first_chunk
         return FakeResult(frames)
 
 

@@ -20,7 +20,12 @@ def test_tiny_benchmark_runs_both_modes(tmp_path):
     assert set(ar["chunks"]) == {"0", "1"}
     assert set(ar["chunks"]["1"]) == {"context", "step"}
     assert ar["time_to_first_frames_seconds"] > 0
-    assert ar["h264_encode_seconds"] >= 0 and ar["dit_pflop"] >= 0
+    assert ar["h264_encode_seconds"] > 0 and ar["h264_tail_seconds"] >= 0 and ar["dit_pflop"] >= 0
+    # frames stream out chunk by chunk, the first chunk well before the end
+    assert [c["frames"] for c in ar["frames_handed_over"]] == [13, 16]
+    assert ar["frames_handed_over"][0]["at_seconds"] == ar["time_to_first_frames_seconds"]
+    assert ar["time_to_first_frames_seconds"] < ar["generate_seconds"]
+    assert [c["frames"] for c in bi["frames_handed_over"]] == [61]  # one chunk of 16 latents
     assert {"prepare_image", "encode_prompt", "denoise", "decode"} <= set(ar["stage_seconds"])
 
 

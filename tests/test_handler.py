@@ -109,6 +109,49 @@ def test_fake_pipeline_full_flow(fake_pipeline, storage, s3_env, tmp_path):
     assert tmp_is_clean(s3_env)
 
 
+def test_frames_stream_into_the_encoder_during_generation(fake_pipeline, storage, s3_env, tmp_path,
+                                                         monkeypatch):
+    """The MP4 is written chunk by chunk while the pipeline runs, and equals one encoded at once."""
+    from pipeline import video
+
+    writes = []
+    real_write = video.Mp4Writer.write
+
+    def spy(self, frames):
+        writes.append((len(frames), len(fake_pipeline.calls)))
+        return real_write(self, frames)
+
+    monkeypatch.setattr(video.Mp4Writer, "write", spy)
+    out = run(base_input(pose="w-11", seed=3))
+    assert "error" not in out, out
+    assert [n for n, _ in writes] == [13, 16, 16]
+    check_video(out, storage, tmp_path, frames=45)
+
+    fake_pipeline.stream = False  # a pipeline that returns all frames at the end still works
+    writes.clear()
+    whole = run(base_input(pose="w-11", seed=3))
+    assert [n for n, _ in writes] == [45]
+    # same frames, same encoder settings: the same H.264 stream whether streamed or not
+    assert storage.get_bytes(whole["minio_key"], 2**24) == storage.get_bytes(out["minio_key"], 2**24)
+    assert tmp_is_clean(s3_env)
+
+
+def test_failure_mid_stream_leaves_nothing_behind(fake_pipeline, storage, s3_env):
+    from pipeline.errors import GenerationCancelled
+
+    fake_pipeline.fail_after_first_chunk = RuntimeError("CUDA error: an illegal memory access")
+    out = run(base_input(pose="w-7"), job_id="mid-1")
+    assert code_of(out) == "GPU_ERROR" and out["refresh_worker"] is True
+    fake_pipeline.fail_after_first_chunk = GenerationCancelled("cancelled after 4 of 8 denoising steps")
+    out = run(base_input(pose="w-7"), job_id="mid-2")
+    assert code_of(out) == "CANCELLED"
+    assert tmp_is_clean(s3_env)
+    for job_id in ("mid-1", "mid-2"):
+        with pytest.raises(WorkerError, match="OBJECT_NOT_FOUND|not found"):
+            storage.stat_size(f"worldplay/{job_id}/video.mp4")
+    assert not [t for t in threading.enumerate() if t.name == "mp4-writer"]  # encoder threads ended
+
+
 @pytest.mark.parametrize("camera, frames", [
     ({"pose": "w-7"}, 29),
     ({"actions": [{"key": "w", "latents": 4}, {"key": "right", "latents": 3}]}, 29),

@@ -60,12 +60,13 @@ def test_ar_is_causal_in_the_camera(pipe, image, ar_result):
     assert np.abs(turned.frames[first_chunk_frames:].astype(int) - ar_result.frames[first_chunk_frames:]).mean() > 0.5
 
 
-def test_first_frames_hook_matches_final_video(pipe, image, ar_result):
+def test_frames_are_handed_over_chunk_by_chunk_and_match_the_result(pipe, image, ar_result):
     seen = []
-    result = pipe.generate(request(image, seed=7), on_first_frames=seen.append)
-    assert len(seen) == 1 and seen[0].shape[0] == 13
-    np.testing.assert_array_equal(seen[0], result.frames[:13])
+    result = pipe.generate(request(image, seed=7), on_frames=seen.append)
+    assert [piece.shape[0] for piece in seen] == [13, 16]  # latents 0..3, then 4..7
+    np.testing.assert_array_equal(np.concatenate(seen), result.frames)
     np.testing.assert_array_equal(result.frames, ar_result.frames)
+    assert {"decode", "hand_over", "denoise"} <= set(result.timings)
 
 
 def test_callback_once_per_denoising_step_with_totals(pipe, image):

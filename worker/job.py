@@ -417,7 +417,7 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
         stages.add("load", time.perf_counter() - t0)
         _check_cancel(cancel_event, "generation")
 
-        # -- generate
+        # -- generate, with H.264 encoding of each finished chunk on a background thread
         t0 = time.perf_counter()
         request = _request_class()(
             prompt=req.prompt, negative_prompt=req.negative_prompt, image=image,
@@ -427,26 +427,44 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
         def _callback(stage: str, step: int, total: int) -> None:
             progress.update(stage, step, total)
 
-        should_cancel = cancel_event.is_set if cancel_event is not None else None
-        result = pipe.generate(request, callback=_callback, should_cancel=should_cancel)
-        frames = result.frames
-        stages.add("generate", time.perf_counter() - t0)
-        if getattr(frames, "shape", None) is None or len(frames.shape) != 4:
-            raise WorkerError("INTERNAL_ERROR", "pipeline returned frames of an unexpected shape")
-        if frames.shape[0] != trajectory.num_frames:
-            log.warning("job %s: pipeline returned %d frames, camera path has %d", job_id,
-                        frames.shape[0], trajectory.num_frames)
-        _check_cancel(cancel_event, "encoding")
-
-        # -- encode
-        t0 = time.perf_counter()
-        progress.update("encode", force=True)
-        progress.close()
-        from pipeline.video import encode_mp4
+        from pipeline.video import Mp4Writer
 
         workdir = tempfile.mkdtemp(prefix="worldplay-", dir=os.environ.get("WORLDPLAY_TMPDIR"))
         path = os.path.join(workdir, "video.mp4")
-        info = encode_mp4(frames, path, req.fps)
+        writer = Mp4Writer(path, req.fps, background=True)
+        streamed = 0
+
+        def _on_frames(chunk) -> None:
+            nonlocal streamed
+            writer.write(chunk)
+            streamed += len(chunk)
+
+        try:
+            should_cancel = cancel_event.is_set if cancel_event is not None else None
+            result = pipe.generate(request, callback=_callback, should_cancel=should_cancel,
+                                   on_frames=_on_frames)
+            frames = result.frames
+            stages.add("generate", time.perf_counter() - t0)
+            if getattr(frames, "shape", None) is None or len(frames.shape) != 4:
+                raise WorkerError("INTERNAL_ERROR", "pipeline returned frames of an unexpected shape")
+            if streamed not in (0, frames.shape[0]):
+                raise WorkerError("INTERNAL_ERROR", f"pipeline handed over {streamed} frames but "
+                                                    f"returned {frames.shape[0]}")
+            if frames.shape[0] != trajectory.num_frames:
+                log.warning("job %s: pipeline returned %d frames, camera path has %d", job_id,
+                            frames.shape[0], trajectory.num_frames)
+            _check_cancel(cancel_event, "encoding")
+
+            # -- encode: what is left of it (the last chunk, the container's index)
+            t0 = time.perf_counter()
+            progress.update("encode", force=True)
+            progress.close()
+            if streamed == 0:  # a pipeline that does not stream: encode everything now
+                writer.write(frames)
+            info = writer.close()
+        except BaseException:
+            writer.abort()
+            raise
         stages.add("encode", time.perf_counter() - t0)
 
         # -- upload
