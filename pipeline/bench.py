@@ -301,6 +301,70 @@ def attention_kernels(device: torch.device) -> list[dict]:
     return rows
 
 
+def vae_decode_comparison(device: torch.device, dtype: torch.dtype, frames: int, width: int, height: int,
+                          steps: tuple[int, ...] = (1, 2, 4), tiled: bool = True, untiled: bool = True,
+                          tiny: bool = False) -> list[dict]:
+    """Time the decode of one video with the full-size VAE (random weights; ``tiny``: the fixture's
+    widths): diffusers untiled (one pass, dense causal mask), diffusers with 256-px tiles (the earlier
+    production path), and the causal chunked decoder at several latents per pass. Each output is
+    compared with the first one's, before the [0, 1] clamp."""
+    from diffusers import AutoencoderKLHunyuanVideo15
+
+    from .causal_decode import CausalVAEDecoder
+    from .tiny import TINY_VAE
+
+    with torch.device(device):
+        vae = AutoencoderKLHunyuanVideo15(**(TINY_VAE if tiny else {})).to(dtype)
+    _random_init_(vae)
+    vae.eval().requires_grad_(False)
+    generator = torch.Generator("cpu").manual_seed(0)
+    latents = torch.randn(1, 32, (frames - 1) // 4 + 1, height // 16, width // 16, generator=generator)
+    latents = latents.to(device)
+
+    def diffusers_decode(use_tiling: bool):
+        def run() -> torch.Tensor:
+            vae.use_tiling = use_tiling
+            if use_tiling:
+                vae.enable_tiling(tile_sample_min_height=256, tile_sample_min_width=256, tile_overlap_factor=0.25)
+            with torch.inference_mode():
+                video = vae.decode(latents.to(dtype) / vae.config.scaling_factor, return_dict=False)[0]
+            return video.float()
+        return run
+
+    variants: list[tuple[str, object]] = []
+    if untiled:
+        variants.append(("diffusers, untiled", diffusers_decode(False)))
+    if tiled:
+        variants.append(("diffusers, 256-px tiles", diffusers_decode(True)))
+    for n in steps:
+        variants.append((f"causal, {n} latent(s) per pass",
+                         lambda n=n: CausalVAEDecoder(vae, latents_per_step=n).decode_raw(latents).float()))
+    rows, reference = [], None
+    for label, run in variants:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(device)
+        started = time.perf_counter()
+        try:
+            video = run()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        except torch.OutOfMemoryError:
+            rows.append({"variant": label, "error": "out of memory"})
+            continue
+        row = {"variant": label, "seconds": round(time.perf_counter() - started, 3), "frames": video.shape[2]}
+        if device.type == "cuda":
+            row["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        if reference is None:  # raw decoder output (before the [0, 1] clamp), so differences show
+            reference, row["output_std"] = video, round(float(video.std()), 5)
+        else:
+            row["max_abs_diff_vs_first"] = round(float((video - reference).abs().max()), 5)
+        rows.append(row)
+        del video
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -314,7 +378,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     parser.add_argument("--attention-kernels", action="store_true",
                         help="only time the SDPA backends on the DiT's attention shapes (GPU)")
+    parser.add_argument("--vae-decode", action="store_true",
+                        help="only compare VAE decode paths with the full-size VAE (tiled, untiled, causal)")
+    parser.add_argument("--vae-steps", type=int, nargs="+", default=[1, 2, 4],
+                        help="latents per pass to try with --vae-decode")
+    parser.add_argument("--no-untiled", action="store_true", help="with --vae-decode: skip the untiled decode")
     args = parser.parse_args(argv)
+
+    if args.vae_decode:
+        device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+        dtype = default_dtype(device)
+        frames = args.frames or 125
+        for row in vae_decode_comparison(device, dtype, frames, args.width, args.height, tuple(args.vae_steps),
+                                         untiled=not args.no_untiled, tiny=args.tiny):
+            print(json.dumps({"device": str(device), "dtype": str(dtype).replace("torch.", ""),
+                              "size": f"{args.width}x{args.height}", **row}), flush=True)
+        return 0
 
     if args.attention_kernels:
         if not torch.cuda.is_available():

@@ -73,16 +73,19 @@ class CausalVAEDecoder:
         ratio = self.vae.temporal_compression_ratio
         return ratio * (self.latents_decoded - 1) + 1 if self.latents_decoded else 0
 
-    @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Decode the next latent frames ``[B, C, t, h, w]``; returns float32 video in [0, 1]."""
+        return (self.decode_raw(latents).float() / 2 + 0.5).clamp(0, 1)
+
+    @torch.inference_mode()
+    def decode_raw(self, latents: torch.Tensor) -> torch.Tensor:
+        """Like :meth:`decode`, but the decoder's own output: about [-1, 1], in the VAE's dtype."""
         if latents.ndim != 5 or latents.shape[2] == 0:
             raise ValueError(f"expected latents [B, C, t>0, h, w], got {tuple(latents.shape)}")
         param = next(self.decoder.parameters())
         z = latents.to(device=param.device, dtype=param.dtype) / self.vae.config.scaling_factor
         parts = [self._pass(piece) for piece in z.split(self.latents_per_step, dim=2)]
-        video = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
-        return (video.float() / 2 + 0.5).clamp(0, 1)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
     # -- the decoder, walked ------------------------------------------------------------------------
     def _pass(self, z: torch.Tensor) -> torch.Tensor:

@@ -64,6 +64,17 @@ TINY_DIMS = {
 #: SigLIP input size / patch of the tiny image encoder: (32 / 8)^2 = 16 vision tokens (729 at full size).
 TINY_SIGLIP_IMAGE_SIZE = 32
 TINY_SIGLIP_PATCH = 8
+#: The tiny VAE: 5 levels like the real one (4 spatial down/up-samples, the last two also temporal),
+#: 32 latent channels. The last width must be >= 2 x 32 latent channels and a temporal downsample may
+#: at most quadruple the width; those 64-wide 3D convs dominate the size, so the file is stored in bf16
+#: (~5 MB).
+TINY_VAE = dict(
+    latent_channels=32,
+    block_out_channels=(8, 8, 16, 32, 64),
+    layers_per_block=1,
+    spatial_compression_ratio=16,
+    temporal_compression_ratio=4,
+)
 
 # A minimal ChatML template: for plain-string messages it renders exactly what the real Qwen2.5-VL
 # template renders ("<|im_start|>{role}\n{content}<|im_end|>\n" per message, then the assistant header).
@@ -187,16 +198,7 @@ def _write_components(folder: Path, seed: int) -> None:
     ).save_pretrained(folder / "feature_extractor")
 
     torch.manual_seed(seed + 3)
-    AutoencoderKLHunyuanVideo15(
-        latent_channels=32,
-        # 5 levels like the real VAE (4 spatial down/up-samples, the last two also temporal). The last
-        # width must be >= 2 x 32 latent channels and a temporal downsample may at most quadruple the
-        # width; those 64-wide 3D convs dominate the size, so the file is stored in bf16 (~5 MB).
-        block_out_channels=(8, 8, 16, 32, 64),
-        layers_per_block=1,
-        spatial_compression_ratio=16,
-        temporal_compression_ratio=4,
-    ).eval().to(torch.bfloat16).save_pretrained(folder / "vae")
+    AutoencoderKLHunyuanVideo15(**TINY_VAE).eval().to(torch.bfloat16).save_pretrained(folder / "vae")
 
     FlowMatchEulerDiscreteScheduler(shift=5.0).save_pretrained(folder / "scheduler")
     ClassifierFreeGuidance(guidance_scale=6.0).save_pretrained(folder / "guider")
@@ -265,6 +267,7 @@ __all__ = [
     "TINY_DIMS",
     "TINY_SIGLIP_IMAGE_SIZE",
     "TINY_SIGLIP_PATCH",
+    "TINY_VAE",
     "WORLDPLAY_DIR",
     "write_tiny_models",
 ]

@@ -267,11 +267,15 @@ class HealthInput(_Strict):
 
 
 class Timings(BaseModel):
+    """Seconds per stage of the job."""
+
     validate_: float = Field(0.0, alias="validate", serialization_alias="validate")
-    fetch: float = 0.0
-    load: float = 0.0
-    generate: float = 0.0
-    encode: float = 0.0
+    fetch: float = Field(0.0, description="Reading the image and camera inputs.")
+    load: float = Field(0.0, description="Loading the models (only on a worker's first job).")
+    generate: float = Field(0.0, description="Denoising, with each chunk decoded and handed to the H.264 "
+                                             "encoder as soon as it is done.")
+    encode: float = Field(0.0, description="Finishing the MP4 after the last chunk (encoding runs beside "
+                                           "generation).")
     upload: float = 0.0
 
     model_config = ConfigDict(populate_by_name=True)

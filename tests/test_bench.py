@@ -37,3 +37,19 @@ def test_flop_model_matches_hand_count():
     attention = 2 * 4 * n * keys * c  # two branches, QK^T and AV
     assert pass_flops(cfg, "step", n, keys) == layers * (linear + attention)
     assert pass_flops(cfg, "text", 0, 0) == 0.0
+
+
+def test_vae_decode_comparison_runs_and_checks_equality(capsys):
+    """--vae-decode: every path decodes the same video; the causal one equals the untiled decode,
+    the tiled one differs at its seams."""
+    assert main(["--vae-decode", "--tiny", "--frames", "9", "--width", "320", "--height", "288",
+                 "--vae-steps", "1", "3"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    by_variant = {row["variant"]: row for row in rows}
+    assert list(by_variant) == ["diffusers, untiled", "diffusers, 256-px tiles",
+                                "causal, 1 latent(s) per pass", "causal, 3 latent(s) per pass"]
+    assert all(row["frames"] == 9 and row["seconds"] > 0 for row in rows)
+    assert by_variant["diffusers, untiled"]["output_std"] > 0
+    assert by_variant["diffusers, 256-px tiles"]["max_abs_diff_vs_first"] > 1e-4
+    for n in (1, 3):
+        assert by_variant[f"causal, {n} latent(s) per pass"]["max_abs_diff_vs_first"] < 1e-5
