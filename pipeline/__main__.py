@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from .engine import GenerationRequest, WorldPlayPipeline
-    from .video import encode_mp4, probe_mp4
+    from .video import Mp4Writer, probe_mp4
 
     try:
         camera = parse_pose(_camera_spec(args.pose))
@@ -77,14 +77,17 @@ def main(argv: list[str] | None = None) -> int:
 
                 image = demo_image(832, 480)
             started = time.perf_counter()
-            result = pipe.generate(
-                GenerationRequest(
-                    prompt=args.prompt, negative_prompt=args.negative_prompt, image=image, camera=camera,
-                    mode=args.mode, num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
-                ),
-                callback=lambda stage, step, total: print(f"{stage} {step}/{total}", file=sys.stderr),
-            )
-            encode_mp4(result.frames, args.out, fps=args.fps)
+            # each chunk's frames are encoded on a background thread while the next one denoises
+            with Mp4Writer(args.out, fps=args.fps, background=True) as writer:
+                result = pipe.generate(
+                    GenerationRequest(
+                        prompt=args.prompt, negative_prompt=args.negative_prompt, image=image, camera=camera,
+                        mode=args.mode, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                        seed=args.seed,
+                    ),
+                    callback=lambda stage, step, total: print(f"{stage} {step}/{total}", file=sys.stderr),
+                    on_frames=writer.write,
+                )
         info = probe_mp4(args.out)
         print(json.dumps({
             "out": str(args.out), "codec": info.codec, "width": info.width, "height": info.height,

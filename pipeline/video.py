@@ -447,6 +447,30 @@ def _bench(args) -> None:
             size = path.stat().st_size
             print(f"preset={preset:<9} crf={args.crf}  best {min(times):.3f}s  "
                   f"median {sorted(times)[len(times) // 2]:.3f}s  size {size / 1e6:.2f} MB")
+        if args.streamed is not None:
+            tails = [streamed_tail(frames, Path(tmp) / f"streamed-{rep}.mp4", args.fps, args.streamed, crf=args.crf)
+                     for rep in range(args.repeat)]
+            print(f"streamed like the AR worker (13 + 16 + ... frames, one chunk every {args.streamed:.2f}s, "
+                  f"preset {DEFAULT_PRESET}): left to do after the last chunk: median "
+                  f"{sorted(tails)[len(tails) // 2]:.3f}s, best {min(tails):.3f}s")
+
+
+def streamed_tail(frames: np.ndarray, path: PathLike, fps: float, gap: float, *, crf: int = DEFAULT_CRF) -> float:
+    """Feed ``frames`` to a background writer in AR-sized chunks (13, then 16 each), ``gap`` seconds
+    apart (the time a chunk takes to denoise); return the seconds ``close()`` still takes after the
+    last chunk: the encoding a job waits for once its frames are all generated."""
+    writer = Mp4Writer(path, fps, crf=crf, background=True)
+    try:
+        for start in range(0, len(frames), 16):
+            if start:
+                time.sleep(gap)
+            writer.write(frames[max(0, start - 3):start + 13])
+        t0 = time.perf_counter()
+        writer.close()
+        return time.perf_counter() - t0
+    except BaseException:
+        writer.abort()
+        raise
 
 
 if __name__ == "__main__":
@@ -459,4 +483,6 @@ if __name__ == "__main__":
     parser.add_argument("--crf", type=int, default=DEFAULT_CRF)
     parser.add_argument("--presets", default="ultrafast,superfast,veryfast,faster,fast,medium")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--streamed", type=float, default=None, metavar="GAP",
+                        help="also time the streamed path: chunks GAP seconds apart, report the tail")
     _bench(parser.parse_args())

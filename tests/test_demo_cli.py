@@ -1,0 +1,43 @@
+"""`python -m pipeline --tiny ...`: the model demo writes a playable H.264 MP4 as it generates."""
+
+from __future__ import annotations
+
+import json
+
+from pipeline.__main__ import main
+from pipeline.video import probe_mp4
+
+
+def test_demo_writes_the_video(tmp_path, capsys):
+    out = tmp_path / "demo.mp4"
+    assert main(["--tiny", "--pose", "w-7", "--seed", "3", "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    info = probe_mp4(out)
+    assert (info.codec, info.num_frames) == ("h264", 29) == (report["codec"], report["num_frames"])
+    assert {"denoise", "decode", "hand_over"} <= set(report["timings"])
+
+
+def test_demo_reports_a_bad_pose_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "demo.mp4"
+    assert main(["--tiny", "--pose", "w-2", "--out", str(out)]) == 1
+    assert "error: INVALID_FRAME_COUNT" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_demo_removes_a_partial_file_when_generation_fails(tmp_path, capsys, monkeypatch):
+    from pipeline.engine import WorldPlayPipeline
+    from pipeline.errors import PipelineError
+
+    real = WorldPlayPipeline.generate
+
+    def fail_after_first_chunk(self, request, *args, on_frames=None, **kwargs):
+        def hand_over(frames):
+            on_frames(frames)
+            raise PipelineError("stopped after the first chunk")
+        return real(self, request, *args, on_frames=hand_over, **kwargs)
+
+    monkeypatch.setattr(WorldPlayPipeline, "generate", fail_after_first_chunk)
+    out = tmp_path / "demo.mp4"
+    assert main(["--tiny", "--pose", "w-7", "--out", str(out)]) == 1
+    assert "stopped after the first chunk" in capsys.readouterr().err
+    assert not out.exists()
