@@ -69,6 +69,29 @@ def test_frames_are_handed_over_chunk_by_chunk_and_match_the_result(pipe, image,
     assert {"decode", "hand_over", "denoise"} <= set(result.timings)
 
 
+def test_decoding_after_denoising_gives_the_same_frames(pipe, image, ar_result, monkeypatch):
+    """WORLDPLAY_DECODE_DURING_DENOISE=0: chunks are decoded once the rollout is over (lower GPU peak);
+    the frames are the same and still handed over chunk by chunk, just after the last step."""
+    steps_done, seen = [], []
+    monkeypatch.setattr(pipe, "decode_during_denoise", False)
+    result = pipe.generate(request(image, seed=7), callback=lambda stage, step, total: steps_done.append(step),
+                           on_frames=lambda frames: seen.append((len(steps_done), frames.shape[0])))
+    np.testing.assert_array_equal(result.frames, ar_result.frames)
+    assert seen == [(8, 13), (8, 16)]  # both chunks after all 8 denoising steps
+    monkeypatch.setattr(pipe, "decode_during_denoise", True)
+    seen.clear(), steps_done.clear()
+    pipe.generate(request(image, seed=7), callback=lambda stage, step, total: steps_done.append(step),
+                  on_frames=lambda frames: seen.append((len(steps_done), frames.shape[0])))
+    assert seen == [(4, 13), (8, 16)]  # the first chunk as soon as its 4 steps are done
+
+
+def test_decode_mode_comes_from_the_environment(tiny_models, monkeypatch):
+    monkeypatch.setenv("WORLDPLAY_DECODE_DURING_DENOISE", "0")
+    paths = resolve_models(["ar"], model_dir=tiny_models, allow_download=False, set_offline=False)
+    ar_only = WorldPlayPipeline.from_paths(paths, device="cpu")
+    assert ar_only.decode_during_denoise is False and ar_only.health()["decode_during_denoise"] is False
+
+
 def test_callback_once_per_denoising_step_with_totals(pipe, image):
     events = []
     pipe.generate(request(image, pose="w-7", num_inference_steps=3), callback=lambda *e: events.append(e))
