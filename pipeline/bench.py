@@ -306,8 +306,9 @@ def vae_decode_comparison(device: torch.device, dtype: torch.dtype, frames: int,
                           tiny: bool = False) -> list[dict]:
     """Time the decode of one video with the full-size VAE (random weights; ``tiny``: the fixture's
     widths): diffusers untiled (one pass, dense causal mask), diffusers with 256-px tiles (the earlier
-    production path), and the causal chunked decoder at several latents per pass. Each output is
-    compared with the first one's, before the [0, 1] clamp."""
+    production path), the chunked decoder with whole-video attention at several latents per pass
+    (equal to the first), and the worker's default (upstream's per-frame attention, expected to
+    differ). Each output is compared with the first one's, before the [0, 1] clamp."""
     from diffusers import AutoencoderKLHunyuanVideo15
 
     from .causal_decode import CausalVAEDecoder
@@ -338,7 +339,12 @@ def vae_decode_comparison(device: torch.device, dtype: torch.dtype, frames: int,
         variants.append(("diffusers, 256-px tiles", diffusers_decode(True)))
     for n in steps:
         variants.append((f"causal, {n} latent(s) per pass",
-                         lambda n=n: CausalVAEDecoder(vae, latents_per_step=n).decode_raw(latents).float()))
+                         lambda n=n: CausalVAEDecoder(vae, latents_per_step=n, attention="causal")
+                         .decode_raw(latents).float()))
+    # what the worker runs: upstream HY-WorldPlay's semantics (the mid-block attention within each latent
+    # frame), so it is not expected to equal the whole-video decode
+    variants.append(("frame attention (worker default), 1 latent per pass",
+                     lambda: CausalVAEDecoder(vae, latents_per_step=1).decode_raw(latents).float()))
     rows, reference = [], None
     for label, run in variants:
         if device.type == "cuda":

@@ -9,8 +9,16 @@ in order, a few at a time, as long as each layer remembers what it saw:
 * each causal convolution keeps the last ``kernel_t - 1`` frames of its (time-padded) input and
   prepends them to the next call instead of the replicated first frame;
 * each temporal upsampler applies its first-frame rule only to the video's first latent;
-* the attention block keeps the keys and values of every frame decoded so far, and each new frame
-  attends to them plus itself (one unmasked SDPA call per latent frame, so fused kernels apply).
+* the mid-block attention (one head over all channels, at latent resolution) has two meanings, chosen
+  with ``attention``:
+
+  - ``"frame"`` (default): each latent frame attends to itself only. This is what HY-WorldPlay's own
+    pipeline does on one GPU: its ``hunyuanvideo_15_vae_w_cache`` VAE decodes one latent at a time
+    with convolution caches and calls the attention block on that latent alone. Matching it keeps our
+    frames those of the model as published, and costs no cache.
+  - ``"causal"``: each latent frame attends to itself and every earlier one (keys and values of the
+    frames decoded so far are kept), which is diffusers' whole-video ``vae.decode`` (the causal mask
+    of ``HunyuanVideo15AttnBlock``), here one unmasked SDPA call per latent frame.
 
 Compared with ``vae.decode`` on the whole video this needs no spatial tiles (tiles overlap by 25 %,
 which costs ~1.66x the convolution work at 832x480 and blends seams), never builds the dense causal
@@ -20,8 +28,9 @@ hand over frames while later chunks are still denoising.
 
 The walk below mirrors the module tree of the diffusers decoder and calls its own submodules
 (norms, activations, 1x1 projections, ``nn.Conv3d``) for all the arithmetic; only the temporal
-bookkeeping is ours. ``tests/test_causal_decode.py`` checks it against ``vae.decoder`` on the whole
-video for several step sizes and chunkings.
+bookkeeping is ours. ``tests/test_causal_decode.py`` checks both modes against ``vae.decoder`` run on
+the whole video (for ``"frame"``, with the attention mask made block-diagonal) for several step sizes
+and chunkings.
 """
 
 from __future__ import annotations
@@ -29,7 +38,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CausalVAEDecoder", "DEFAULT_LATENTS_PER_STEP"]
+__all__ = ["ATTENTION_MODES", "CausalVAEDecoder", "DEFAULT_LATENTS_PER_STEP"]
+
+#: What a latent frame's mid-block attention sees: itself ("frame", upstream HY-WorldPlay) or itself
+#: and all earlier frames ("causal", diffusers' whole-video decode).
+ATTENTION_MODES = ("frame", "causal")
 
 #: Latent frames decoded per decoder pass. One latent is 4 video frames; at 832x480 the decoder's
 #: last stage holds ~0.7 GB of activations per output frame in bf16 (measured on an H100: 29 frames
@@ -50,9 +63,12 @@ class CausalVAEDecoder:
     (or make a new decoder) before the next video.
     """
 
-    def __init__(self, vae, *, latents_per_step: int = DEFAULT_LATENTS_PER_STEP):
+    def __init__(self, vae, *, latents_per_step: int = DEFAULT_LATENTS_PER_STEP, attention: str = "frame"):
         if int(latents_per_step) < 1:
             raise ValueError(f"latents_per_step must be at least 1, got {latents_per_step}")
+        if attention not in ATTENTION_MODES:
+            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
+        self.attention = attention
         self.vae = vae
         self.decoder = vae.decoder
         self.latents_per_step = int(latents_per_step)
@@ -150,36 +166,44 @@ class CausalVAEDecoder:
         return _cat_time(hs) + _cat_time(shortcuts)
 
     def _attention(self, module, x: torch.Tensor) -> torch.Tensor:
-        """``HunyuanVideo15AttnBlock`` (one head over all channels, frame-causal) with a K/V cache."""
+        """``HunyuanVideo15AttnBlock``: per frame (``"frame"``) or frame-causal with a K/V cache."""
         identity = x
         x = module.norm(x)
         q, k, v = module.to_q(x), module.to_k(x), module.to_v(x)
         batch, channels, frames, height, width = q.shape
-        per_frame = height * width
+        hw = height * width
 
-        def tokens(t: torch.Tensor) -> torch.Tensor:  # [B, C, T, H, W] -> [B, 1, T*H*W, C]
-            return t.reshape(batch, channels, frames * per_frame).permute(0, 2, 1).unsqueeze(1)
+        if self.attention == "frame":  # every frame on its own: the frames become the batch
 
-        q, k, v = tokens(q), tokens(k), tokens(v)
-        cached = self._keys_values.get(module)
-        if cached is not None:
-            k, v = torch.cat([cached[0], k], dim=2), torch.cat([cached[1], v], dim=2)
+            def frames_as_batch(t: torch.Tensor) -> torch.Tensor:  # [B, C, T, H, W] -> [B*T, 1, H*W, C]
+                return t.permute(0, 2, 3, 4, 1).reshape(batch * frames, 1, hw, channels)
+
+            out = F.scaled_dot_product_attention(frames_as_batch(q), frames_as_batch(k), frames_as_batch(v))
         else:
-            k, v = k.contiguous(), v.contiguous()
-        self._keys_values[module] = (k, v)
-        past = k.shape[2] // per_frame - frames
-        out = torch.cat(
-            [
-                F.scaled_dot_product_attention(
-                    q[:, :, f * per_frame : (f + 1) * per_frame].contiguous(),
-                    k[:, :, : (past + f + 1) * per_frame],
-                    v[:, :, : (past + f + 1) * per_frame],
-                )
-                for f in range(frames)
-            ],
-            dim=2,
-        )
-        out = out.squeeze(1).reshape(batch, frames, height, width, channels).permute(0, 4, 1, 2, 3)
+
+            def tokens(t: torch.Tensor) -> torch.Tensor:  # [B, C, T, H, W] -> [B, 1, T*H*W, C]
+                return t.reshape(batch, channels, frames * hw).permute(0, 2, 1).unsqueeze(1)
+
+            q, k, v = tokens(q), tokens(k), tokens(v)
+            cached = self._keys_values.get(module)
+            if cached is not None:
+                k, v = torch.cat([cached[0], k], dim=2), torch.cat([cached[1], v], dim=2)
+            else:
+                k, v = k.contiguous(), v.contiguous()
+            self._keys_values[module] = (k, v)
+            past = k.shape[2] // hw - frames
+            out = torch.cat(
+                [
+                    F.scaled_dot_product_attention(
+                        q[:, :, f * hw : (f + 1) * hw].contiguous(),
+                        k[:, :, : (past + f + 1) * hw],
+                        v[:, :, : (past + f + 1) * hw],
+                    )
+                    for f in range(frames)
+                ],
+                dim=2,
+            )
+        out = out.reshape(batch, frames, height, width, channels).permute(0, 4, 1, 2, 3)
         return module.proj_out(out) + identity
 
 

@@ -47,7 +47,8 @@ def test_vae_decode_comparison_runs_and_checks_equality(capsys):
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     by_variant = {row["variant"]: row for row in rows}
     assert list(by_variant) == ["diffusers, untiled", "diffusers, 256-px tiles",
-                                "causal, 1 latent(s) per pass", "causal, 3 latent(s) per pass"]
+                                "causal, 1 latent(s) per pass", "causal, 3 latent(s) per pass",
+                                "frame attention (worker default), 1 latent per pass"]
     assert all(row["frames"] == 9 and row["seconds"] > 0 for row in rows)
     assert by_variant["diffusers, untiled"]["output_std"] > 0
     assert by_variant["diffusers, 256-px tiles"]["max_abs_diff_vs_first"] > 1e-4
