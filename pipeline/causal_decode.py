@@ -1,4 +1,4 @@
-"""Chunk-by-chunk VAE decoding that gives exactly the frames of a whole-video decode.
+"""Chunk-by-chunk VAE decoding: upstream HY-WorldPlay's streamed decode, exactly, for any chunking.
 
 The HunyuanVideo-1.5 VAE decoder (diffusers ``AutoencoderKLHunyuanVideo15.decoder``) is causal in
 time: every 3D convolution pads only the past (two replicated copies of the first frame), the
@@ -56,7 +56,7 @@ class CausalVAEDecoder:
     >>> dec = CausalVAEDecoder(vae)                       # doctest: +SKIP
     >>> first = dec.decode(latents[:, :, :4])             # 13 frames
     >>> rest = dec.decode(latents[:, :, 4:])              # 4 frames per latent
-    >>> torch.cat([first, rest], 2)  # == whole-video decode
+    >>> torch.cat([first, rest], 2)  # == decoding all latents in one call
 
     ``decode`` takes *normalised* latents (as the DiT produces them: divided by ``scaling_factor``
     here) and returns float32 video in [0, 1], ``[B, 3, frames, 16 h, 16 w]``. Call :meth:`reset`

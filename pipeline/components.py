@@ -26,7 +26,9 @@ vision encoder wrappers) and how this module does it:
   and can pick a different bucket, so it is not used). 16:9 gives 848x480.
 * **VAE** — condition latents are ``encode(x).latent_dist.mode() * scaling_factor`` with ``x`` the
   cropped image in [-1, 1], shape [1, 3, 1, H, W]; decoding divides by ``scaling_factor`` (the config
-  has no shift factor), decodes and maps ``x / 2 + 0.5`` clamped to [0, 1]. Frames to uint8 truncate
+  has no shift factor), decodes like upstream's ``hunyuanvideo_15_vae_w_cache`` (latent by latent with
+  causal caches, the mid-block attention within each latent frame: :mod:`pipeline.causal_decode`) and
+  maps ``x / 2 + 0.5`` clamped to [0, 1]. Frames to uint8 truncate
   (``(x * 255).clamp(0, 255).to(uint8)``) like upstream's ``save_video``.
 * **Scheduler** — flow-matching Euler with shift 5: sigmas ``linspace(1, 0, N + 1)[:-1]`` shifted by
   ``s' = shift * s / (1 + (shift - 1) * s)``, timesteps ``1000 * sigma`` (4 steps: 1000, 937.5, 833.3,
@@ -443,8 +445,8 @@ def decode_latents(
 ) -> torch.Tensor:
     """Video [B, 3, 4 (T - 1) + 1, 16 h, 16 w] as float32 in [0, 1] from normalised latents.
 
-    The whole video, decoded causally a few latents at a time (:class:`CausalVAEDecoder`): the same
-    frames as one untiled ``vae.decode`` with bounded memory and no spatial tiles.
+    The whole video, decoded a few latents at a time by :class:`CausalVAEDecoder` with upstream
+    HY-WorldPlay's semantics (bounded memory, no spatial tiles).
     """
     return CausalVAEDecoder(vae, latents_per_step=latents_per_step).decode(latents)
 
