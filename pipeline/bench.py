@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -213,17 +214,13 @@ def run_one(pipe: WorldPlayPipeline, mode: str, frames: int, width: int, height:
         prompt=prompt, image=demo_image(width, height), camera=parse_pose(pose_for(mode, frames)), mode=mode,
         num_inference_steps=steps, guidance_scale=guidance, seed=42,
     )
-    try:
+    with writer if writer is not None else nullcontext():  # a failed run aborts the writer
         result = pipe.generate(request, on_frames=on_frames, trace=trace)
-    except BaseException:
+        generate_s = time.perf_counter() - started
+        t0 = time.perf_counter()
         if writer is not None:
-            writer.abort()
-        raise
-    generate_s = time.perf_counter() - started
-    t0 = time.perf_counter()
-    if writer is not None:
-        writer.close()
-    tail_s = time.perf_counter() - t0 if writer is not None else None
+            writer.close()
+        tail_s = time.perf_counter() - t0 if writer is not None else None
 
     config = next(iter(pipe.transformers.values())).config
     per_kind: dict[str, float] = defaultdict(float)

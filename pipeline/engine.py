@@ -109,6 +109,16 @@ class _Timer:
             self.timings[name] = round(self.timings.get(name, 0.0) + elapsed - inner, 4)
 
 
+def _env_flag(name: str, default: bool) -> bool:
+    """A yes/no setting: 1/true/yes or 0/false/no (any case); anything else keeps the default."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    return default
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -138,12 +148,11 @@ class WorldPlayPipeline:
         self.dtype = dtype
         self.offload_encoders = offload_encoders
         self.load_info = load_info or {}
-        self.compiled = os.environ.get("WORLDPLAY_COMPILE", "0").lower() in ("1", "true", "yes") and enable_compile()
+        self.compiled = _env_flag("WORLDPLAY_COMPILE", False) and enable_compile()
         # Decode each chunk while later ones denoise (default), or all of them after the rollout, when
         # the DiT's K/V cache is gone: the decoder's carried state (~2.8 GB at 832x480 in bf16) and one
         # pass's activations (~3 GB) then never sit beside the cache. Same frames either way.
-        self.decode_during_denoise = os.environ.get("WORLDPLAY_DECODE_DURING_DENOISE", "1").lower() not in (
-            "0", "false", "no")
+        self.decode_during_denoise = _env_flag("WORLDPLAY_DECODE_DURING_DENOISE", True)
         self._text_encoder_host: HostResident | None = None
         placed = time.perf_counter()
         if offload_encoders:

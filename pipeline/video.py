@@ -455,22 +455,24 @@ def _bench(args) -> None:
                   f"{sorted(tails)[len(tails) // 2]:.3f}s, best {min(tails):.3f}s")
 
 
+def ar_chunks(frames: np.ndarray):
+    """``frames`` split the way the AR rollout hands them over: 13 (latents 0-3), then 16 each."""
+    for start in range(0, len(frames), 16):
+        yield frames[max(0, start - 3):start + 13]
+
+
 def streamed_tail(frames: np.ndarray, path: PathLike, fps: float, gap: float, *, crf: int = DEFAULT_CRF) -> float:
-    """Feed ``frames`` to a background writer in AR-sized chunks (13, then 16 each), ``gap`` seconds
-    apart (the time a chunk takes to denoise); return the seconds ``close()`` still takes after the
-    last chunk: the encoding a job waits for once its frames are all generated."""
-    writer = Mp4Writer(path, fps, crf=crf, background=True)
-    try:
-        for start in range(0, len(frames), 16):
-            if start:
+    """Feed ``frames`` to a background writer in AR-sized chunks, ``gap`` seconds apart (the time a
+    chunk takes to denoise); return the seconds ``close()`` still takes after the last chunk: the
+    encoding a job waits for once its frames are all generated."""
+    with Mp4Writer(path, fps, crf=crf, background=True) as writer:
+        for index, chunk in enumerate(ar_chunks(frames)):
+            if index:
                 time.sleep(gap)
-            writer.write(frames[max(0, start - 3):start + 13])
+            writer.write(chunk)
         t0 = time.perf_counter()
         writer.close()
         return time.perf_counter() - t0
-    except BaseException:
-        writer.abort()
-        raise
 
 
 if __name__ == "__main__":

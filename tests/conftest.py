@@ -54,6 +54,15 @@ def png_bytes(width: int = 96, height: int = 64, color=(40, 120, 200), fmt: str 
     return buf.getvalue()
 
 
+def decode_rgb(path):
+    """Every frame of a video file as RGB uint8 [T, H, W, 3]."""
+    import av
+    import numpy as np
+
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
 def b64(data: bytes) -> str:
     return _base64.b64encode(data).decode("ascii")
 
@@ -168,8 +177,9 @@ class FakePipeline:
         base = (x * 3 + y * 2 + t * 5 + int(request.seed)) % 256
         frames = np.stack([base, (base + 85) % 256, (255 - base)], axis=-1).astype(np.uint8)
         if on_frames is not None and self.stream:
-            for start in range(0, n, 16):
-                piece = frames[max(0, start - 3):start + 13]
+            from pipeline.video import ar_chunks
+
+            for piece in ar_chunks(frames):
                 on_frames(piece)
                 if self.fail_after_first_chunk is not None:
                     raise self.fail_after_first_chunk

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from conftest import S3_SECRET_KEY, b64, png_bytes, worker_subprocess_env
+from conftest import S3_SECRET_KEY, b64, decode_rgb, png_bytes, worker_subprocess_env
 
 from pipeline.video import is_faststart, probe_mp4
 from worker import job as worker_job
@@ -58,13 +58,6 @@ def check_video(out, storage, tmp_path, *, frames, fps=24):
     assert out["duration_seconds"] == pytest.approx(frames / fps, abs=1e-3)
     assert is_faststart(path)
     return info
-
-
-def decoded_frames(path) -> np.ndarray:
-    import av
-
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
 def tmp_is_clean(env) -> bool:
@@ -143,7 +136,7 @@ def test_frames_stream_into_the_encoder_during_generation(fake_pipeline, storage
     for result in (out, whole):
         path = tmp_path / f"{result['minio_key'].replace('/', '_')}"
         path.write_bytes(storage.get_bytes(result["minio_key"], 2**24))
-        pictures.append(decoded_frames(path).astype(int))
+        pictures.append(decode_rgb(path).astype(int))
     assert pictures[0].shape == pictures[1].shape == (45, 48, 64, 3)
     assert np.abs(pictures[0] - pictures[1]).mean() < 0.5
     assert tmp_is_clean(s3_env)

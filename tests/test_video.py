@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import decode_rgb
 
 from pipeline.video import (
     Mp4Writer,
@@ -14,13 +15,6 @@ from pipeline.video import (
     streamed_tail,
     synthetic_pan,
 )
-
-
-def decode_rgb(path) -> np.ndarray:
-    import av
-
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
 @pytest.fixture(scope="module")

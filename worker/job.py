@@ -431,7 +431,6 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
 
         workdir = tempfile.mkdtemp(prefix="worldplay-", dir=os.environ.get("WORLDPLAY_TMPDIR"))
         path = os.path.join(workdir, "video.mp4")
-        writer = Mp4Writer(path, req.fps, background=True)
         streamed = 0
 
         def _on_frames(chunk) -> None:
@@ -439,7 +438,8 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
             writer.write(chunk)
             streamed += len(chunk)
 
-        try:
+        # on any failure the writer aborts: queued chunks dropped, thread joined, partial file removed
+        with Mp4Writer(path, req.fps, background=True) as writer:
             should_cancel = cancel_event.is_set if cancel_event is not None else None
             result = pipe.generate(request, callback=_callback, should_cancel=should_cancel,
                                    on_frames=_on_frames)
@@ -462,9 +462,6 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
             if streamed == 0:  # a pipeline that does not stream: encode everything now
                 writer.write(frames)
             info = writer.close()
-        except BaseException:
-            writer.abort()
-            raise
         stages.add("encode", time.perf_counter() - t0)
 
         # -- upload
