@@ -151,7 +151,8 @@ class WorldPlayPipeline:
         self.compiled = _env_flag("WORLDPLAY_COMPILE", False) and enable_compile()
         # Decode each chunk while later ones denoise (default), or all of them after the rollout, when
         # the DiT's K/V cache is gone: the decoder's carried state (~2.8 GB at 832x480 in bf16) and one
-        # pass's activations (~3 GB) then never sit beside the cache. Same frames either way.
+        # pass's activations (~3 GB) then never sit beside the cache. Same frames either way. A decode
+        # that runs out of memory beside the cache switches this off for the worker (ChunkFrames).
         self.decode_during_denoise = _env_flag("WORLDPLAY_DECODE_DURING_DENOISE", True)
         self._text_encoder_host: HostResident | None = None
         placed = time.perf_counter()
@@ -311,23 +312,7 @@ class WorldPlayPipeline:
             actions=request.camera.actions.unsqueeze(0).to(self.device),
         )
         rollout = ar_rollout if request.mode == "ar" else bidirectional_rollout
-        decoder = CausalVAEDecoder(self.vae)
-        pieces: list[np.ndarray] = []
-        finished: list[tuple[int, int]] = []  # chunks denoised but not decoded yet
-
-        def decode_chunk(start: int, end: int, current: torch.Tensor) -> None:
-            with timer.stage("decode"):
-                frames = comp.frames_to_uint8(decoder.decode(current[:, :, start:end]))
-            pieces.append(frames)
-            if on_frames is not None:
-                with timer.stage("hand_over"):
-                    on_frames(frames)
-
-        def on_chunk(start: int, end: int, current: torch.Tensor) -> None:
-            if self.decode_during_denoise:
-                decode_chunk(start, end, current)
-            else:
-                finished.append((start, end))
+        chunks = ChunkFrames(self.vae, timer, on_frames, during_denoise=self.decode_during_denoise)
 
         with timer.stage("denoise"):
             latents = rollout(
@@ -344,15 +329,17 @@ class WorldPlayPipeline:
                     select_context=select,
                     callback=callback,
                     should_cancel=should_cancel,
-                    on_chunk=on_chunk,
+                    on_chunk=chunks.chunk_done,
                     trace=trace,
                 ),
             )
-        for start, end in finished:
-            decode_chunk(start, end, latents)
-        if decoder.latents_decoded != num_latents:
-            raise RuntimeError(f"decoded {decoder.latents_decoded} of {num_latents} latents")
-        frames = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        if chunks.fell_back:
+            # One out-of-memory decode beside the K/V cache is enough to know this card has no room for
+            # it: later jobs on this worker decode after their rollout straight away.
+            self.decode_during_denoise = False
+        frames = chunks.finish(latents)
+        if chunks.latents_decoded != num_latents:
+            raise RuntimeError(f"decoded {chunks.latents_decoded} of {num_latents} latents")
         if callback is not None:
             callback("decoded", 1, 1)
         return GenerationResult(
@@ -382,6 +369,78 @@ class WorldPlayPipeline:
         if self._text_encoder_host is None or not needed:
             return nullcontext()
         return self._text_encoder_host.on_device()
+
+
+class ChunkFrames:
+    """Turns the rollout's finished chunks into uint8 frames, in order, and hands each chunk over.
+
+    With `during_denoise`, a chunk is decoded the moment the rollout reports it clean (``chunk_done``),
+    so its frames reach `on_frames` while later chunks denoise; otherwise the chunks wait for
+    :meth:`finish`, after the rollout has released the DiT's K/V cache.
+
+    If a decode during denoising runs out of GPU memory (the decoder's carried state and one pass's
+    activations sit beside the K/V cache), the job does not fail: the decoder and its half-updated
+    state are dropped, the remaining chunks wait for :meth:`finish`, and there a fresh decoder first
+    re-reads the chunks already handed over (to rebuild its causal state; their frames are not handed
+    over twice), then decodes the rest. The frames are the same; only the overlap is lost.
+    """
+
+    def __init__(self, vae, timer: _Timer, on_frames: Callable[[np.ndarray], None] | None, *, during_denoise: bool):
+        self.vae = vae
+        self.timer = timer
+        self.on_frames = on_frames
+        self.during_denoise = during_denoise
+        self.decoder: CausalVAEDecoder | None = CausalVAEDecoder(vae)
+        self.pieces: list[np.ndarray] = []
+        self.handed_over: list[tuple[int, int]] = []  # chunks whose frames are in `pieces`
+        self.waiting: list[tuple[int, int]] = []  # chunks denoised but not decoded yet
+        self.fell_back = False
+
+    @property
+    def latents_decoded(self) -> int:
+        return self.handed_over[-1][1] if self.handed_over else 0
+
+    def chunk_done(self, start: int, end: int, latents: torch.Tensor) -> None:
+        """The rollout's ``on_chunk``: latents[:, :, start:end] are final."""
+        if not self.during_denoise:
+            self.waiting.append((start, end))
+            return
+        try:
+            self._decode_and_hand_over(start, end, latents)
+            return
+        except torch.OutOfMemoryError:
+            pass  # handled below, once the exception (and the tensors its traceback holds) is gone
+        logger.warning(
+            "out of GPU memory decoding latents %d..%d beside the K/V cache; the rest of this video is decoded "
+            "after the rollout, and so is every later video on this worker", start, end - 1,
+        )
+        self.fell_back = True
+        self.during_denoise = False
+        self.decoder = None
+        self.waiting.append((start, end))
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def finish(self, latents: torch.Tensor) -> np.ndarray:
+        """Decode whatever is still waiting and return all the frames [T, H, W, 3]."""
+        if self.decoder is None:
+            self.decoder = CausalVAEDecoder(self.vae)
+            with self.timer.stage("decode"):
+                for start, end in self.handed_over:
+                    self.decoder.decode(latents[:, :, start:end])
+        for start, end in self.waiting:
+            self._decode_and_hand_over(start, end, latents)
+        self.waiting.clear()
+        return self.pieces[0] if len(self.pieces) == 1 else np.concatenate(self.pieces)
+
+    def _decode_and_hand_over(self, start: int, end: int, latents: torch.Tensor) -> None:
+        with self.timer.stage("decode"):
+            frames = comp.frames_to_uint8(self.decoder.decode(latents[:, :, start:end]))
+        self.pieces.append(frames)
+        self.handed_over.append((start, end))
+        if self.on_frames is not None:
+            with self.timer.stage("hand_over"):
+                self.on_frames(frames)
 
 
 class HostResident:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from pipeline.camera import parse_pose
@@ -83,6 +84,38 @@ def test_decoding_after_denoising_gives_the_same_frames(pipe, image, ar_result, 
     pipe.generate(request(image, seed=7), callback=lambda stage, step, total: steps_done.append(step),
                   on_frames=lambda frames: seen.append((len(steps_done), frames.shape[0])))
     assert seen == [(4, 13), (8, 16)]  # the first chunk as soon as its 4 steps are done
+
+
+def test_out_of_memory_in_a_streamed_decode_falls_back_to_decoding_after_the_rollout(pipe, image, monkeypatch):
+    """A decode that runs out of GPU memory beside the K/V cache does not fail the job: the rest of the
+    video is decoded after the rollout (a fresh decoder re-reads the chunks already handed over to
+    rebuild its causal state), every frame is handed over exactly once, in order, and the frames equal
+    those of an undisturbed run. The worker then keeps decoding after the rollout."""
+    from pipeline import causal_decode
+
+    pose = "w-11"  # 12 latents: 3 chunks
+    expected = pipe.generate(request(image, pose=pose, seed=3)).frames
+    calls = {"n": 0}
+    real_decode = causal_decode.CausalVAEDecoder.decode
+
+    def decode_oom_on_second_call(self, latents):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            real_decode(self, latents[:, :, :1])  # leave the decoder's state half-updated, as a real OOM would
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_decode(self, latents)
+
+    monkeypatch.setattr(causal_decode.CausalVAEDecoder, "decode", decode_oom_on_second_call)
+    monkeypatch.setattr(pipe, "decode_during_denoise", True)
+    steps_done, seen = [], []
+    result = pipe.generate(request(image, pose=pose, seed=3),
+                           callback=lambda stage, step, total: steps_done.append(step),
+                           on_frames=lambda frames: seen.append((len(steps_done), frames)))
+    assert [(steps, frames.shape[0]) for steps, frames in seen] == [(4, 13), (12, 16), (12, 16)]
+    np.testing.assert_array_equal(np.concatenate([frames for _, frames in seen]), expected)
+    np.testing.assert_array_equal(result.frames, expected)
+    assert calls["n"] == 5  # chunk 0, the failed chunk 1, then after the rollout: chunk 0 again, 1, 2
+    assert pipe.decode_during_denoise is False and pipe.health()["decode_during_denoise"] is False
 
 
 def test_decode_mode_comes_from_the_environment(tiny_models, monkeypatch):
