@@ -49,14 +49,17 @@ PROMPT = (
 def pass_flops(config: WorldPlayConfig, kind: str, query_tokens: int, key_tokens: int) -> float:
     """Matmul FLOPs of one transformer pass (all layers) over `query_tokens` image tokens.
 
-    step/context (AR): image tokens attend to `key_tokens` keys in both branches.
+    step/context (AR): image tokens attend to `key_tokens` keys in both branches (a context pass's
+    last layer computes only the keys and values it leaves in the cache).
     joint (bidirectional): `key_tokens` = image + text tokens; the RoPE branch's queries include the
     text tokens, whose linear layers are counted too.
     """
     c, m, layers = config.hidden_size, config.mlp_hidden_size, config.num_layers
     n = query_tokens
     linear = n * (5 * 2 * c * c + 2 * 2 * c * m)
-    if kind in ("step", "context"):
+    if kind == "context":  # the last layer only computes the K/V the cache keeps
+        return float((layers - 1) * (linear + 2 * 4 * n * key_tokens * c) + n * 2 * 2 * c * c)
+    if kind == "step":
         attn = 2 * 4 * n * key_tokens * c
     elif kind == "joint":
         text = key_tokens - n

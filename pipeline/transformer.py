@@ -211,14 +211,17 @@ class DoubleStreamBlock(nn.Module):
 
     # -- pieces shared by every mode
 
-    def _qkv(self, stream: str, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor):
+    def _qkv(self, stream: str, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, queries: bool = True):
+        """Normalised q, k and v [B, L, H, D]; q is None when `queries` is False (K/V-only passes)."""
         h = modulate(layer_norm(x), shift, scale)
         b, length, _ = h.shape
-        q = getattr(self, f"{stream}_attn_q")(h).view(b, length, self.heads, self.head_dim)
         k = getattr(self, f"{stream}_attn_k")(h).view(b, length, self.heads, self.head_dim)
         v = getattr(self, f"{stream}_attn_v")(h).view(b, length, self.heads, self.head_dim)
-        q = getattr(self, f"{stream}_attn_q_norm")(q).to(v.dtype)
         k = getattr(self, f"{stream}_attn_k_norm")(k).to(v.dtype)
+        if not queries:
+            return None, k, v
+        q = getattr(self, f"{stream}_attn_q")(h).view(b, length, self.heads, self.head_dim)
+        q = getattr(self, f"{stream}_attn_q_norm")(q).to(v.dtype)
         return q, k, v
 
     def _finish(self, stream: str, x: torch.Tensor, attn_out: torch.Tensor, mods: tuple[torch.Tensor, ...]):
@@ -270,27 +273,38 @@ class DoubleStreamBlock(nn.Module):
 
     # -- AR: text alone, then image tokens against the cache
 
-    def forward_text(self, txt, vec_txt):
-        """Text self-attention only; returns the updated text and its K/V [B, H, L, D]."""
+    def forward_text(self, txt, vec_txt, outputs: bool = True):
+        """Text self-attention only; returns the updated text and its K/V [B, H, L, D].
+
+        With `outputs=False` (the last layer: nothing reads its output) only the K/V are computed and
+        the text comes back as None.
+        """
         txt_mods = self.txt_mod(vec_txt).unsqueeze(1).chunk(6, dim=-1)
-        tq, tk, tv = self._qkv("txt", txt, txt_mods[0], txt_mods[1])
+        tq, tk, tv = self._qkv("txt", txt, txt_mods[0], txt_mods[1], queries=outputs)
         keys, values = self._heads_first(tk), self._heads_first(tv)
+        if not outputs:
+            return None, keys, values
         out = self._merge(attention(self._heads_first(tq), keys, values))
         return self._finish("txt", txt, self.txt_attn_proj(out), txt_mods), keys, values
 
-    def forward_cached(self, img, vec_img, rope: Rope, camera: CameraEncoding, keys, values, offset: int):
+    def forward_cached(self, img, vec_img, rope: Rope, camera: CameraEncoding, keys, values, offset: int,
+                       outputs: bool = True):
         """Image tokens attend to cache[:offset] + themselves; their K/V are written at `offset`.
 
-        `keys`/`values` are this layer's [2, H, capacity, D] buffers (batch 1).
+        `keys`/`values` are this layer's [2, H, capacity, D] buffers (batch 1). With `outputs=False`
+        (the last layer of a context pass, whose output nothing reads) only the K/V are computed and
+        written, and None is returned: no queries, attention, projections or MLP.
         """
         img_mods = self.img_mod(vec_img).chunk(6, dim=-1)
-        q, k, v = self._qkv("img", img, img_mods[0], img_mods[1])
+        q, k, v = self._qkv("img", img, img_mods[0], img_mods[1], queries=outputs)
         n = img.shape[1]
         end = offset + n
         keys[0, :, offset:end] = rope(k)[0].transpose(0, 1)
         keys[1, :, offset:end] = camera.keys_values(k)[0].transpose(0, 1)
         values[0, :, offset:end] = v[0].transpose(0, 1)
         values[1, :, offset:end] = camera.keys_values(v)[0].transpose(0, 1)
+        if not outputs:
+            return None
         queries = torch.cat([rope(q), camera.queries(q)], 0).transpose(1, 2)  # [2, H, n, D]
         out = attention(queries, keys[:, :, :end], values[:, :, :end])
         attn_rope, attn_prope = self._merge(out).chunk(2, dim=0)
@@ -574,8 +588,9 @@ class WorldPlayTransformer(nn.Module):
         capacity = text_len + max_video_tokens
         cfg = self.config
         keys, values = [], []
-        for block in self.double_blocks:
-            txt, k, v = block.forward_text(txt, vec_txt)
+        last = len(self.double_blocks) - 1
+        for index, block in enumerate(self.double_blocks):
+            txt, k, v = block.forward_text(txt, vec_txt, outputs=index < last)
             buf_k = torch.empty(2, cfg.num_heads, capacity, cfg.head_dim, dtype=self.dtype, device=self.device)
             buf_v = torch.empty_like(buf_k)
             buf_k[:, :, :text_len] = k[0]
@@ -584,14 +599,18 @@ class WorldPlayTransformer(nn.Module):
             values.append(buf_v)
         return ARCache(keys=keys, values=values, text_len=text_len)
 
-    def _run_cached(self, cache: ARCache, video: VideoTokens, offset: int) -> torch.Tensor:
+    def _run_cached(self, cache: ARCache, video: VideoTokens, offset: int, outputs: bool = True) -> torch.Tensor | None:
+        """Run `video` through every block against the cache. With `outputs=False` (a context pass:
+        only the K/V it leaves in the cache are used) the last block stops once its K/V are written."""
         if video.tokens.shape[0] != 1:
             raise ValueError("the AR passes take one sample; run CFG branches with separate caches")
         if offset + video.tokens.shape[1] > cache.capacity:
             raise ValueError(f"AR cache holds {cache.capacity} tokens; {offset + video.tokens.shape[1]} needed")
         img = video.tokens
-        for block, k, v in zip(self.double_blocks, cache.keys, cache.values):
-            img = block.forward_cached(img, video.vec, video.rope, video.camera, k, v, offset)
+        last = len(self.double_blocks) - 1
+        for index, (block, k, v) in enumerate(zip(self.double_blocks, cache.keys, cache.values)):
+            img = block.forward_cached(img, video.vec, video.rope, video.camera, k, v, offset,
+                                       outputs=outputs or index < last)
         return img
 
     def ar_context_pass(self, cache: ARCache, video: VideoTokens) -> None:
@@ -599,7 +618,7 @@ class WorldPlayTransformer(nn.Module):
 
         Replaces whatever context the cache held; `video` must use RoPE start 0.
         """
-        self._run_cached(cache, video, cache.text_len)
+        self._run_cached(cache, video, cache.text_len, outputs=False)
         cache.context_len = video.tokens.shape[1]
         cache.context_latents = video.shape[0]
 

@@ -37,6 +37,9 @@ def test_flop_model_matches_hand_count():
     attention = 2 * 4 * n * keys * c  # two branches, QK^T and AV
     assert pass_flops(cfg, "step", n, keys) == layers * (linear + attention)
     assert pass_flops(cfg, "text", 0, 0) == 0.0
+    n_ctx, ctx_keys = 31200, 31500  # a context pass: its last layer only projects k and v
+    full_layer = n_ctx * (5 * 2 * c * c + 2 * 2 * c * m) + 2 * 4 * n_ctx * ctx_keys * c
+    assert pass_flops(cfg, "context", n_ctx, ctx_keys) == (layers - 1) * full_layer + n_ctx * 2 * 2 * c * c
 
 
 def test_vae_decode_comparison_runs_and_checks_equality(capsys):

@@ -524,6 +524,33 @@ def test_ar_context_pass_replaces_previous_context():
     assert torch.equal(fresh, reused)
 
 
+def test_kv_only_last_layer_leaves_the_same_cache_as_a_full_pass():
+    """The text pass and the context pass skip everything of the last block but its K/V (nothing reads
+    their outputs); the cache they leave equals, bit for bit, the one the full blocks write."""
+    model = tiny_model()
+    cond, ctx, _ = ar_inputs()
+    with torch.no_grad():
+        condition = model.embed_condition(**cond, timestep_txt=0.0)
+        cache = model.ar_start(condition, max_video_tokens=(N_CTX + CHUNK) * H * W)
+        txt, full_text_kv = condition.tokens, []
+        for block in model.double_blocks:
+            txt, k, v = block.forward_text(txt, condition.vec)
+            full_text_kv.append((k[0], v[0]))
+        ctx_video = model.embed_video(ctx["latents"], torch.full((1, N_CTX), 14.0), ctx["actions"],
+                                      ctx["viewmats"], ctx["intrinsics"], rope_start=0)
+        model.ar_context_pass(cache, ctx_video)
+        kv_only = [(k.clone(), v.clone()) for k, v in zip(cache.keys, cache.values)]
+        assert model._run_cached(cache, ctx_video, cache.text_len, outputs=True) is not None
+    end = cache.text_len + cache.context_len
+    for layer, ((k, v), (full_k, full_v), (tk, tv)) in enumerate(zip(kv_only, zip(cache.keys, cache.values),
+                                                                     full_text_kv)):
+        assert torch.equal(k[:, :, :end], full_k[:, :, :end]), layer
+        assert torch.equal(v[:, :, :end], full_v[:, :, :end]), layer
+        for branch in (0, 1):
+            assert torch.equal(k[branch, :, : cache.text_len], tk), layer
+            assert torch.equal(v[branch, :, : cache.text_len], tv), layer
+
+
 def test_chunk_camera_and_action_change_the_output():
     model = tiny_model()
     cond, ctx, chunk = ar_inputs()
