@@ -380,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=832)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the mode's)")
-    parser.add_argument("--warmup", action="store_true", help="run a short generation first (kernel warm-up)")
+    parser.add_argument("--warmup", action="store_true",
+                        help="run the worker's warm-up first (WorldPlayPipeline.warm_up: kernels, torch.compile)")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     parser.add_argument("--attention-kernels", action="store_true",
                         help="only time the SDPA backends on the DiT's attention shapes (GPU)")
@@ -415,14 +416,12 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         pipe = build_tiny(modes, scratch) if args.tiny else build_full_size(modes, device, default_dtype(device), scratch)
         build_s = time.perf_counter() - t0
+        # the worker's own warm-up (a different prompt, so the measured runs still miss the prompt cache)
+        warm_up_s = pipe.warm_up() if args.warmup else None
         reports = []
         for mode in modes:
             frames = args.frames or (125 if not args.tiny else (29 if mode == "ar" else 61))
             width, height = (args.width, args.height) if not args.tiny else (256, 144)
-            if args.warmup:
-                # a different prompt, so the measured run still pays for text encoding (cache miss)
-                # AR: 3 chunks, so the context pass meets two sizes (torch.compile's dynamic-shape recompile)
-                run_one(pipe, mode, 45 if mode == "ar" else 61, width, height, 1, None, scratch, prompt="warm-up")
             report = run_one(pipe, mode, frames, width, height, args.steps, None, scratch)
             reports.append(report)
             print(json.dumps(report, indent=2), flush=True)
@@ -433,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "command": "python -m pipeline.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
             "build_seconds": round(build_s, 2),
+            "compiled": pipe.compiled,
+            "warm_up_seconds": warm_up_s,
             "attention": os.environ.get("WORLDPLAY_ATTENTION", "auto"),
             "runs": reports,
         }

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from . import components as comp
-from .camera import CameraTrajectory, check_latent_count
+from .camera import CameraTrajectory, check_latent_count, parse_pose
 from .causal_decode import CausalVAEDecoder
 from .checkpoint import load_transformer
 from .errors import ImageError, PipelineError
@@ -36,7 +36,7 @@ from .rollout import (
     bidirectional_rollout,
     fresh_scheduler,
 )
-from .transformer import WorldPlayTransformer, enable_compile
+from .transformer import WorldPlayTransformer, disable_compile, enable_compile
 
 logger = logging.getLogger("worldplay.engine")
 
@@ -148,7 +148,7 @@ class WorldPlayPipeline:
         self.dtype = dtype
         self.offload_encoders = offload_encoders
         self.load_info = load_info or {}
-        self.compiled = _env_flag("WORLDPLAY_COMPILE", False) and enable_compile()
+        self.compiled = _env_flag("WORLDPLAY_COMPILE", False) and _compile_with_cache()
         # Decode each chunk while later ones denoise (default), or all of them after the rollout, when
         # the DiT's K/V cache is gone: the decoder's carried state (~2.8 GB at 832x480 in bf16) and one
         # pass's activations (~3 GB) then never sit beside the cache. Same frames either way. A decode
@@ -243,6 +243,60 @@ class WorldPlayPipeline:
             info["gpu"] = torch.cuda.get_device_name(self.device)
             info["gpu_memory_allocated_gb"] = round(torch.cuda.memory_allocated(self.device) / 1e9, 2)
         return info
+
+    def warm_up(self) -> dict[str, float]:
+        """One short generation per loaded mode on a synthetic picture, before the first job.
+
+        With ``WORLDPLAY_COMPILE=1`` this is where the blocks compile (otherwise the first job pays
+        for it); it also initialises the GPU libraries' kernels and plans. AR renders 45 frames at one
+        step per chunk (three chunks: the text pass, chunk steps, and context passes of two sizes, after
+        which torch.compile's graphs take any size), bidirectional one step of its first 16-latent chunk
+        with guidance, both at the production 832x480 bucket. If the compiled blocks
+        fail here, the worker goes on with the eager ones rather than failing every job. Returns
+        seconds per mode, also kept in the health report (``warm_up_seconds``).
+        """
+        ys, xs = np.mgrid[0:480, 0:832]
+        picture = Image.fromarray(np.stack([xs % 256, ys % 256, (xs + ys) % 256], -1).astype(np.uint8))
+        requests = {
+            "ar": dict(pose="w-11", steps=1),  # 12 latents: 3 AR chunks
+            "bidirectional": dict(pose="w-15", steps=1),  # 16 latents: 1 chunk
+        }
+        seconds: dict[str, float] = {}
+        for mode in self.modes:
+            spec = requests[mode]
+            request = GenerationRequest(
+                prompt="warm-up", image=picture, camera=parse_pose(spec["pose"]), mode=mode,
+                num_inference_steps=spec["steps"], negative_prompt="",
+            )
+            started = time.perf_counter()
+            try:
+                self.generate(request)
+            except Exception:
+                if not self.compiled:
+                    raise
+                logger.exception("warm-up with compiled blocks failed; going on with the eager blocks")
+                disable_compile()
+                self.compiled = False
+                self.generate(request)
+            seconds[mode] = round(time.perf_counter() - started, 3)
+            logger.info("warm-up %s: %.1f s%s", mode, seconds[mode], " (compiled blocks)" if self.compiled else "")
+        self.load_info["warm_up_seconds"] = seconds
+        return seconds
+
+    def warm_up_if_configured(self) -> dict[str, float] | None:
+        """:meth:`warm_up` when ``WORLDPLAY_WARMUP`` says so (default: only with compiled blocks).
+
+        A warm-up is an optimisation: if it fails, the error is logged and kept in the health report
+        (``warm_up_error``) and the worker still takes jobs, which report their own errors.
+        """
+        if not _env_flag("WORLDPLAY_WARMUP", self.compiled):
+            return None
+        try:
+            return self.warm_up()
+        except Exception as exc:  # noqa: BLE001
+            logger.exception("warm-up failed; the worker takes jobs without it")
+            self.load_info["warm_up_error"] = f"{type(exc).__name__}: {exc}"[:500]
+            return None
 
     # ---------------------------------------------------------------------------- generation
 
@@ -481,6 +535,49 @@ def _as_rgb(image: Image.Image) -> Image.Image:
     if not isinstance(image, Image.Image):
         raise ImageError("the conditioning image must be a PIL image")
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+RUNPOD_VOLUME = "/runpod-volume"
+
+
+def compile_cache_dir() -> str | None:
+    """Where torch.compile keeps its compiled kernels across worker starts.
+
+    ``WORLDPLAY_COMPILE_CACHE`` if set (empty: torch's default, in the container's /tmp); else a folder
+    on the RunPod network volume when one is mounted, so a new worker reuses the kernels an earlier
+    one compiled (CPU, tiny model: first compiled call 31.3 s with an empty cache, 9.5 s with a warm
+    one; docs/PERFORMANCE.md). ``TORCHINDUCTOR_CACHE_DIR``, when set, wins over both.
+    """
+    torch_own = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if torch_own and os.path.abspath(torch_own) != _torch_default_cache_dir():
+        return torch_own  # an operator's choice (torch writes its default there itself once imported)
+    chosen = os.environ.get("WORLDPLAY_COMPILE_CACHE")
+    if chosen is not None:
+        return chosen.strip() or None
+    if os.path.isdir(RUNPOD_VOLUME) and os.access(RUNPOD_VOLUME, os.W_OK):
+        return os.path.join(RUNPOD_VOLUME, "worldplay", "torch-compile-cache")
+    return None
+
+
+def _torch_default_cache_dir() -> str:
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:  # a torch without inductor: nothing to compare with
+        return ""
+    return os.path.abspath(default_cache_dir())
+
+
+def _compile_with_cache() -> bool:
+    cache = compile_cache_dir()
+    if cache:
+        try:
+            os.makedirs(cache, exist_ok=True)
+        except OSError as exc:  # a read-only or full volume: compile anyway, into torch's default folder
+            logger.warning("torch.compile cache %s unusable (%s); using torch's default", cache, exc)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+            logger.info("torch.compile cache: %s", cache)
+    return enable_compile()
 
 
 def should_offload_encoders(device: torch.device) -> bool:

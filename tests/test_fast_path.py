@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
 from pipeline.config import WorldPlayConfig
-from pipeline.engine import HostResident
+from pipeline import engine
+from pipeline.engine import HostResident, _compile_with_cache
 from pipeline.transformer import WorldPlayTransformer, disable_compile, enable_compile
 
 
@@ -35,12 +38,16 @@ def _run_all(model: WorldPlayTransformer):
     return bidirectional, chunk
 
 
-def test_compiled_blocks_match_eager():
+def test_compiled_blocks_match_eager_and_keep_their_kernels_in_the_cache_folder(tmp_path, monkeypatch):
+    """WORLDPLAY_COMPILE=1's blocks give the eager results, and what they compile lands in the chosen
+    cache folder (on RunPod: the network volume), where the next worker start finds it."""
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("WORLDPLAY_COMPILE_CACHE", str(tmp_path / "compile-cache"))
     torch.manual_seed(0)
     model = WorldPlayTransformer(WorldPlayConfig.tiny()).eval()
     with torch.no_grad():
         eager = _run_all(model)
-        assert enable_compile()
+        assert _compile_with_cache()
         try:
             compiled = _run_all(model)
         finally:
@@ -49,6 +56,28 @@ def test_compiled_blocks_match_eager():
     for a, b, c in zip(eager, compiled, again):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (a - b).abs().max()
         assert torch.equal(a, c)  # eager is restored exactly
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "compile-cache")
+    assert any(path.is_file() for path in (tmp_path / "compile-cache").rglob("*"))
+
+
+def test_compile_cache_folder_choice(tmp_path, monkeypatch):
+    volume = tmp_path / "runpod-volume"
+    monkeypatch.setattr(engine, "RUNPOD_VOLUME", str(volume))
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "WORLDPLAY_COMPILE_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    assert engine.compile_cache_dir() is None  # no volume: torch's default in the container's /tmp
+    volume.mkdir()
+    assert engine.compile_cache_dir() == str(volume / "worldplay" / "torch-compile-cache")
+    monkeypatch.setenv("WORLDPLAY_COMPILE_CACHE", "")
+    assert engine.compile_cache_dir() is None  # explicitly off
+    monkeypatch.setenv("WORLDPLAY_COMPILE_CACHE", "/cache/here")
+    assert engine.compile_cache_dir() == "/cache/here"
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # torch's import writes its default there
+    assert engine.compile_cache_dir() == "/cache/here"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/torch/own")
+    assert engine.compile_cache_dir() == "/torch/own"  # an operator's own torch setting wins
 
 
 def test_host_resident_module_visits_the_device_and_leaves_host_copies():
@@ -62,3 +91,14 @@ def test_host_resident_module_visits_the_device_and_leaves_host_copies():
         assert torch.equal(module(x), expected)
     assert {n: p.data_ptr() for n, p in module.named_parameters()} == {n: host_ptrs[n] for n, _ in module.named_parameters()}
     assert torch.equal(module(x), expected)
+
+
+def test_an_unusable_compile_cache_folder_does_not_stop_compilation(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("WORLDPLAY_COMPILE_CACHE", str(blocker / "cache"))
+    enabled = []
+    monkeypatch.setattr(engine, "enable_compile", lambda: enabled.append(True) or True)
+    assert _compile_with_cache() and enabled == [True]
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ

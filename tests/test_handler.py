@@ -322,6 +322,24 @@ def test_model_not_found(s3_env, tmp_path, monkeypatch):
     assert health["status"] == "degraded"
 
 
+def test_worker_start_with_warm_up_loads_warms_and_serves(s3_env, tiny_models, monkeypatch):
+    """WORLDPLAY_WARMUP=1 (the default with WORLDPLAY_COMPILE=1): the worker's loader renders a short
+    video per mode before the first job; health reports it and jobs run as usual."""
+    monkeypatch.setenv("WORLDPLAY_MODEL_DIR", str(tiny_models))
+    monkeypatch.setenv("WORLDPLAY_ALLOW_DOWNLOAD", "0")
+    monkeypatch.setenv("WORLDPLAY_DEVICE", "cpu")
+    monkeypatch.setenv("WORLDPLAY_WARMUP", "1")
+    worker_job.reset_state(loader=worker_job.default_loader)
+    try:
+        assert worker_job.preload()
+        health = run({"health": True})
+        assert health["models_loaded"] is True and set(health["model"]["warm_up_seconds"]) == {"ar"}
+        out = run(base_input())
+        assert "error" not in out and out["minio_key"].endswith(".mp4")
+    finally:
+        worker_job.reset_state()  # the next test gets no pipeline loaded with this test's settings
+
+
 def _raising(exc):
     def loader(modes):
         from conftest import FakePipeline

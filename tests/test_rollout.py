@@ -189,3 +189,69 @@ def test_bidirectional_second_chunk_uses_context(pipe, image):
     )
     assert result.frames.shape[0] == 125
     assert [e for e in events if e[0] == "denoising"] == [("denoising", 1, 2), ("denoising", 2, 2)]
+
+
+def test_warm_up_renders_each_loaded_mode_once_and_reports_it(pipe, monkeypatch):
+    generated = []
+    real_generate = pipe.generate
+
+    def recording_generate(request, *args, **kwargs):
+        result = real_generate(request, *args, **kwargs)
+        generated.append((request.mode, result.num_frames, result.num_inference_steps, result.guidance_scale,
+                          (result.width, result.height)))
+        return result
+
+    monkeypatch.setattr(pipe, "generate", recording_generate)
+    monkeypatch.setitem(pipe.load_info, "warm_up_seconds", None)
+    seconds = pipe.warm_up()
+    assert set(seconds) == {"ar", "bidirectional"} and all(s > 0 for s in seconds.values())
+    assert pipe.health()["warm_up_seconds"] == seconds
+    # AR: three chunks (text pass, chunk steps, context passes of two sizes); bidirectional: one step with guidance
+    assert generated == [("ar", 45, 1, 1.0, (80, 48)), ("bidirectional", 61, 1, 6.0, (80, 48))]
+
+
+def test_warm_up_runs_by_default_only_with_compiled_blocks(pipe, monkeypatch):
+    calls = []
+    monkeypatch.setattr(pipe, "warm_up", lambda: calls.append(1) or {"ar": 1.0})
+    monkeypatch.delenv("WORLDPLAY_WARMUP", raising=False)
+    monkeypatch.setattr(pipe, "compiled", False)
+    assert pipe.warm_up_if_configured() is None and calls == []
+    monkeypatch.setattr(pipe, "compiled", True)
+    assert pipe.warm_up_if_configured() == {"ar": 1.0} and calls == [1]
+    monkeypatch.setenv("WORLDPLAY_WARMUP", "0")
+    assert pipe.warm_up_if_configured() is None and calls == [1]
+    monkeypatch.setattr(pipe, "compiled", False)
+    monkeypatch.setenv("WORLDPLAY_WARMUP", "1")
+    assert pipe.warm_up_if_configured() == {"ar": 1.0} and calls == [1, 1]
+
+
+def test_warm_up_falls_back_to_eager_blocks_when_the_compiled_ones_fail(pipe, monkeypatch):
+    from pipeline import engine
+
+    real_generate, restored = pipe.generate, []
+    attempts = {"n": 0}
+
+    def generate_failing_while_compiled(request, *args, **kwargs):
+        attempts["n"] += 1
+        if pipe.compiled:
+            raise RuntimeError("BackendCompilerFailed: inductor could not build a kernel")
+        return real_generate(request, *args, **kwargs)
+
+    monkeypatch.setattr(pipe, "generate", generate_failing_while_compiled)
+    monkeypatch.setattr(pipe, "compiled", True)
+    monkeypatch.setattr(engine, "disable_compile", lambda: restored.append(True))
+    seconds = pipe.warm_up()
+    assert set(seconds) == {"ar", "bidirectional"}
+    assert pipe.compiled is False and restored == [True] and attempts["n"] == 3  # AR compiled (fails), AR eager, bidirectional eager
+
+
+def test_a_failing_warm_up_never_stops_the_worker(pipe, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no room for the warm-up")
+
+    monkeypatch.setattr(pipe, "generate", broken)
+    monkeypatch.setattr(pipe, "compiled", False)
+    monkeypatch.setenv("WORLDPLAY_WARMUP", "1")
+    monkeypatch.setitem(pipe.load_info, "warm_up_error", None)
+    assert pipe.warm_up_if_configured() is None
+    assert pipe.health()["warm_up_error"] == "RuntimeError: no room for the warm-up"

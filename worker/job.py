@@ -76,7 +76,9 @@ def default_loader(modes: Tuple[str, ...]):
 
     paths = resolve_models(list(modes))  # reads WORLDPLAY_MODEL_DIR, WORLDPLAY_ALLOW_DOWNLOAD, ...
     device = os.environ.get("WORLDPLAY_DEVICE") or None
-    return WorldPlayPipeline.from_paths(paths, device=device, modes=tuple(modes))
+    pipe = WorldPlayPipeline.from_paths(paths, device=device, modes=tuple(modes))
+    pipe.warm_up_if_configured()  # WORLDPLAY_WARMUP (default: with WORLDPLAY_COMPILE=1 only)
+    return pipe
 
 
 class ModelHolder:
