@@ -129,6 +129,7 @@ def gated(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
 
 @lru_cache(maxsize=32)
 def _rope_table(axes: tuple[int, int, int], theta: float, start: int, t: int, h: int, w: int, device: str):
+    """cos and sin [L, D/2] (float32) of every token's rotation angles, axes (t, h, w) concatenated."""
     grids = torch.meshgrid(
         torch.arange(start, start + t, dtype=torch.float32),
         torch.arange(h, dtype=torch.float32),
@@ -139,29 +140,43 @@ def _rope_table(axes: tuple[int, int, int], theta: float, start: int, t: int, h:
     for dim, grid in zip(axes, grids):
         freqs = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32)[: dim // 2] / dim))
         angles = torch.outer(grid.reshape(-1), freqs)
-        cos.append(angles.cos().repeat_interleave(2, dim=1))
-        sin.append(angles.sin().repeat_interleave(2, dim=1))
-    return torch.cat(cos, 1).to(device), torch.cat(sin, 1).to(device)
+        cos.append(angles.cos())
+        sin.append(angles.sin())
+    cos, sin = torch.cat(cos, 1), torch.cat(sin, 1)
+    return cos.to(device), sin.to(device), torch.complex(cos, sin).to(device)
 
 
 @dataclass
 class Rope:
-    cos: torch.Tensor  # [L, D] float32
+    """Rotation of adjacent channel pairs (x[2i], x[2i+1]) by each token's angle i, in float32."""
+
+    cos: torch.Tensor  # [L, D/2] float32
     sin: torch.Tensor
+    cis: torch.Tensor  # [L, D/2] complex64: cos + i sin
 
     @classmethod
     def create(cls, config: WorldPlayConfig, start: int, t: int, h: int, w: int, device: torch.device) -> "Rope":
-        cos, sin = _rope_table(tuple(config.rope_axes), float(config.rope_theta), start, t, h, w, str(device))
-        return cls(cos, sin)
+        return cls(*_rope_table(tuple(config.rope_axes), float(config.rope_theta), start, t, h, w, str(device)))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Rotate adjacent channel pairs of x [B, L, H, D]."""
+        """Rotate x [B, L, H, D] as one complex multiply: (a + ib)(cos + i sin).
+
+        One read and one write of the float32 copy, where the real-valued form below makes about
+        six passes (negate, stack, two products, sum): 2.5x (bf16) to 3.9x (fp32) faster on the CPU
+        at the AR chunk's shape; the same values to float32 rounding.
+        """
+        pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+        return torch.view_as_real(pairs * self.cis[None, :, None, :]).flatten(-2).type_as(x)
+
+    def rotate_real(self, x: torch.Tensor) -> torch.Tensor:
+        """The same rotation in real arithmetic: what ``WORLDPLAY_COMPILE=1`` compiles (inductor fuses
+        it into one kernel, and does not generate code for complex tensors)."""
         xf = x.float()
         pairs = xf.unflatten(-1, (-1, 2))
-        rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+        a, b = pairs[..., 0], pairs[..., 1]
         cos = self.cos[None, :, None, :]
         sin = self.sin[None, :, None, :]
-        return (xf * cos + rotated * sin).type_as(x)
+        return torch.stack((a * cos - b * sin, b * cos + a * sin), dim=-1).flatten(-2).type_as(x)
 
 
 # ------------------------------------------------------------------------------------ the cache
@@ -444,7 +459,7 @@ def enable_compile() -> bool:
     )
     DoubleStreamBlock._qkv = torch.compile(DoubleStreamBlock._qkv, **options)
     DoubleStreamBlock._finish = torch.compile(DoubleStreamBlock._finish, **options)
-    Rope.__call__ = torch.compile(Rope.__call__, **options)
+    Rope.__call__ = torch.compile(Rope.rotate_real, **options)
     CameraEncoding._apply = staticmethod(torch.compile(CameraEncoding._apply, **options))
     _COMPILED = True
     return True

@@ -573,6 +573,29 @@ def test_chunk_camera_and_action_change_the_output():
 # ------------------------------------------------------------------------------------- PRoPE
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_complex_and_real_forms_agree_with_the_float64_reference(dtype):
+    """Eager RoPE is one complex multiply; the compiled path uses the real-valued form. Both equal a
+    float64 rotation to float32 rounding (then at most one rounding step of the output dtype)."""
+    from pipeline.transformer import Rope
+
+    config = WorldPlayConfig.tiny()
+    t, h, w = 3, 4, 5
+    rope = Rope.create(config, 2, t, h, w, torch.device("cpu"))
+    x = torch.randn(1, t * h * w, 2, config.head_dim, generator=torch.Generator().manual_seed(0)).to(dtype)
+    grid = torch.stack(torch.meshgrid(torch.arange(2, 2 + t), torch.arange(h), torch.arange(w), indexing="ij"), -1)
+    exact = ref_rope(x[0].double(), grid.reshape(-1, 3), config)
+    complex_form, real_form = rope(x)[0], rope.rotate_real(x)[0]
+    assert complex_form.dtype == real_form.dtype == dtype
+    if dtype == torch.float32:
+        assert (complex_form.double() - exact).abs().max() < 1e-5
+        assert (real_form.double() - exact).abs().max() < 1e-5
+    else:  # one bf16 rounding of the float32 result: within one unit in the last place of each value
+        ulp = exact.abs().clamp_min(1e-3) * 2**-7
+        assert ((complex_form.double() - exact).abs() <= ulp).all()
+        assert ((real_form.double() - exact).abs() <= ulp).all()
+
+
 def test_prope_identity_camera_is_identity():
     x = torch.randn(2, 3 * 5, 4, 8)
     cam = CameraEncoding.create(torch.eye(4).expand(2, 3, 4, 4), torch.eye(3).expand(2, 3, 3, 3), torch.float32, 8)
