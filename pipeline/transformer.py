@@ -113,15 +113,18 @@ def per_frame(x: torch.Tensor, frames: int) -> torch.Tensor:
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x [B, T*S, C]; shift/scale [B, T, C] per frame (T=1 for text)."""
+    """x * (1 + scale) + shift, per frame, in one fused multiply-add kernel (not a product then a sum).
+
+    x [B, T*S, C]; shift/scale [B, T, C] per frame (T=1 for text).
+    """
     frames = shift.shape[1]
-    out = per_frame(x, frames) * (1 + scale.unsqueeze(2)) + shift.unsqueeze(2)
-    return out.view_as(x)
+    return torch.addcmul(shift.unsqueeze(2), per_frame(x, frames), 1 + scale.unsqueeze(2)).view_as(x)
 
 
-def gated(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+def add_gated(residual: torch.Tensor, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """residual + x * gate, per frame, in one kernel. residual/x [B, T*S, C]; gate [B, T, C]."""
     frames = gate.shape[1]
-    return (per_frame(x, frames) * gate.unsqueeze(2)).view_as(x)
+    return torch.addcmul(per_frame(residual, frames), per_frame(x, frames), gate.unsqueeze(2)).view_as(residual)
 
 
 # ----------------------------------------------------------------------------------------- RoPE
@@ -241,9 +244,9 @@ class DoubleStreamBlock(nn.Module):
 
     def _finish(self, stream: str, x: torch.Tensor, attn_out: torch.Tensor, mods: tuple[torch.Tensor, ...]):
         _, _, gate1, shift2, scale2, gate2 = mods
-        x = x + gated(attn_out, gate1)
+        x = add_gated(x, attn_out, gate1)
         mlp = getattr(self, f"{stream}_mlp")
-        return x + gated(mlp(modulate(layer_norm(x), shift2, scale2)), gate2)
+        return add_gated(x, mlp(modulate(layer_norm(x), shift2, scale2)), gate2)
 
     @staticmethod
     def _heads_first(x: torch.Tensor) -> torch.Tensor:

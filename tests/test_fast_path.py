@@ -105,15 +105,17 @@ def test_an_unusable_compile_cache_folder_does_not_stop_compilation(tmp_path, mo
 
 
 def test_optimised_dit_paths_render_the_frames_of_the_unoptimised_ones(tiny_pipeline, monkeypatch):
-    """End to end at tiny size: complex-multiply RoPE and the K/V-only last block of the text and
-    context passes against the real-valued RoPE and full last blocks (three AR chunks, so two context
-    passes run). The frames agree to float32 rounding: at most one uint8 level here and there."""
+    """End to end at tiny size: complex-multiply RoPE, fused multiply-add modulation and gating, and
+    the K/V-only last block of the text and context passes, against the real-valued RoPE, separate
+    products and sums, and full last blocks (three AR chunks, so two context passes run). The frames
+    agree to float32 rounding: at most one uint8 level here and there."""
     import numpy as np
     from PIL import Image
 
     from pipeline.camera import parse_pose
     from pipeline.engine import GenerationRequest
-    from pipeline.transformer import DoubleStreamBlock, Rope
+    from pipeline import transformer
+    from pipeline.transformer import DoubleStreamBlock, Rope, per_frame
 
     ys, xs = np.mgrid[0:90, 0:160]
     image = Image.fromarray(np.stack([xs % 256, (ys * 2) % 256, (xs + ys) % 256], -1).astype(np.uint8))
@@ -122,6 +124,10 @@ def test_optimised_dit_paths_render_the_frames_of_the_unoptimised_ones(tiny_pipe
 
     full_cached, full_text = DoubleStreamBlock.forward_cached, DoubleStreamBlock.forward_text
     monkeypatch.setattr(Rope, "__call__", Rope.rotate_real)
+    monkeypatch.setattr(transformer, "modulate", lambda x, shift, scale: (
+        per_frame(x, shift.shape[1]) * (1 + scale.unsqueeze(2)) + shift.unsqueeze(2)).view_as(x))
+    monkeypatch.setattr(transformer, "add_gated", lambda residual, x, gate: residual + (
+        per_frame(x, gate.shape[1]) * gate.unsqueeze(2)).view_as(x))
     monkeypatch.setattr(DoubleStreamBlock, "forward_cached",
                         lambda self, *args, outputs=True: full_cached(self, *args, outputs=True))
     monkeypatch.setattr(DoubleStreamBlock, "forward_text",
