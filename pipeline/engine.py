@@ -251,9 +251,9 @@ class WorldPlayPipeline:
         for it); it also initialises the GPU libraries' kernels and plans. AR renders 45 frames at one
         step per chunk (three chunks: the text pass, chunk steps, and context passes of two sizes, after
         which torch.compile's graphs take any size), bidirectional one step of its first 16-latent chunk
-        with guidance, both at the production 832x480 bucket. If the compiled blocks
-        fail here, the worker goes on with the eager ones rather than failing every job. Returns
-        seconds per mode, also kept in the health report (``warm_up_seconds``).
+        with guidance, both at the production 832x480 bucket. If the compiled blocks fail here, the
+        worker goes on with the eager ones rather than failing every job. Returns seconds per mode,
+        also kept in the health report (``warm_up_seconds``).
         """
         ys, xs = np.mgrid[0:480, 0:832]
         picture = Image.fromarray(np.stack([xs % 256, ys % 256, (xs + ys) % 256], -1).astype(np.uint8))
@@ -545,8 +545,8 @@ def compile_cache_dir() -> str | None:
 
     ``WORLDPLAY_COMPILE_CACHE`` if set (empty: torch's default, in the container's /tmp); else a folder
     on the RunPod network volume when one is mounted, so a new worker reuses the kernels an earlier
-    one compiled (CPU, tiny model: first compiled call 31.3 s with an empty cache, 9.5 s with a warm
-    one; docs/PERFORMANCE.md). ``TORCHINDUCTOR_CACHE_DIR``, when set, wins over both.
+    one compiled (CPU, tiny model: warm-up 30.3 s with an empty cache, 10.8 s with a warm one;
+    docs/PERFORMANCE.md). An operator's own ``TORCHINDUCTOR_CACHE_DIR`` wins over both.
     """
     torch_own = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     if torch_own and os.path.abspath(torch_own) != _torch_default_cache_dir():
