@@ -639,3 +639,18 @@ def test_prope_logits_invariant_under_common_world_transform():
     moved = viewmats.clone()
     moved[1] = moved[1] @ world
     assert not torch.allclose(logits(moved), base, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_rms_normalisation_matches_the_explicit_form(dtype):
+    """CUDA uses PyTorch's fused rms_norm, the CPU the explicit float32 form: the same normalisation,
+    to float32 rounding (then at most one rounding step of the output dtype)."""
+    from pipeline.transformer import rms_normalize
+
+    x = (torch.randn(64, 16, 128, generator=torch.Generator().manual_seed(0)) * 3).to(dtype)
+    exact = x.double() / x.double().pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
+    for fused in (False, True):
+        out = rms_normalize(x, 1e-6, fused=fused)
+        assert out.dtype == dtype
+        tolerance = 1e-6 if dtype == torch.float32 else 2**-8
+        assert ((out.double() - exact).abs() <= tolerance * exact.abs().clamp_min(1.0)).all(), fused
