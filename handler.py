@@ -17,14 +17,14 @@ from worker.job import handler  # noqa: E402  (async; GPU work runs in a worker 
 def main() -> None:
     import runpod
 
+    from pipeline.settings import env_flag
     from worker.job import configure_logging, preload
 
     configure_logging()
     # Production (a RunPod queue) loads the models before taking the first job; local runs load
     # lazily on the first valid job. WORLDPLAY_PRELOAD=1/0 forces either way.
     on_platform = bool(os.environ.get("RUNPOD_WEBHOOK_GET_JOB"))
-    if os.environ.get("WORLDPLAY_PRELOAD", "1" if on_platform else "0").strip().lower() in (
-            "1", "true", "yes", "on"):
+    if env_flag("WORLDPLAY_PRELOAD", on_platform):
         preload()
     runpod.serverless.start({"handler": handler})
 

@@ -36,6 +36,7 @@ from .rollout import (
     bidirectional_rollout,
     fresh_scheduler,
 )
+from .settings import env_flag
 from .transformer import WorldPlayTransformer, disable_compile, enable_compile
 
 logger = logging.getLogger("worldplay.engine")
@@ -109,16 +110,6 @@ class _Timer:
             self.timings[name] = round(self.timings.get(name, 0.0) + elapsed - inner, 4)
 
 
-def _env_flag(name: str, default: bool) -> bool:
-    """A yes/no setting: 1/true/yes or 0/false/no (any case); anything else keeps the default."""
-    value = os.environ.get(name, "").strip().lower()
-    if value in ("1", "true", "yes"):
-        return True
-    if value in ("0", "false", "no"):
-        return False
-    return default
-
-
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -148,12 +139,12 @@ class WorldPlayPipeline:
         self.dtype = dtype
         self.offload_encoders = offload_encoders
         self.load_info = load_info or {}
-        self.compiled = _env_flag("WORLDPLAY_COMPILE", False) and _compile_with_cache()
+        self.compiled = env_flag("WORLDPLAY_COMPILE", False) and _compile_with_cache()
         # Decode each chunk while later ones denoise (default), or all of them after the rollout, when
         # the DiT's K/V cache is gone: the decoder's carried state (~2.8 GB at 832x480 in bf16) and one
         # pass's activations (~3 GB) then never sit beside the cache. Same frames either way. A decode
         # that runs out of memory beside the cache switches this off for the worker (ChunkFrames).
-        self.decode_during_denoise = _env_flag("WORLDPLAY_DECODE_DURING_DENOISE", True)
+        self.decode_during_denoise = env_flag("WORLDPLAY_DECODE_DURING_DENOISE", True)
         self._text_encoder_host: HostResident | None = None
         placed = time.perf_counter()
         if offload_encoders:
@@ -257,16 +248,12 @@ class WorldPlayPipeline:
         """
         ys, xs = np.mgrid[0:480, 0:832]
         picture = Image.fromarray(np.stack([xs % 256, ys % 256, (xs + ys) % 256], -1).astype(np.uint8))
-        requests = {
-            "ar": dict(pose="w-11", steps=1),  # 12 latents: 3 AR chunks
-            "bidirectional": dict(pose="w-15", steps=1),  # 16 latents: 1 chunk
-        }
+        poses = {"ar": "w-11", "bidirectional": "w-15"}  # 12 latents: 3 AR chunks; 16: one bidirectional chunk
         seconds: dict[str, float] = {}
         for mode in self.modes:
-            spec = requests[mode]
             request = GenerationRequest(
-                prompt="warm-up", image=picture, camera=parse_pose(spec["pose"]), mode=mode,
-                num_inference_steps=spec["steps"], negative_prompt="",
+                prompt="warm-up", image=picture, camera=parse_pose(poses[mode]), mode=mode,
+                num_inference_steps=1, negative_prompt="",
             )
             started = time.perf_counter()
             try:
@@ -289,7 +276,7 @@ class WorldPlayPipeline:
         A warm-up is an optimisation: if it fails, the error is logged and kept in the health report
         (``warm_up_error``) and the worker still takes jobs, which report their own errors.
         """
-        if not _env_flag("WORLDPLAY_WARMUP", self.compiled):
+        if not env_flag("WORLDPLAY_WARMUP", self.compiled):
             return None
         try:
             return self.warm_up()
@@ -582,13 +569,11 @@ def _compile_with_cache() -> bool:
 
 def should_offload_encoders(device: torch.device) -> bool:
     """Keep the encoders resident when the GPU has room for DiT + encoders + AR cache (>= 100 GB)."""
-    choice = os.environ.get("WORLDPLAY_OFFLOAD_ENCODERS", "auto").lower()
     if device.type != "cuda":
         return False
-    if choice in ("1", "true", "yes"):
-        return True
-    if choice in ("0", "false", "no"):
-        return False
+    choice = env_flag("WORLDPLAY_OFFLOAD_ENCODERS", None)  # "auto" (or unset): by the GPU's size
+    if choice is not None:
+        return choice
     total = torch.cuda.get_device_properties(device).total_memory
     return total < 100 * 1024**3
 

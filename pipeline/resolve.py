@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from .errors import ModelDownloadError, ModelNotFoundError
+from .settings import env_flag
 
 logger = logging.getLogger("worldplay.resolve")
 
@@ -135,13 +136,6 @@ def _env(name: str, default: str | None = None) -> str | None:
     return value.strip()
 
 
-def _env_bool(name: str, default: bool) -> bool:
-    value = _env(name)
-    if value is None:
-        return default
-    return value.lower() in ("1", "true", "yes", "on")
-
-
 def _env_int(name: str, default: int) -> int:
     value = _env(name)
     try:
@@ -223,7 +217,7 @@ class Settings:
             worldplay_repo=_env("WORLDPLAY_REPO", DEFAULT_WORLDPLAY_REPO),
             components_revision=_env("WORLDPLAY_COMPONENTS_REVISION", "main"),
             worldplay_revision=_env("WORLDPLAY_REVISION", "main"),
-            allow_download=_env_bool("WORLDPLAY_ALLOW_DOWNLOAD", False),
+            allow_download=env_flag("WORLDPLAY_ALLOW_DOWNLOAD", False),
             retry=RetryPolicy.from_env(),
         )
 
@@ -604,7 +598,7 @@ def hub_offline() -> bool:
 
         return bool(constants.is_offline_mode())
     except ImportError:  # pragma: no cover
-        return _env_bool("HF_HUB_OFFLINE", False)
+        return env_flag("HF_HUB_OFFLINE", False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1070,7 +1064,7 @@ def resolve_models(
 
     if missing:
         env_offline = hub_offline()
-        auto_offline = _env_bool("WORLDPLAY_AUTO_OFFLINE", False)
+        auto_offline = env_flag("WORLDPLAY_AUTO_OFFLINE", False)
         if not s.allow_download or (env_offline and not auto_offline):
             raise ModelNotFoundError(_not_found_message(missing, s, modes, env_offline))
         target = _download_target(s)

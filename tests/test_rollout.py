@@ -118,6 +118,19 @@ def test_out_of_memory_in_a_streamed_decode_falls_back_to_decoding_after_the_rol
     assert pipe.decode_during_denoise is False and pipe.health()["decode_during_denoise"] is False
 
 
+@pytest.mark.parametrize("value, expected", [
+    ("1", True), (" Yes ", True), ("ON", True), ("true", True),
+    ("0", False), ("no", False), ("Off", False), ("FALSE", False),
+    ("", None), ("auto", None), ("maybe", None),
+])
+def test_yes_no_settings_parse_one_way(monkeypatch, value, expected):
+    from pipeline.settings import env_flag
+
+    monkeypatch.setenv("WORLDPLAY_SOME_FLAG", value)
+    assert env_flag("WORLDPLAY_SOME_FLAG", None) is expected
+    assert env_flag("WORLDPLAY_SOME_FLAG", True) is (True if expected is None else expected)
+
+
 def test_decode_mode_comes_from_the_environment(tiny_models, monkeypatch):
     monkeypatch.setenv("WORLDPLAY_DECODE_DURING_DENOISE", "0")
     paths = resolve_models(["ar"], model_dir=tiny_models, allow_download=False, set_offline=False)
