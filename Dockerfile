@@ -24,8 +24,10 @@ ENV PATH=/opt/venv/bin:$PATH \
 RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128
 
 WORKDIR /app
-COPY requirements.txt /app/requirements.txt
+COPY requirements.txt requirements-gpu.txt /app/
 RUN pip install -r /app/requirements.txt
+# FlashAttention-4 for the DiT (GPU image only; the worker falls back to PyTorch SDPA without it).
+RUN pip install -r /app/requirements-gpu.txt
 
 # Code (no weights).
 COPY handler.py download_models.py smoke_test.py test_input.json entrypoint.sh /app/

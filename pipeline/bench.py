@@ -31,6 +31,7 @@ from PIL import Image
 
 from . import components as comp
 from .camera import parse_pose
+from .attention import FLASH_KERNELS, backend_name, flash_attention, flash_kernel
 from .config import WorldPlayConfig
 from .engine import GenerationRequest, WorldPlayPipeline, default_dtype, should_offload_encoders
 from .rollout import Trace
@@ -287,6 +288,8 @@ def attention_kernels(device: torch.device) -> list[dict]:
         flops = 4 * b * heads * lq * lk * dim
         backends = {"flash": [SDPBackend.FLASH_ATTENTION], "cudnn": [SDPBackend.CUDNN_ATTENTION],
                     "efficient": [SDPBackend.EFFICIENT_ATTENTION], "default": None}
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION]):
+            reference = F.scaled_dot_product_attention(q, k, v).float()
         for label, chosen in backends.items():
             try:
                 if chosen is None:
@@ -298,6 +301,24 @@ def attention_kernels(device: torch.device) -> list[dict]:
                              "tflops": round(flops / seconds / 1e12)})
             except RuntimeError as exc:
                 rows.append({"shape": name, "backend": label, "error": str(exc)[:120]})
+        for label in FLASH_KERNELS:  # FlashAttention-3/4 when installed, with their distance to SDPA
+            kernel = flash_kernel(label)
+            if kernel is None:
+                rows.append({"shape": name, "backend": label, "error": "not installed"})
+                continue
+            try:
+                compile_started = time.perf_counter()
+                out = flash_attention(kernel, q, k, v)
+                torch.cuda.synchronize()
+                first_call_s = time.perf_counter() - compile_started
+                seconds = timed(lambda: flash_attention(kernel, q, k, v))
+                rows.append({"shape": name, "backend": label, "ms": round(seconds * 1e3, 2),
+                             "tflops": round(flops / seconds / 1e12), "first_call_s": round(first_call_s, 2),
+                             "max_abs_diff_vs_sdpa": float((out.float() - reference).abs().max())})
+            except Exception as exc:  # noqa: BLE001 - report any failure of an optional kernel
+                rows.append({"shape": name, "backend": label, "error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+        del q, cache, k, v, reference
+        torch.cuda.empty_cache()
     return rows
 
 
@@ -384,7 +405,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="run the worker's warm-up first (WorldPlayPipeline.warm_up: kernels, torch.compile)")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     parser.add_argument("--attention-kernels", action="store_true",
-                        help="only time the SDPA backends on the DiT's attention shapes (GPU)")
+                        help="only time the attention kernels (SDPA backends, FlashAttention-3/4 when "
+                             "installed) on the DiT's attention shapes (GPU)")
+    parser.add_argument("--attention", nargs="+", default=None, choices=["auto", "sdpa", "fa3", "fa4", "math"],
+                        help="run every mode once per WORLDPLAY_ATTENTION choice, one build (default: the "
+                             "environment's)")
     parser.add_argument("--vae-decode", action="store_true",
                         help="only compare VAE decode paths with the full-size VAE (tiled, untiled, causal)")
     parser.add_argument("--vae-steps", type=int, nargs="+", default=[1, 2, 4],
@@ -416,15 +441,21 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         pipe = build_tiny(modes, scratch) if args.tiny else build_full_size(modes, device, default_dtype(device), scratch)
         build_s = time.perf_counter() - t0
-        # the worker's own warm-up (a different prompt, so the measured runs still miss the prompt cache)
-        warm_up_s = pipe.warm_up() if args.warmup else None
-        reports = []
-        for mode in modes:
-            frames = args.frames or (125 if not args.tiny else (29 if mode == "ar" else 61))
-            width, height = (args.width, args.height) if not args.tiny else (256, 144)
-            report = run_one(pipe, mode, frames, width, height, args.steps, None, scratch)
-            reports.append(report)
-            print(json.dumps(report, indent=2), flush=True)
+        reports, warm_ups = [], {}
+        for choice in args.attention or [os.environ.get("WORLDPLAY_ATTENTION", "auto")]:
+            os.environ["WORLDPLAY_ATTENTION"] = choice  # read on every attention call
+            # the worker's own warm-up (a different prompt, so the measured runs still miss the prompt
+            # cache); once per kernel family, whose first calls may compile
+            warm_up_s = pipe.warm_up() if args.warmup else None
+            warm_ups[choice] = warm_up_s
+            kernel = backend_name(device)  # after the warm-up, which drops a FlashAttention kernel that fails
+            for mode in modes:
+                frames = args.frames or (125 if not args.tiny else (29 if mode == "ar" else 61))
+                width, height = (args.width, args.height) if not args.tiny else (256, 144)
+                report = run_one(pipe, mode, frames, width, height, args.steps, None, scratch)
+                report.update(attention=choice, attention_kernel=kernel, warm_up_seconds=warm_up_s)
+                reports.append(report)
+                print(json.dumps(report, indent=2), flush=True)
         summary = {
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
@@ -433,8 +464,8 @@ def main(argv: list[str] | None = None) -> int:
             "command": "python -m pipeline.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
             "build_seconds": round(build_s, 2),
             "compiled": pipe.compiled,
-            "warm_up_seconds": warm_up_s,
-            "attention": os.environ.get("WORLDPLAY_ATTENTION", "auto"),
+            "warm_up_seconds": next(iter(warm_ups.values())),  # the first --attention choice's
+            "warm_up_seconds_per_attention": warm_ups,
             "runs": reports,
         }
         if args.json:

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from . import components as comp
+from .attention import prepare as prepare_attention
 from .camera import CameraTrajectory, check_latent_count, parse_pose
 from .causal_decode import CausalVAEDecoder
 from .checkpoint import load_transformer
@@ -156,6 +157,10 @@ class WorldPlayPipeline:
         else:
             encoders.to(device)
         self.load_info.setdefault("load_seconds", {})["encoders_to_device"] = round(time.perf_counter() - placed, 3)
+        started = time.perf_counter()
+        config = next(iter(transformers.values())).config
+        self.load_info["attention"] = prepare_attention(device, dtype, config.num_heads, config.head_dim)
+        self.load_info["load_seconds"]["attention_kernel"] = round(time.perf_counter() - started, 3)
 
     # ------------------------------------------------------------------------------ loading
 

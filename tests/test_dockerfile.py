@@ -16,6 +16,7 @@ DOCKERFILE = REPO_ROOT / "Dockerfile"
 #: this test fails until each of them exists (on purpose: the image would not build).
 EXPECTED_COPY_SOURCES = {
     "requirements.txt",
+    "requirements-gpu.txt",
     "handler.py",
     "download_models.py",
     "smoke_test.py",
@@ -173,3 +174,18 @@ def test_runpod_tests_json():
     tests = json.loads((REPO_ROOT / ".runpod" / "tests.json").read_text())
     assert tests["tests"] and all({"name", "input", "timeout"} <= set(t) for t in tests["tests"])
     assert tests["config"]["gpuCount"] == 1
+
+
+def test_gpu_requirements_are_pinned_installed_in_the_image_and_kept_out_of_ci():
+    """FlashAttention-4 and its CUDA libraries go into the GPU image only, every one pinned."""
+    names = set()
+    for line in (REPO_ROOT / "requirements-gpu.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep and version, f"{line!r} is not pinned in requirements-gpu.txt"
+            names.add(name.lower())
+    assert {"flash-attn-4", "nvidia-cutlass-dsl", "nvidia-cutlass-dsl-libs-cu12"} <= names
+    assert any("-r" in rest and "requirements-gpu.txt" in rest for word, rest in instructions() if word == "RUN")
+    cpu = {line.partition("==")[0].lower() for line in (REPO_ROOT / "requirements.txt").read_text().splitlines()}
+    assert not names & cpu - {"einops", "protobuf"}, "GPU-only packages leaked into requirements.txt (CI)"
