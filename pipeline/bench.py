@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -392,6 +392,20 @@ def vae_decode_comparison(device: torch.device, dtype: torch.dtype, frames: int,
     return rows
 
 
+@contextmanager
+def attention_choice(choice: str):
+    """``WORLDPLAY_ATTENTION=choice`` (read on every attention call) for a block, restored after."""
+    before = os.environ.get("WORLDPLAY_ATTENTION")
+    os.environ["WORLDPLAY_ATTENTION"] = choice
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("WORLDPLAY_ATTENTION", None)
+        else:
+            os.environ["WORLDPLAY_ATTENTION"] = before
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -443,19 +457,19 @@ def main(argv: list[str] | None = None) -> int:
         build_s = time.perf_counter() - t0
         reports, warm_ups = [], {}
         for choice in args.attention or [os.environ.get("WORLDPLAY_ATTENTION", "auto")]:
-            os.environ["WORLDPLAY_ATTENTION"] = choice  # read on every attention call
-            # the worker's own warm-up (a different prompt, so the measured runs still miss the prompt
-            # cache); once per kernel family, whose first calls may compile
-            warm_up_s = pipe.warm_up() if args.warmup else None
-            warm_ups[choice] = warm_up_s
-            kernel = backend_name(device)  # after the warm-up, which drops a FlashAttention kernel that fails
-            for mode in modes:
-                frames = args.frames or (125 if not args.tiny else (29 if mode == "ar" else 61))
-                width, height = (args.width, args.height) if not args.tiny else (256, 144)
-                report = run_one(pipe, mode, frames, width, height, args.steps, None, scratch)
-                report.update(attention=choice, attention_kernel=kernel, warm_up_seconds=warm_up_s)
-                reports.append(report)
-                print(json.dumps(report, indent=2), flush=True)
+            with attention_choice(choice):
+                # the worker's own warm-up (a different prompt, so the measured runs still miss the
+                # prompt cache); once per kernel family, whose first calls may compile
+                warm_up_s = pipe.warm_up() if args.warmup else None
+                warm_ups[choice] = warm_up_s
+                kernel = backend_name(device)  # after the warm-up, which drops a kernel that fails
+                for mode in modes:
+                    frames = args.frames or (125 if not args.tiny else (29 if mode == "ar" else 61))
+                    width, height = (args.width, args.height) if not args.tiny else (256, 144)
+                    report = run_one(pipe, mode, frames, width, height, args.steps, None, scratch)
+                    report.update(attention=choice, attention_kernel=kernel, warm_up_seconds=warm_up_s)
+                    reports.append(report)
+                    print(json.dumps(report, indent=2), flush=True)
         summary = {
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
@@ -466,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
             "compiled": pipe.compiled,
             "warm_up_seconds": next(iter(warm_ups.values())),  # the first --attention choice's
             "warm_up_seconds_per_attention": warm_ups,
+            "attention_at_start": pipe.load_info.get("attention"),  # pipeline.attention.prepare
+            "attention_prepare_seconds": pipe.load_info.get("load_seconds", {}).get("attention_kernel"),
             "runs": reports,
         }
         if args.json:

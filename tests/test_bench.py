@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from pipeline.bench import main, pass_flops
 from pipeline.config import WorldPlayConfig
@@ -58,3 +59,19 @@ def test_vae_decode_comparison_runs_and_checks_equality(capsys):
     assert by_variant["diffusers, 256-px tiles"]["max_abs_diff_vs_first"] > 1e-4
     for n in (1, 3):
         assert by_variant[f"causal, {n} latent(s) per pass"]["max_abs_diff_vs_first"] < 1e-5
+
+
+def test_one_build_runs_every_attention_choice(tmp_path, monkeypatch):
+    """--attention: the same models, one measured run per kernel choice, each labelled with the
+    kernel that actually ran (on the CPU the FlashAttention choices fall back to SDPA)."""
+    monkeypatch.delenv("WORLDPLAY_ATTENTION", raising=False)
+    out = tmp_path / "bench.json"
+    assert main(["--tiny", "--modes", "ar", "--attention", "sdpa", "math", "fa4", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    runs = report["runs"]
+    assert [(r["attention"], r["attention_kernel"]) for r in runs] == [("sdpa", "sdpa"), ("math", "math"),
+                                                                       ("fa4", "sdpa")]
+    assert all(r["mode"] == "ar" and r["frames"] == 29 and r["dit_seconds"] > 0 for r in runs)
+    assert report["attention_at_start"] == "sdpa" and report["attention_prepare_seconds"] >= 0
+    assert set(report["warm_up_seconds_per_attention"]) == {"sdpa", "math", "fa4"}
+    assert "WORLDPLAY_ATTENTION" not in os.environ  # the caller's environment is left as it was
