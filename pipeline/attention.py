@@ -73,8 +73,8 @@ def backend_name(device: torch.device | None = None) -> str:
 def prepare(device: torch.device, dtype: torch.dtype, heads: int, head_dim: int) -> str:
     """Choose the kernel for `device` and run it once on a small problem; returns its name.
 
-    A FlashAttention-4 kernel is compiled on its first call (~3 s on an H100, once per process for
-    all sequence lengths): this moves that cost, and the discovery of a kernel that cannot run on
+    A FlashAttention-4 kernel is compiled on its first call (with the DSL's first import, 6.3 s on an
+    H100; once per process, for every sequence length): this moves that cost, and the discovery of a kernel that cannot run on
     this GPU (which falls back to SDPA), from the first job to the worker's start."""
     if backend_name(device) in FLASH_KERNELS and dtype in (torch.float16, torch.bfloat16):
         q, k, v = (torch.randn(1, heads, 300, head_dim, device=device, dtype=dtype) for _ in range(3))
