@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from .errors import ModelDownloadError, ModelNotFoundError
-from .settings import env_flag
+from .settings import env_flag, env_number
 
 logger = logging.getLogger("worldplay.resolve")
 
@@ -136,24 +136,6 @@ def _env(name: str, default: str | None = None) -> str | None:
     return value.strip()
 
 
-def _env_int(name: str, default: int) -> int:
-    value = _env(name)
-    try:
-        return int(value) if value is not None else default
-    except ValueError:
-        logger.warning("ignoring %s=%r: not an integer", name, value)
-        return default
-
-
-def _env_float(name: str, default: float) -> float:
-    value = _env(name)
-    try:
-        return float(value) if value is not None else default
-    except ValueError:
-        logger.warning("ignoring %s=%r: not a number", name, value)
-        return default
-
-
 def hf_cache_dir() -> Path:
     """The standard Hugging Face hub cache, read from the environment at call time."""
     explicit = _env("HF_HUB_CACHE") or _env("HUGGINGFACE_HUB_CACHE")
@@ -181,9 +163,9 @@ class RetryPolicy:
     @classmethod
     def from_env(cls) -> "RetryPolicy":
         return cls(
-            attempts=max(1, _env_int("WORLDPLAY_DOWNLOAD_ATTEMPTS", 5)),
-            wait_base=max(0.0, _env_float("WORLDPLAY_RETRY_WAIT", 2.0)),
-            wait_max=max(0.0, _env_float("WORLDPLAY_RETRY_WAIT_MAX", 60.0)),
+            attempts=max(1, env_number("WORLDPLAY_DOWNLOAD_ATTEMPTS", 5, int)),
+            wait_base=max(0.0, env_number("WORLDPLAY_RETRY_WAIT", 2.0, float)),
+            wait_max=max(0.0, env_number("WORLDPLAY_RETRY_WAIT_MAX", 60.0, float)),
         )
 
 

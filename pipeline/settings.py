@@ -1,4 +1,4 @@
-"""Yes/no settings from the environment, parsed one way for the whole worker.
+"""Yes/no and numeric settings from the environment, parsed one way for the whole worker.
 
 Storage settings are stricter (a malformed ``MINIO_SECURE`` is an error, :mod:`worker.storage`);
 everything else here falls back to its default on a value it does not recognise.
@@ -6,7 +6,12 @@ everything else here falls back to its default on a value it does not recognise.
 
 from __future__ import annotations
 
+import logging
 import os
+from typing import Callable, TypeVar
+
+logger = logging.getLogger("worldplay.settings")
+Number = TypeVar("Number", int, float)
 
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
@@ -20,3 +25,15 @@ def env_flag(name: str, default: bool | None) -> bool | None:
     if value in FALSE_WORDS:
         return False
     return default
+
+
+def env_number(name: str, default: Number, parse: Callable[[str], Number]) -> Number:
+    """`parse` (``int`` or ``float``) of the variable; unset, blank or unparsable (logged): `default`."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return parse(value)
+    except ValueError:
+        logger.warning("ignoring %s=%r: not %s", name, value, "an integer" if parse is int else "a number")
+        return default
