@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from pipeline.ar_cache import ARCacheLayout
 from pipeline.checkpoint import expected_shapes, load_transformer, read_header, write_random_checkpoint
 from pipeline.config import WorldPlayConfig
 from pipeline.errors import CheckpointError
@@ -132,7 +133,7 @@ def ar_inputs(seed: int = 1):
 
 def run_ar(model, cond, ctx, chunk, t_chunk=700.0, t_ctx=14.0):
     condition = model.embed_condition(**cond, timestep_txt=0.0)
-    cache = model.ar_start(condition, max_video_tokens=(N_CTX + CHUNK) * H * W)
+    cache = model.ar_start(condition, ARCacheLayout((H, W), max_context_latents=N_CTX, chunk_latents=CHUNK))
     ctx_video = model.embed_video(ctx["latents"], torch.full((1, N_CTX), t_ctx), ctx["actions"],
                                   ctx["viewmats"], ctx["intrinsics"], rope_start=0)
     model.ar_context_pass(cache, ctx_video)
@@ -480,7 +481,8 @@ def test_ar_first_chunk_without_context_matches_reference():
     model = tiny_model()
     cond, _, chunk = ar_inputs()
     with torch.no_grad():
-        cache = model.ar_start(model.embed_condition(**cond, timestep_txt=0.0), max_video_tokens=CHUNK * H * W)
+        cache = model.ar_start(model.embed_condition(**cond, timestep_txt=0.0),
+                               ARCacheLayout((H, W), max_context_latents=0, chunk_latents=CHUNK))
         video = model.embed_video(chunk["latents"], torch.full((1, CHUNK), 500.0), chunk["actions"],
                                   chunk["viewmats"], chunk["intrinsics"], rope_start=cache.context_latents)
         out = model.ar_chunk_pass(cache, video)
@@ -531,7 +533,7 @@ def test_kv_only_last_layer_leaves_the_same_cache_as_a_full_pass():
     cond, ctx, _ = ar_inputs()
     with torch.no_grad():
         condition = model.embed_condition(**cond, timestep_txt=0.0)
-        cache = model.ar_start(condition, max_video_tokens=(N_CTX + CHUNK) * H * W)
+        cache = model.ar_start(condition, ARCacheLayout((H, W), max_context_latents=N_CTX, chunk_latents=CHUNK))
         txt, full_text_kv = condition.tokens, []
         for block in model.double_blocks:
             txt, k, v = block.forward_text(txt, condition.vec)
