@@ -18,7 +18,7 @@ from huggingface_hub.hf_api import RepoFile, RepoFolder
 from safetensors.torch import save_file
 
 import download_models
-from pipeline import resolve
+from pipeline import resolve, resolve_hub
 from pipeline.resolve import COMPONENTS_DIRNAME, WORLDPLAY_DIRNAME, check_model_dir, resolve_models
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -133,8 +133,8 @@ def no_network(monkeypatch):
 
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(resolve, "_hub_api", lambda: pytest.fail("the Hub API was called"))
-    monkeypatch.setattr(resolve, "hf_hub_download", lambda **k: pytest.fail("hf_hub_download was called"))
+    monkeypatch.setattr(resolve_hub, "_hub_api", lambda: pytest.fail("the Hub API was called"))
+    monkeypatch.setattr(resolve_hub, "hf_hub_download", lambda **k: pytest.fail("hf_hub_download was called"))
     return attempts
 
 
@@ -147,8 +147,8 @@ def minihub(tmp_path, monkeypatch) -> MiniHub:
     wp = files_of(wp_root / WORLDPLAY_DIRNAME)
     wp["ar_model/diffusion_pytorch_model.safetensors"] = b"never"
     hub = MiniHub({COMP_REPO: comp, WP_REPO: wp})
-    monkeypatch.setattr(resolve, "_hub_api", lambda: hub)
-    monkeypatch.setattr(resolve, "hf_hub_download", hub.download)
+    monkeypatch.setattr(resolve_hub, "_hub_api", lambda: hub)
+    monkeypatch.setattr(resolve_hub, "hf_hub_download", hub.download)
     return hub
 
 

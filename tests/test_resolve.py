@@ -30,7 +30,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.hf_api import RepoFile, RepoFolder
 from safetensors.torch import save_file
 
-from pipeline import resolve
+from pipeline import resolve, resolve_hub
 from pipeline.errors import ModelDownloadError, ModelNotFoundError
 from pipeline.resolve import (
     COMPONENTS_DIRNAME,
@@ -194,8 +194,8 @@ class FakeHub:
         self.api_failures: list[BaseException] = []
 
     def install(self, monkeypatch) -> "FakeHub":
-        monkeypatch.setattr(resolve, "_hub_api", lambda: self)
-        monkeypatch.setattr(resolve, "hf_hub_download", self.download)
+        monkeypatch.setattr(resolve_hub, "_hub_api", lambda: self)
+        monkeypatch.setattr(resolve_hub, "hf_hub_download", self.download)
         return self
 
     def _files(self, repo_id):
@@ -291,7 +291,7 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLDPLAY_RETRY_WAIT_MAX", "0")
     monkeypatch.setenv("WORLDPLAY_DOWNLOAD_ATTEMPTS", "3")
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(resolve, "_token_configured", lambda: bool(os.environ.get("HF_TOKEN")))
+    monkeypatch.setattr(resolve_hub, "_token_configured", lambda: bool(os.environ.get("HF_TOKEN")))
     saved = {
         name: mod.HF_HUB_OFFLINE
         for name, mod in list(sys.modules.items())
@@ -665,7 +665,7 @@ def test_backoff_is_exponential_and_capped(tmp_path, hub, monkeypatch):
     monkeypatch.setenv("WORLDPLAY_RETRY_WAIT_MAX", "3")
     monkeypatch.setenv("WORLDPLAY_DOWNLOAD_ATTEMPTS", "4")
     sleeps: list[float] = []
-    monkeypatch.setattr(resolve, "_sleep", lambda s: sleeps.append(s))
+    monkeypatch.setattr(resolve_hub, "_sleep", lambda s: sleeps.append(s))
     hub.failures[AR_REL] = [http_error(502) for _ in range(3)]
     resolve_models("ar", allow_download=True)
     assert sleeps == [1.0, 2.0, 3.0]  # 1, 2, then 4 capped at 3
@@ -811,24 +811,19 @@ def test_automatic_offline_is_lifted_to_download_then_restored(tmp_path, hub, mo
         seen.append(hf_constants.is_offline_mode())
         return real(**kw)
 
-    monkeypatch.setattr(resolve, "hf_hub_download", spy)
+    monkeypatch.setattr(resolve_hub, "hf_hub_download", spy)
     paths = resolve_models("ar", model_dir=tmp_path / "m", allow_download=True)
     assert paths.sources["ar"] == "download" and seen and not any(seen)
     assert hf_constants.is_offline_mode()
 
 
-def test_set_hub_offline_updates_copies_in_loaded_modules(monkeypatch):
-    # diffusers copies the flag at import (``from huggingface_hub.constants import HF_HUB_OFFLINE``);
-    # a stand-in module keeps this test from importing diffusers.
-    import types
-
-    du = types.ModuleType("diffusers.utils.fake_hub_utils")
-    du.HF_HUB_OFFLINE = False
-    monkeypatch.setitem(sys.modules, du.__name__, du)
+def test_set_hub_offline_switches_huggingface_hub_and_the_environment(monkeypatch):
+    # huggingface_hub checks constants.HF_HUB_OFFLINE on every request; libraries imported later read the
+    # variable. (Copies diffusers made at import are left alone: the engine loads local folders only.)
     resolve.set_hub_offline(True)
-    assert du.HF_HUB_OFFLINE is True and hf_constants.HF_HUB_OFFLINE is True
+    assert hf_constants.is_offline_mode() and os.environ["HF_HUB_OFFLINE"] == "1"
     resolve.set_hub_offline(False)
-    assert du.HF_HUB_OFFLINE is False and "HF_HUB_OFFLINE" not in os.environ
+    assert not hf_constants.is_offline_mode() and "HF_HUB_OFFLINE" not in os.environ
 
 
 # ---------------------------------------------------------------------------------------------
