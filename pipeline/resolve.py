@@ -326,16 +326,14 @@ def _download(keys: Sequence[str], s: Settings, *, layout_root: Path | None = No
     t0 = time.perf_counter()
     fetches: dict[str, RepoFetch] = {}
     for key in keys:
-        repo, revision = s.repo(key)
         where = ({"local_dir": layout_root / (COMPONENTS_DIRNAME if key == "components" else WORLDPLAY_DIRNAME)}
                  if layout_root is not None else {"cache_dir": cache})
         if key == "components":
-            allow, required, dedupe = ["model_index.json"] + [f"{f}/*" for f in COMPONENT_FOLDERS], "model_index.json", _drop_duplicate_weights
+            allow, keep = ["model_index.json"] + [f"{f}/*" for f in COMPONENT_FOLDERS], _drop_duplicate_weights
         else:
-            sub, name = TRANSFORMER_FILES[key]
-            allow, required, dedupe = [f"{sub}/{name}", f"{sub}/config.json"], f"{sub}/{name}", list
-        fetches[key] = RepoFetch(repo, revision, allow, [], required, **where).plan(s.retry, dedupe)
-    check_disk_space(layout_root or cache, sum(f.needed_bytes for f in fetches.values()))
+            allow, keep = [_rel(key), f"{TRANSFORMER_FILES[key][0]}/config.json"], list
+        fetches[key] = RepoFetch(*s.repo(key), allow, allow[0], **where).plan(s.retry, keep)
+    check_disk_space(layout_root or cache, sum(sum(f.todo.values()) for f in fetches.values()))
     plan_seconds = (time.perf_counter() - t0) / max(1, len(fetches))
     out: dict[str, tuple[Path, int, float]] = {}
     for key, fetch in fetches.items():

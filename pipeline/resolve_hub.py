@@ -14,7 +14,7 @@ import os
 import shutil
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -150,18 +150,24 @@ def _sleep(seconds: float) -> None:
     time.sleep(seconds)
 
 
-def retrying_call(fn: Callable, policy: RetryPolicy, repo_id: str, revision: str, filename: str | None = None):
+def _failed_file(exc: BaseException) -> str | None:
+    """The repo file a failed request was for (``.../resolve/<revision>/<file>``), when there is one."""
+    for e in _chain(exc):
+        url = str(getattr(getattr(getattr(e, "response", None), "request", None), "url", "") or "")
+        if "/resolve/" in url:
+            return url.split("?")[0].split("/resolve/", 1)[1].split("/", 1)[-1]
+    return None
+
+
+def retrying_call(fn: Callable, policy: RetryPolicy, repo_id: str, revision: str):
     """``fn()`` with tenacity: transient errors retried with capped exponential backoff, others typed at once."""
     import tenacity
 
-    what = repo_id + (f" file {filename!r}" if filename else "") + f" (revision {revision})"
-
     def log_retry(state: tenacity.RetryCallState) -> None:
-        logger.warning(
-            "transient error fetching %s%s (attempt %d/%d): %s; retrying in %.1fs", repo_id,
-            f"/{filename}" if filename else "", state.attempt_number, policy.attempts,
-            _first_line(state.outcome.exception()), state.next_action.sleep,  # type: ignore[union-attr]
-        )
+        exc = state.outcome.exception()  # type: ignore[union-attr]
+        logger.warning("transient error fetching %s%s (attempt %d/%d): %s; retrying in %.1fs", repo_id,
+                       f"/{_failed_file(exc)}" if _failed_file(exc) else "", state.attempt_number, policy.attempts,
+                       _first_line(exc), state.next_action.sleep)  # type: ignore[union-attr]
 
     try:
         return tenacity.Retrying(
@@ -173,6 +179,8 @@ def retrying_call(fn: Callable, policy: RetryPolicy, repo_id: str, revision: str
     except ModelDownloadError:
         raise
     except Exception as exc:  # noqa: BLE001 - typed below
+        name = _failed_file(exc)
+        what = repo_id + (f" file {name!r}" if name else "") + f" (revision {revision})"
         if is_transient_error(exc):
             raise ModelDownloadError(
                 f"cannot fetch {what}: still failing after {policy.attempts} attempts ({_first_line(exc)}); "
@@ -184,19 +192,6 @@ def retrying_call(fn: Callable, policy: RetryPolicy, repo_id: str, revision: str
 # ---------------------------------------------------------------------------------------------
 # Planning and fetching
 # ---------------------------------------------------------------------------------------------
-
-
-def _hub_api():
-    from huggingface_hub import HfApi
-
-    return HfApi()
-
-
-def hf_hub_download(**kwargs):
-    """Indirection over ``huggingface_hub.hf_hub_download`` (tests replace it)."""
-    from huggingface_hub import hf_hub_download as download
-
-    return download(**kwargs)
 
 
 def fmt_bytes(n: int) -> str:
@@ -230,17 +225,22 @@ def check_disk_space(target: Path, needed: int) -> None:
 
 @dataclass
 class RepoFetch:
-    """One repo's part of a download: the files to fetch (planned before any byte moves) and where."""
+    """One repo's share of a download, planned (Hub metadata only) before any byte moves.
+
+    ``snapshot_download`` does the work: ``dry_run=True`` pins the revision to a commit (and records
+    ``refs/<revision>`` in the cache), lists the files ``allow`` matches with their sizes and says which
+    are already on disk; the real call fetches the kept files of that commit in parallel.
+    """
 
     repo: str
     revision: str
-    allow: list[str]  # allow_patterns (filter_repo_objects)
-    ignore: list[str]
+    allow: list[str]  # allow_patterns
     required: str  # a file the repo must hold for the fetch to make sense
     cache_dir: Path | None = None  # HF-cache layout ...
     local_dir: Path | None = None  # ... or a plain folder
     commit: str = ""
-    todo: list[tuple[str, int, bool]] | None = None  # (path, size, force: a bad copy is on disk)
+    files: list[str] = field(default_factory=list)
+    todo: dict[str, int] = field(default_factory=dict)  # file -> bytes still to fetch
 
     @property
     def folder(self) -> Path:
@@ -249,61 +249,35 @@ class RepoFetch:
             return self.local_dir
         return self.cache_dir / ("models--" + self.repo.replace("/", "--")) / "snapshots" / self.commit  # type: ignore[operator]
 
-    @property
-    def needed_bytes(self) -> int:
-        return sum(size for _, size, _ in self.todo or ())
+    def _snapshot_download(self, policy: RetryPolicy, revision: str, **kwargs):
+        from huggingface_hub import snapshot_download
 
-    def plan(self, policy: RetryPolicy, keep_duplicates: Callable[[list[str]], list[str]]) -> "RepoFetch":
-        """Pin ``revision`` to a commit, list the wanted files with sizes, keep those not already valid on disk."""
-        from huggingface_hub.hf_api import RepoFile
-        from huggingface_hub.utils import filter_repo_objects
+        where = {"local_dir": str(self.local_dir)} if self.local_dir is not None else {"cache_dir": str(self.cache_dir)}
+        return retrying_call(lambda: snapshot_download(self.repo, repo_type="model", revision=revision, **where, **kwargs),
+                             policy, self.repo, revision)
 
-        api = _hub_api()
-        info = retrying_call(lambda: api.repo_info(self.repo, revision=self.revision, repo_type="model"),
-                             policy, self.repo, self.revision)
-        self.commit = getattr(info, "sha", None) or self.revision
-        tree = retrying_call(
-            lambda: {e.path: (getattr(e.lfs, "size", None) or e.size) for e in api.list_repo_tree(
-                self.repo, recursive=True, revision=self.commit, repo_type="model") if isinstance(e, RepoFile)},
-            policy, self.repo, self.commit)
-        if self.required not in tree:
-            raise ModelDownloadError(
-                f"cannot fetch {self.repo} file {self.required!r} (revision {self.commit}): not in the repo; "
-                "check WORLDPLAY_REPO / WORLDPLAY_COMPONENTS_REPO and their *_REVISION")
-        wanted = keep_duplicates(sorted(filter_repo_objects(tree, allow_patterns=self.allow, ignore_patterns=self.ignore)))
-        self.todo = []
-        for path in wanted:
-            have = self.folder / path
-            if not _valid_copy(have, tree[path]):
-                self.todo.append((path, tree[path] or 0, have.exists() or have.is_symlink()))
+    def plan(self, policy: RetryPolicy, keep: Callable[[list[str]], list[str]] = list) -> "RepoFetch":
+        """List what ``allow`` matches (``keep`` may drop some); a truncated copy on disk is removed to be re-fetched."""
+        for _ in range(2):
+            infos = {i.filename: i for i in self._snapshot_download(policy, self.revision, allow_patterns=self.allow, dry_run=True)}
+            bad = [i for i in infos.values() if i.is_cached and i.filename.endswith(".safetensors")
+                   and safetensors_problem(i.local_path) is not None]
+            for info in bad:
+                logger.warning("re-fetching %s/%s: the copy on disk is incomplete or corrupt", self.repo, info.filename)
+                Path(info.local_path).resolve().unlink(missing_ok=True)
+                Path(info.local_path).unlink(missing_ok=True)
+            if not bad:
+                break
+        if self.required not in infos:
+            raise ModelDownloadError(f"cannot fetch {self.repo} file {self.required!r} (revision {self.revision}): not in "
+                                     "the repo; check WORLDPLAY_REPO / WORLDPLAY_COMPONENTS_REPO and their *_REVISION")
+        self.commit, self.files = infos[self.required].commit_hash, keep(sorted(infos))
+        self.todo = {f: infos[f].file_size or 0 for f in self.files if infos[f].will_download}
         return self
 
     def fetch(self, policy: RetryPolicy, tqdm_class=None) -> int:
-        """Download the planned files (pinned to ``commit``); return the bytes fetched."""
+        """Download the planned files of ``commit``; return the bytes fetched."""
         if self.todo:
-            logger.info("downloading %d file(s) of %s (%s)", len(self.todo), self.repo, fmt_bytes(self.needed_bytes))
-        for path, _, force in self.todo or ():
-            kwargs = dict(repo_id=self.repo, filename=path, revision=self.commit, repo_type="model", force_download=force)
-            kwargs.update({"local_dir": str(self.local_dir)} if self.local_dir else {"cache_dir": str(self.cache_dir)})
-            if tqdm_class is not None:
-                kwargs["tqdm_class"] = tqdm_class
-            if force:
-                logger.warning("re-fetching %s/%s: the copy on disk is incomplete or corrupt", self.repo, path)
-            retrying_call(lambda kw=kwargs: hf_hub_download(**kw), policy, self.repo, self.commit, path)
-        if self.local_dir is None and self.revision != self.commit:  # downloads by commit write no ref
-            ref = self.folder.parent.parent / "refs" / self.revision
-            try:
-                ref.parent.mkdir(parents=True, exist_ok=True)
-                ref.write_text(self.commit)
-            except OSError as exc:
-                logger.debug("could not write %s: %s", ref, exc)
-        return self.needed_bytes
-
-
-def _valid_copy(path: Path, size: int | None) -> bool:
-    try:
-        if size is not None and path.stat().st_size != size:
-            return False
-    except OSError:
-        return False
-    return not path.name.endswith(".safetensors") or safetensors_problem(path) is None
+            logger.info("downloading %d file(s) of %s (%s)", len(self.todo), self.repo, fmt_bytes(sum(self.todo.values())))
+            self._snapshot_download(policy, self.commit, allow_patterns=self.files, tqdm_class=tqdm_class)
+        return sum(self.todo.values())
