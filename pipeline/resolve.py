@@ -291,9 +291,13 @@ def _find_local(key: str, places: list[_Place]) -> tuple[_Place | None, Path | N
     return None, None, problems
 
 
-def _looked_in(s: Settings) -> str:
-    looked = [f"WORLDPLAY_MODEL_DIR={s.model_dir}" if s.model_dir else "WORLDPLAY_MODEL_DIR (unset)",
-              f"RunPod cache {s.runpod_cache}", f"HF cache {s.hf_cache}"]
+def _looked_in(s: Settings, dest: Path | None = None) -> str:
+    """The places searched; with ``dest`` (prefetch), the model folder is named only when it is another source."""
+    if dest is None:
+        looked = [f"WORLDPLAY_MODEL_DIR={s.model_dir}" if s.model_dir else "WORLDPLAY_MODEL_DIR (unset)"]
+    else:
+        looked = [f"WORLDPLAY_MODEL_DIR={s.model_dir}"] if s.model_dir and s.model_dir != dest else []
+    looked += [f"RunPod cache {s.runpod_cache}", f"HF cache {s.hf_cache}"]
     return ", ".join(looked + ([f"WORLDPLAY_DOWNLOAD_DIR={s.download_dir}"] if s.download_dir else []))
 
 
@@ -484,9 +488,8 @@ def prefetch(
             if place is None or path is None:
                 if not allow_download:
                     raise ModelNotFoundError(
-                        f"{key} missing or incomplete in {dest} ({'; '.join(own)}) and no complete copy elsewhere "
-                        f"({_detail({key: problems})}; looked in: {_looked_in(s)}); allow downloads to fetch only "
-                        "the missing files, or copy a complete folder there")
+                        f"{key} missing or incomplete in {dest}: {'; '.join(own)}; no complete copy elsewhere "
+                        f"({_detail({key: problems})}; looked in: {_looked_in(s, dest)})")
                 to_download.append(key)
                 continue
             if key == "components":

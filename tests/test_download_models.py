@@ -204,6 +204,22 @@ def test_fetch_without_download_fails_cleanly(tmp_path, capsys, no_network):
     assert "error [MODEL_NOT_FOUND]" in capsys.readouterr().err
 
 
+def test_no_download_on_a_truncated_file_names_dest_and_the_file(tmp_path, capsys, monkeypatch, no_network):
+    root = write_layout(tmp_path / "d", modes=("ar",))
+    ckpt = root / WORLDPLAY_DIRNAME / AR_REL
+    ckpt.write_bytes(ckpt.read_bytes()[:-10])
+    assert download_models.main(["--mode", "ar", "--dest", str(root), "--no-download"]) == 1
+    err = capsys.readouterr().err
+    assert f"error [MODEL_NOT_FOUND]: --dest {root}: ar missing or incomplete in {root}: {ckpt}: truncated" in err
+    assert "run without --no-download" in err
+    assert "WORLDPLAY_MODEL_DIR" not in err  # unset, and not what the user typed
+    # without --dest, the folder is named the way the user gave it
+    monkeypatch.setenv("WORLDPLAY_MODEL_DIR", str(root))
+    assert download_models.main(["--mode", "ar", "--no-download"]) == 1
+    assert f"error [MODEL_NOT_FOUND]: WORLDPLAY_MODEL_DIR={root}: ar missing or incomplete in {root}: {ckpt}: truncated" in capsys.readouterr().err
+    assert no_network == []
+
+
 def test_bundle_is_a_usable_runpod_cached_model(tmp_path, capsys, minihub, monkeypatch):
     dest = tmp_path / "bundle"
     assert download_models.main(["bundle", "--dest", str(dest), "--repo-id", "me/wp-bundle"]) == 0
