@@ -1,10 +1,10 @@
-"""Hub access for model resolution: bounded retries, clear errors, a disk check, exact file lists.
+"""Hub access for model resolution, around ``huggingface_hub.snapshot_download``.
 
-``huggingface_hub`` does the transfers (resume, Xet, its own per-request retries); this module adds
-what a cold start needs around them: one commit pinned for all files of a repo, only the files the
-worker uses (``filter_repo_objects`` with allow/ignore patterns), a free-space check for the whole
-set before the first byte, a re-fetch of files whose copy on disk is truncated, bounded backoff
-over whole calls, and messages that say what to do (token, licence, repo id).
+huggingface_hub does the work: pinning a revision to one commit, listing and filtering files
+(``allow_patterns``), skipping what is cached, parallel transfers with resume, ``refs/`` in the cache.
+This module adds what a cold start needs around it: a free-space check for the whole set before the
+first byte, a re-fetch of files whose copy on disk is truncated, bounded backoff over whole calls
+(transient errors only), and messages that say what to do (token, licence, repo id).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .errors import ModelDownloadError
-from .resolve_verify import safetensors_problem
+from .resolve_verify import file_problem
 
 logger = logging.getLogger("worldplay.resolve")
 
@@ -260,8 +260,7 @@ class RepoFetch:
         """List what ``allow`` matches (``keep`` may drop some); a truncated copy on disk is removed to be re-fetched."""
         for _ in range(2):
             infos = {i.filename: i for i in self._snapshot_download(policy, self.revision, allow_patterns=self.allow, dry_run=True)}
-            bad = [i for i in infos.values() if i.is_cached and i.filename.endswith(".safetensors")
-                   and safetensors_problem(i.local_path) is not None]
+            bad = [i for i in infos.values() if i.is_cached and os.path.exists(i.local_path) and file_problem(i.local_path)]
             for info in bad:
                 logger.warning("re-fetching %s/%s: the copy on disk is incomplete or corrupt", self.repo, info.filename)
                 Path(info.local_path).resolve().unlink(missing_ok=True)

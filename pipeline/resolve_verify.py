@@ -92,6 +92,14 @@ def _read_json(path: Path) -> tuple[object, str | None]:
         return None, f"unreadable JSON: {exc}"
 
 
+def file_problem(path: str | os.PathLike) -> str | None:
+    """What is wrong with one downloaded file, as far as can be told offline (safetensors, JSON)."""
+    name = str(path)
+    if name.endswith(".safetensors"):
+        return safetensors_problem(path)
+    return _read_json(Path(path))[1] if name.endswith(".json") else None
+
+
 def check_components(folder: str | os.PathLike) -> list[str]:
     """Problems that make a diffusers components folder unusable (empty list: complete).
 

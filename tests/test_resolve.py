@@ -767,3 +767,13 @@ def test_set_hub_offline_switches_huggingface_hub_and_the_environment(monkeypatc
     assert hf_constants.is_offline_mode() and os.environ["HF_HUB_OFFLINE"] == "1"
     resolve.set_hub_offline(False)
     assert not hf_constants.is_offline_mode() and "HF_HUB_OFFLINE" not in os.environ
+
+
+def test_corrupt_json_in_download_dir_is_refetched(tmp_path, hub, monkeypatch):
+    monkeypatch.setenv("WORLDPLAY_DOWNLOAD_DIR", str(tmp_path / "dl"))
+    resolve_models("ar", allow_download=True, set_offline=False)
+    (tmp_path / "dl" / COMPONENTS_DIRNAME / "model_index.json").write_text("{cut")
+    hub.requests.clear()
+    paths = resolve_models("ar", allow_download=True)
+    assert hub.gets() == [f"{COMP_REPO}:model_index.json"]
+    assert paths.sources == {"components": "download", "ar": "local"} and check_components(paths.components) == []
