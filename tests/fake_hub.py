@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlparse
 
 #: X-Error-Code the real Hub sends, which huggingface_hub maps to typed errors
 ERROR_CODES = {403: "GatedRepo"}
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # clients closing keep-alive sockets is normal
+            super().handle_error(request, client_address)
 
 
 class FakeHubServer:
@@ -110,7 +119,7 @@ class FakeHubServer:
             def do_HEAD(self):
                 self._route(head=True)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
