@@ -1,7 +1,7 @@
 """pipeline.resolve: local folder, RunPod cache, HF cache, bundle, download, integrity, retries.
 
-Everything runs on hand-built fake cache trees in tmp_path; the Hub is replaced by an in-process
-fake (``FakeHub``) so no test touches the network.
+Everything runs on hand-built fake cache trees in tmp_path; downloads go through the real
+huggingface_hub client to a fake Hub on 127.0.0.1 (tests/fake_hub.py), so no test leaves the machine.
 """
 
 from __future__ import annotations
@@ -20,14 +20,7 @@ import httpx2
 import pytest
 import torch
 from huggingface_hub import constants as hf_constants
-from huggingface_hub.errors import (
-    GatedRepoError,
-    HfHubHTTPError,
-    LocalEntryNotFoundError,
-    RemoteEntryNotFoundError,
-    RepositoryNotFoundError,
-)
-from huggingface_hub.hf_api import RepoFile, RepoFolder
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 from safetensors.torch import save_file
 
 from fake_hub import FakeHubServer
