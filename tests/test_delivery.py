@@ -236,6 +236,33 @@ def test_bucket_check_ttl_and_failures_are_not_remembered():
     assert st.asked == 5
 
 
+# ---- the container entrypoint with incomplete storage settings: the worker runs and answers ------
+def _entrypoint(extra: dict, job: dict) -> subprocess.CompletedProcess:
+    env = worker_subprocess_env({"WORLDPLAY_PYTHON": sys.executable, "WORLDPLAY_ALLOW_CPU": "1",
+                                 "WORLDPLAY_ALLOW_DOWNLOAD": "0", "WORLDPLAY_PRELOAD": "0", **extra})
+    for name in MINIO_VARS:
+        env.pop(name, None)
+    env.update({"MINIO_ENDPOINT": "http://127.0.0.1:9", "MINIO_ACCESS_KEY": "ak", "MINIO_BUCKET": "videos"})
+    return subprocess.run(["bash", str(REPO / "entrypoint.sh"), "--test_input", json.dumps(job)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_entrypoint_with_a_missing_secret_starts_and_answers(tmp_path):
+    """MINIO_SECRET_KEY missing: the container does not exit; health names the variable and a job
+    gets STORAGE_NOT_CONFIGURED (not a crash loop with jobs stuck IN_QUEUE)."""
+    extra = {"RUNPOD_HF_CACHE": str(tmp_path / "none"), "WORLDPLAY_MODEL_DIR": str(tmp_path / "none")}
+    health = _entrypoint(extra, {"input": {"health": True}})
+    text = health.stdout + health.stderr
+    assert health.returncode == 0, text[-3000:]
+    assert "missing storage variable(s): MINIO_SECRET_KEY" in text  # the entrypoint's warning
+    assert "'mode': 'incomplete'" in text and "'missing': ['MINIO_SECRET_KEY']" in text
+    job = _entrypoint(extra, {"input": base_input()})
+    text = job.stdout + job.stderr
+    assert job.returncode == 1, text[-3000:]  # local test mode: a returned error exits 1
+    assert "STORAGE_NOT_CONFIGURED: missing MINIO_SECRET_KEY" in text
+    assert "loading models" not in text
+
+
 # ---- local test mode and the Hub tests, with no storage at all --------------------------------
 def _no_minio_env(extra: dict) -> dict:
     env = worker_subprocess_env(extra)
@@ -280,4 +307,6 @@ def test_hub_tests_pass_without_storage(real_pipeline, monkeypatch, tmp_path):
             assert out["status"] == "ok" and out["storage"]["mode"] == "inline"
         else:
             info = decode_mp4(out, tmp_path)
-            assert info.num_frames == out["num_frames"]
+            assert info.num_frames == out["num_frames"] == 13
+            # the tiny random model renders 80x48 noise by design (README, Quick start)
+            assert (info.width, info.height) == (out["width"], out["height"]) == (80, 48)
