@@ -310,3 +310,50 @@ def test_hub_tests_pass_without_storage(real_pipeline, monkeypatch, tmp_path):
             assert info.num_frames == out["num_frames"] == 13
             # the tiny random model renders 80x48 noise by design (README, Quick start)
             assert (info.width, info.height) == (out["width"], out["height"]) == (80, 48)
+
+
+def test_http_imitation_without_storage_and_the_readme_decode_step(tiny_models, tmp_path):
+    """`python handler.py --rp_serve_api` with no MINIO_*: /runsync with test_input.json returns the
+    video inline, and the README's own decode one-liner turns the answer into a playable out.mp4."""
+    import requests
+    from conftest import free_port
+
+    readme = (REPO / "README.md").read_text()
+    match = re.search(r'\| python -c "(import base64, json, sys; open\(\'out\.mp4\'.*?)"\n', readme)
+    assert match, "README: no decode step for video_base64"
+    decode_snippet = match.group(1)
+
+    port = free_port()
+    log_path = tmp_path / "api.log"
+    env = _no_minio_env({"WORLDPLAY_MODEL_DIR": str(tiny_models), "WORLDPLAY_TMPDIR": str(tmp_path)})
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen([sys.executable, "handler.py", "--rp_serve_api", "--rp_api_host",
+                                 "127.0.0.1", "--rp_api_port", str(port)], cwd=REPO, env=env,
+                                stdout=log_file, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, log_path.read_text()[-2000:]
+            try:
+                if requests.get(f"{base}/docs", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "API did not start within 90 s"
+            time.sleep(0.2)
+        answer = requests.post(f"{base}/runsync", data=(REPO / "test_input.json").read_bytes(),
+                               headers={"Content-Type": "application/json"}, timeout=300)
+        assert answer.json()["status"] == "COMPLETED", answer.text[:500]
+        decoded = subprocess.run([sys.executable, "-c", decode_snippet], input=answer.text, text=True,
+                                 cwd=tmp_path, capture_output=True, timeout=60)
+        assert decoded.returncode == 0, decoded.stderr
+        info = probe_mp4(tmp_path / "out.mp4")
+        assert (info.codec, info.num_frames) == ("h264", answer.json()["output"]["num_frames"])
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
