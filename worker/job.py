@@ -486,7 +486,8 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
 
         total = round(time.perf_counter() - started, 4)
         out = schemas.JobOutput(
-            **delivered, num_frames=info.num_frames, fps=req.fps, width=info.width, height=info.height,
+            **delivered,
+            num_frames=info.num_frames, fps=req.fps, width=info.width, height=info.height,
             duration_seconds=round(info.duration, 4), seed=seed, mode=req.mode,
             num_inference_steps=req.steps, guidance_scale=req.guidance,
             timings=schemas.Timings(**stages.timings), generation_time_seconds=total,
