@@ -282,12 +282,16 @@ class Timings(BaseModel):
 
 
 class JobOutput(BaseModel):
-    """A successful generation."""
+    """A successful generation. With a bucket configured: minio_key, bucket, presigned_url and
+    expires_at; with no storage (no MINIO_* set): video_base64 instead."""
 
-    minio_key: str = Field(..., description="Object key of the MP4 in the bucket.")
-    bucket: str
-    presigned_url: str = Field(..., description="Time-limited GET URL of the MP4.")
-    expires_at: str = Field(..., description="Expiry of presigned_url, ISO-8601 UTC.")
+    minio_key: Optional[str] = Field(None, description="Object key of the MP4 in the bucket.")
+    bucket: Optional[str] = None
+    presigned_url: Optional[str] = Field(None, description="Time-limited GET URL of the MP4.")
+    expires_at: Optional[str] = Field(None, description="Expiry of presigned_url, ISO-8601 UTC.")
+    video_base64: Optional[str] = Field(
+        None, description="The MP4 itself, base64, when the worker has no storage configured "
+                          "(at most WORLDPLAY_INLINE_MAX_BYTES before encoding, default 6 MiB).")
     num_frames: int
     fps: int
     width: int

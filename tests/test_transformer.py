@@ -12,7 +12,6 @@ import dataclasses
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,7 @@ from pipeline.prope import CameraEncoding
 from pipeline.transformer import WorldPlayTransformer
 
 KEYS_TSV = "worldplay_checkpoint_keys.tsv"
-REFERENCE_ENV = "WORLDPLAY_REFERENCE_DIR"
+DATA_DIR = Path(__file__).resolve().parent / "data"  # reference data carried in the repository
 
 H, W = 2, 3  # latent grid of the tiny runs
 N_CTX = 3  # context latents in the AR tests
@@ -39,17 +38,10 @@ CHUNK = 4  # latents per AR chunk
 
 
 def reference_file(name: str) -> Path:
-    """A file of shared/reference: beside the clone, or in $WORLDPLAY_REFERENCE_DIR."""
-    candidates = [Path(__file__).resolve().parents[2] / "shared" / "reference" / name]
-    if os.environ.get(REFERENCE_ENV):
-        candidates.append(Path(os.environ[REFERENCE_ENV]) / name)
-    for path in candidates:
-        if path.is_file():
-            return path
-    pytest.fail(
-        f"{name} not found (looked in {', '.join(str(p) for p in candidates)}); check out shared/ beside "
-        f"the repository or set {REFERENCE_ENV} to the folder that holds it"
-    )
+    """A reference file about the official checkpoint, kept in tests/data/ (never outside the repository)."""
+    path = DATA_DIR / name
+    assert path.is_file(), f"{path} is missing: it is part of the repository"
+    return path
 
 
 def reference_shapes() -> dict[str, tuple[int, ...]]:

@@ -21,7 +21,8 @@ ERROR_CODES = {
     "BUCKET_NOT_FOUND": (False, "MINIO_BUCKET does not exist"),
     "STORAGE_ACCESS_DENIED": (False, "MinIO rejected the credentials or the operation"),
     "STORAGE_UNAVAILABLE": (False, "MinIO unreachable or failing after retries"),
-    "STORAGE_NOT_CONFIGURED": (False, "MINIO_* environment variables missing or malformed"),
+    "STORAGE_NOT_CONFIGURED": (False, "MINIO_* incomplete or malformed, or a job needs storage the "
+                                      "worker does not have (keyed input, video over the inline cap)"),
     "IMAGE_DOWNLOAD_FAILED": (False, "image_url could not be fetched"),
     "MODEL_NOT_FOUND": (False, "model weights missing and downloading disabled"),
     "MODEL_DOWNLOAD_FAILED": (False, "model download failed"),

@@ -398,6 +398,10 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
                               f"mode {req.mode!r} is not served by this worker "
                               f"(WORLDPLAY_MODES={','.join(modes)}); send it to an endpoint "
                               f"started with WORLDPLAY_MODES including {req.mode}")
+        # where the video will go, checked now (not after paid GPU time); None: inline result
+        from worker import delivery
+
+        storage = delivery.preflight(req, get_storage)
         seed = req.seed if req.seed is not None else random.SystemRandom().randint(
             0, schemas.RANDOM_SEED_MAX)
         log.info("job %s: %s", job_id, json.dumps({**req.summary(), "seed": seed}))
@@ -466,24 +470,30 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
             info = writer.close()
         stages.add("encode", time.perf_counter() - t0)
 
-        # -- upload
+        # -- upload (or, with no storage configured, the MP4 inline as base64)
         t0 = time.perf_counter()
-        storage = get_storage()
-        key = f"{req.output.key_prefix}/{job_id}/video.mp4"
-        storage.put_file(key, path, content_type="video/mp4")
-        url, expires_at = storage.presigned_get(key, req.output.presign_expiry_seconds)
+        if storage is None:
+            delivered = delivery.inline_video(path)
+            where = "inline video_base64"
+        else:
+            key = f"{req.output.key_prefix}/{job_id}/video.mp4"
+            storage.put_file(key, path, content_type="video/mp4")
+            url, expires_at = storage.presigned_get(key, req.output.presign_expiry_seconds)
+            delivered = dict(minio_key=key, bucket=storage.bucket, presigned_url=url,
+                             expires_at=expires_at)
+            where = f"s3://{storage.bucket}/{key}"
         stages.add("upload", time.perf_counter() - t0)
 
         total = round(time.perf_counter() - started, 4)
         out = schemas.JobOutput(
-            minio_key=key, bucket=storage.bucket, presigned_url=url, expires_at=expires_at,
+            **delivered,
             num_frames=info.num_frames, fps=req.fps, width=info.width, height=info.height,
             duration_seconds=round(info.duration, 4), seed=seed, mode=req.mode,
             num_inference_steps=req.steps, guidance_scale=req.guidance,
             timings=schemas.Timings(**stages.timings), generation_time_seconds=total,
-        ).model_dump(by_alias=True)
-        log.info("job %s: done in %.2f s (%s) -> s3://%s/%s", job_id, total,
-                 ", ".join(f"{k} {v:.2f}" for k, v in stages.timings.items()), storage.bucket, key)
+        ).model_dump(by_alias=True, exclude=delivery.left_out(delivered))
+        log.info("job %s: done in %.2f s (%s) -> %s", job_id, total,
+                 ", ".join(f"{k} {v:.2f}" for k, v in stages.timings.items()), where)
         return out
     except BaseException as exc:  # noqa: BLE001 - every failure becomes an error dict
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
@@ -548,19 +558,10 @@ def health_report() -> dict:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         except Exception:  # noqa: BLE001
             device = None
-    storage: Dict[str, Any] = {"reachable": False, "bucket_exists": False}
-    try:
-        st = get_storage()
-        storage.update(endpoint=st.endpoint, bucket=st.bucket, secure=st.secure)
-        from worker.storage import RetryPolicy
+    from worker.delivery import storage_health
 
-        # same client, one attempt: a health check must answer fast
-        storage["bucket_exists"] = st.with_retry(RetryPolicy(attempts=1)).bucket_exists()
-        storage["reachable"] = True
-    except WorkerError as exc:
-        storage["error"] = f"{exc.code}: {exc.message}"
-        storage["reachable"] = exc.code not in ("STORAGE_UNAVAILABLE", "STORAGE_NOT_CONFIGURED")
-    ok = storage["bucket_exists"] and mode_error is None and MODELS.last_error is None
+    storage, storage_ok = storage_health(get_storage)  # mode bucket / inline / incomplete
+    ok = storage_ok and mode_error is None and MODELS.last_error is None
     report = schemas.HealthOutput(
         status="ok" if ok else "degraded",
         models_loaded=pipe is not None,
