@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pipeline import camera as camera_mod
 from pipeline.errors import PipelineError, PoseSpecError
 
-__all__ = ["action_name", "plot_path", "render_path", "load_spec", "main"]
+__all__ = ["action_name", "stretch_labels", "plot_path", "render_path", "load_spec", "main"]
 
 _TRANSLATION = ("", "w", "s", "d", "a", "w+d", "w+a", "s+d", "s+a")
 _ROTATION = ("", "right", "left", "up", "down", "right+up", "right+down", "left+up", "left+down")
@@ -83,6 +83,26 @@ def _stretches(labels: Sequence[int]) -> list[tuple[int, int, int]]:
     return runs
 
 
+def _pitch_degrees(c2w: np.ndarray) -> np.ndarray:
+    # OpenCV camera: y points down, so looking up means a negative y component of the view axis
+    return np.degrees(np.arcsin(np.clip(-c2w[:, 1, 2], -1.0, 1.0)))
+
+
+def stretch_labels(traj: "camera_mod.CameraTrajectory") -> list[tuple[int, int, str]]:
+    """(first latent, last latent, text) per stretch of one action label, as the plot writes them:
+    the keys the model sees and the number of moves, plus the pitch reached where it changed
+    (e.g. ``"up x4  pitch +12°"``)."""
+    c2w = traj.c2w.double().numpy()
+    pitch = _pitch_degrees(c2w)
+    out = []
+    for first, last, label in _stretches(traj.actions.tolist()):
+        text = f"{action_name(label)} x{last - first + 1}"
+        if abs(pitch[last] - pitch[first - 1]) >= 0.05:
+            text += f"  pitch {pitch[last]:+.0f}°"
+        out.append((first, last, text))
+    return out
+
+
 def render_path(spec: Any, *, mode: str = "ar", title: str | None = None,
                 size: tuple[int, int] = (900, 760)) -> Image.Image:
     """The top-down picture of a camera spec (raises PoseSpecError / FrameCountError)."""
@@ -90,7 +110,6 @@ def render_path(spec: Any, *, mode: str = "ar", title: str | None = None,
         raise ValueError(f"unknown mode {mode!r}")
     traj = camera_mod.parse_pose(spec)
     c2w = traj.c2w.double().numpy()
-    labels = traj.actions.tolist()
     n = traj.num_latents
     chunk = camera_mod.MODE_LATENT_MULTIPLE[mode]
 
@@ -99,8 +118,7 @@ def render_path(spec: Any, *, mode: str = "ar", title: str | None = None,
     heading = np.stack([fwd[:, 0], fwd[:, 2]], axis=1)
     norms = np.linalg.norm(heading, axis=1, keepdims=True)
     heading = np.where(norms > 1e-9, heading / np.maximum(norms, 1e-9), 0.0)
-    # OpenCV camera: y points down, so looking up means a negative y component of the view axis
-    pitch = np.degrees(np.arcsin(np.clip(-fwd[:, 1], -1.0, 1.0)))
+    pitch = _pitch_degrees(c2w)
 
     width, height = size
     top, bottom, side = 120, 80, 90
@@ -161,11 +179,7 @@ def render_path(spec: Any, *, mode: str = "ar", title: str | None = None,
 
     # action labels per stretch (+ pitch where it changed)
     placed: list[tuple[float, float]] = []
-    for first, last, label in _stretches(labels):
-        moves = last - first + 1
-        text = f"{action_name(label)} x{moves}"
-        if abs(pitch[last] - pitch[first - 1]) >= 0.05:
-            text += f"  pitch {pitch[last]:+.0f}°"
+    for first, last, text in stretch_labels(traj):
         mid = (first + last) // 2
         x, y = points[mid]
         # beside the stretch: to the right of its motion, or of the heading when turning in place
