@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         camera = parse_pose(spec, mode=args.mode)
         image = _open_image(args.image) if args.image else None
         if not args.out.parent.is_dir():
-            raise PipelineError(f"--out {str(args.out)!r}: folder {str(args.out.parent)!r} does not exist")
+            raise PipelineError(f"--out {str(args.out)!r}: folder {str(args.out.parent)!r} "
+                                "does not exist")
         with tempfile.TemporaryDirectory() as tmp:
             if args.tiny:
                 from .resolve import layout_paths
@@ -117,9 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         image.convert("RGB").save(input_png)
         from .camera_plot import plot_path
 
-        plot_path(spec, path_png, mode=args.mode, title=args.pose if isinstance(spec, str) else Path(args.pose).name)
+        plot_path(spec, path_png, mode=args.mode,
+                  title=args.pose if isinstance(spec, str) else Path(args.pose).name)
         print(json.dumps({
-            "out": str(args.out), "input_image": str(input_png), "path_plot": str(path_png), "codec": info.codec, "width": info.width, "height": info.height,
+            "out": str(args.out), "input_image": str(input_png), "path_plot": str(path_png),
+            "codec": info.codec, "width": info.width, "height": info.height,
             "num_frames": info.num_frames, "fps": float(info.fps), "seconds": round(time.perf_counter() - started, 2),
             "timings": result.timings,
         }, indent=2))

@@ -254,6 +254,12 @@ def check_latent_count(num_latents: int, mode: str) -> None:
     )
 
 
+def _nearest(options: Sequence[int], unit: str) -> str:
+    if len(options) == 1:
+        return f"the nearest valid is {options[0]}{unit}"
+    return f"the nearest valid are {' or '.join(str(o) for o in options)}{unit}"
+
+
 def _mode_frames(multiple: int, k: int) -> int:
     return latents_to_frames(multiple * k)
 
@@ -269,7 +275,8 @@ def check_frame_count(num_frames: int, mode: str) -> int:
     if not _is_int(num_frames) or num_frames < 1:
         raise FrameCountError(f"num_frames must be a positive integer, got {num_frames!r}")
     multiple = MODE_LATENT_MULTIPLE[mode]
-    ok = (num_frames - 1) % FRAMES_PER_LATENT == 0 and ((num_frames - 1) // FRAMES_PER_LATENT + 1) % multiple == 0
+    ok = (num_frames - 1) % FRAMES_PER_LATENT == 0 and (
+        (num_frames - 1) // FRAMES_PER_LATENT + 1) % multiple == 0
     if not ok:
         period = FRAMES_PER_LATENT * multiple
         low = (int(num_frames) + FRAMES_PER_LATENT - 1) // period
@@ -277,9 +284,9 @@ def check_frame_count(num_frames: int, mode: str) -> int:
                    if k >= 1 and multiple * k <= MAX_LATENTS]
         valid = ", ".join(str(_mode_frames(multiple, k)) for k in (1, 2, 3))
         raise FrameCountError(
-            f"num_frames {num_frames} cannot be rendered in {mode} mode, which makes {valid}, ... "
-            f"frames (4 per latent after the first, in multiples of {multiple} latents): use "
-            f"{' or '.join(str(f) for f in options)}"
+            f"num_frames {num_frames} cannot be rendered in {mode} mode: frames are 4k+1 (k moves "
+            f"after the start frame) with k+1 latents a multiple of {multiple}, i.e. {valid}, ...; "
+            f"{_nearest(options, '')}"
         )
     num_latents = frames_to_latents(int(num_frames))
     check_latent_count(num_latents, mode)
@@ -324,14 +331,14 @@ def _mode_length_error(n: int, mode: str, form: str, fix: Any) -> FrameCountErro
         valid = ", ".join(str(multiple * k) for k in (1, 2, 3))
         return FrameCountError(
             f"{mode} needs a multiple of {multiple} latents ({valid}, ... pose JSON entries); the "
-            f"pose JSON has {_length_words(n, form)}: use {' or '.join(map(str, options))} entries"
+            f"pose JSON has {_length_words(n, form)}: {_nearest(options, ' entries')}"
         )
     valid = ", ".join(str(multiple * k - 1) for k in (1, 2, 3))
     what = "the pose string's counts" if form == "pose string" else "the action list's moves"
     message = (
         f"{mode} needs a multiple of {multiple} latents, so {what} must add up to {valid}, ... "
-        f"(the start latent is extra); they add up to {_length_words(n, form)}: use "
-        f"{' or '.join(str(m - 1) for m in options)} moves"
+        f"(the start latent is extra); they add up to {_length_words(n, form)}: "
+        f"{_nearest([m - 1 for m in options], ' moves')}"
     )
     examples = [fix(m - n) for m in options] if fix is not None else []
     examples = [e for e in examples if e is not None]
@@ -514,7 +521,8 @@ def _build(c2w: np.ndarray, k_pixels: np.ndarray, num_latents: int | None, *,
             raise FrameCountError(message)
     if mode is not None:
         if mode not in MODE_LATENT_MULTIPLE:
-            raise ValueError(f"unknown mode {mode!r}; expected one of {sorted(MODE_LATENT_MULTIPLE)}")
+            raise ValueError(f"unknown mode {mode!r}; expected one of "
+                             f"{sorted(MODE_LATENT_MULTIPLE)}")
         if n % MODE_LATENT_MULTIPLE[mode] != 0:
             raise _mode_length_error(n, mode, form, fix)
         check_latent_count(n, mode)

@@ -147,7 +147,8 @@ def render_path(spec: Any, *, mode: str = "ar", title: str | None = None,
             draw.line([(side / 2, gy), (width - side / 2, gy)], fill=_GRID)
     bar = step * scale
     draw.line([(side, height - 30), (side + bar, height - 30)], fill=_TEXT, width=3)
-    draw.text((side + bar + 8, height - 38), f"{step:g} scene unit{'' if step == 1 else 's'} (grid)", fill=_TEXT, font=small)
+    draw.text((side + bar + 8, height - 38), f"{step:g} scene unit{'' if step == 1 else 's'} (grid)",
+              fill=_TEXT, font=small)
 
     # trajectory
     points = [px(p) for p in pos]

@@ -145,15 +145,16 @@ class JobInput(_Strict):
                     "decoded.")
 
     pose: Optional[str] = Field(None, max_length=MAX_POSE_STRING_CHARS,
-                                description='Pose string, e.g. "w-31" or "w-15, right-16": KEY-N moves '
-                                            "N latents (4 frames each) after the start latent, so "
-                                            '"w-31" is 32 latents = 125 frames. Default: "w-31", or '
-                                            "forward for num_frames when that is given.")
+                                description='Pose string, e.g. "w-31" or "w-15, right-16": '
+                                            "KEY-N moves N latents (4 frames each) after the "
+                                            'start latent, so "w-31" is 32 latents = 125 '
+                                            'frames. Default: "w-31", or forward for '
+                                            "num_frames when that is given.")
     pose_key: Optional[str] = Field(None, max_length=MAX_KEY_CHARS,
                                     description="Object key of a pose JSON in the bucket.")
     pose_json: Optional[Dict[str, Any]] = Field(
-        None, description='Inline pose JSON: {"0": {"extrinsic": 4x4 c2w, "K": 3x3}, ...}, one entry '
-                          "per latent, the start included (32 entries = 125 frames).")
+        None, description='Inline pose JSON: {"0": {"extrinsic": 4x4 c2w, "K": 3x3}, ...}, one '
+                          "entry per latent, the start included (32 entries = 125 frames).")
     actions: Optional[List[Dict[str, Any]]] = Field(
         None, min_length=1, max_length=MAX_ACTIONS,
         description='Keyboard actions: [{"key": "w", "moves": 15, "speed": 0.12}, ...]; "moves" '

@@ -68,13 +68,15 @@ def test_pose_string_error_names_valid_move_counts_and_the_fixed_string():
     message = str(exc.value)
     assert "must add up to 3, 7, 11, ..." in message
     assert "30 moves (31 latents with the start, 121 frames)" in message
-    assert "use 27 or 31 moves, e.g. 'w-27' or 'w-31' instead of 'w-30'" in message
+    assert ("the nearest valid are 27 or 31 moves, e.g. 'w-27' or 'w-31' instead of 'w-30'"
+            in message)
     with pytest.raises(FrameCountError) as exc:
         parse_pose("w-10, right-6, a-4", mode="ar")
     assert "'w-10, right-6, a-3' or 'w-10, right-6, a-7'" in str(exc.value)
     with pytest.raises(FrameCountError) as exc:
         parse_pose("w-30", mode="bidirectional")
-    assert "15, 31, 47" in str(exc.value) and "use 15 or 31 moves" in str(exc.value)
+    assert "15, 31, 47" in str(exc.value)
+    assert "the nearest valid are 15 or 31 moves" in str(exc.value)
     assert parse_pose("w-31", mode="ar").num_frames == 125
     assert parse_pose("w-31", mode="bidirectional").num_frames == 125
 
@@ -94,18 +96,19 @@ def test_pose_json_error_counts_entries():
     pose = {str(i): {"extrinsic": IDENTITY, "K": K} for i in range(9)}
     with pytest.raises(FrameCountError) as exc:
         parse_pose(pose, mode="ar")
-    assert "the pose JSON has 9 entries (33 frames): use 8 or 12 entries" in str(exc.value)
+    assert ("the pose JSON has 9 entries (33 frames): the nearest valid are 8 or 12 entries"
+            in str(exc.value))
 
 
 @pytest.mark.parametrize("frames, mode, expected", [
-    (33, "ar", "use 29 or 45"), (30, "ar", "use 29 or 45"), (1, "ar", "use 13"),
-    (62, "bidirectional", "use 61 or 125"), (29, "bidirectional", "use 61"),
+    (33, "ar", "are 29 or 45"), (30, "ar", "are 29 or 45"), (1, "ar", "is 13"),
+    (62, "bidirectional", "are 61 or 125"), (29, "bidirectional", "is 61"),
 ])
 def test_num_frames_error_names_valid_frame_counts(frames, mode, expected):
     with pytest.raises(FrameCountError) as exc:
         check_frame_count(frames, mode)
     assert f"num_frames {frames} cannot be rendered in {mode} mode" in str(exc.value)
-    assert str(exc.value).endswith(expected)
+    assert str(exc.value).endswith(f"the nearest valid {expected}")
 
 
 def test_num_frames_checks_pass_and_return_latents():
@@ -149,7 +152,7 @@ def test_num_frames_alone_renders_that_many_frames_forward(fake_pipeline):
     assert code == "INVALID_FRAME_COUNT" and message.startswith("num_frames 33") \
         and "29 or 45" in message
     code, message = error_of(run(request(num_frames=60)))
-    assert code == "INVALID_FRAME_COUNT" and "use 45 or 61" in message
+    assert code == "INVALID_FRAME_COUNT" and "the nearest valid are 45 or 61" in message
 
 
 def test_num_frames_alone_through_the_real_tiny_pipeline(real_pipeline):
