@@ -7,6 +7,10 @@
 folder and renders on the CPU in seconds: the frames are noise-like, the code path is the real one.
 Without ``--tiny`` the models are resolved like the worker does (WORLDPLAY_MODEL_DIR, RunPod cache,
 Hugging Face cache, download when allowed).
+
+The inputs (image, camera path, output folder) are checked before any model is built. Beside the
+MP4 it saves the input image (``<out>_input.png``) and the camera path seen from above
+(``<out>_path.png``, as ``python -m pipeline.camera --plot`` draws it).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pathlib import Path
 from PIL import Image
 
 from .camera import parse_pose
-from .errors import PipelineError
+from .errors import ImageError, PipelineError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,10 +48,27 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _camera_spec(value: str):
-    path = Path(value)
-    if value.endswith(".json") and path.is_file():
-        return json.loads(path.read_text())
-    return value
+    from .camera_plot import load_spec
+
+    return load_spec(value)
+
+
+def _open_image(path: Path) -> Image.Image:
+    """The --image file, fully decoded now, so a bad file fails before any model is built."""
+    if not path.is_file():
+        raise ImageError(f"--image {str(path)!r} does not exist or is not a file")
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"--image {str(path)!r} could not be read as an image: "
+                         f"{type(exc).__name__}: {exc}") from None
+    return image
+
+
+def side_files(out: Path) -> tuple[Path, Path]:
+    """Where the input image and the path plot go beside the MP4 ``out``."""
+    return out.with_name(f"{out.stem}_input.png"), out.with_name(f"{out.stem}_path.png")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     from .video import Mp4Writer, probe_mp4
 
     try:
-        camera = parse_pose(_camera_spec(args.pose))
+        # every input first: a typo must not cost a model build
+        spec = _camera_spec(args.pose)
+        camera = parse_pose(spec, mode=args.mode)
+        image = _open_image(args.image) if args.image else None
+        if not args.out.parent.is_dir():
+            raise PipelineError(f"--out {str(args.out)!r}: folder {str(args.out.parent)!r} "
+                                "does not exist")
         with tempfile.TemporaryDirectory() as tmp:
             if args.tiny:
                 from .resolve import layout_paths
@@ -70,9 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 kwargs = {"model_dir": args.model_dir} if args.model_dir else {}
                 pipe = WorldPlayPipeline.from_paths(resolve_models((args.mode,), **kwargs))
-            if args.image:
-                image = Image.open(args.image)
-            else:
+            if image is None:
                 from .bench import demo_image
 
                 image = demo_image(832, 480)
@@ -89,8 +114,15 @@ def main(argv: list[str] | None = None) -> int:
                     on_frames=writer.write,
                 )
         info = probe_mp4(args.out)
+        input_png, path_png = side_files(args.out)
+        image.convert("RGB").save(input_png)
+        from .camera_plot import plot_path
+
+        plot_path(spec, path_png, mode=args.mode,
+                  title=args.pose if isinstance(spec, str) else Path(args.pose).name)
         print(json.dumps({
-            "out": str(args.out), "codec": info.codec, "width": info.width, "height": info.height,
+            "out": str(args.out), "input_image": str(input_png), "path_plot": str(path_png),
+            "codec": info.codec, "width": info.width, "height": info.height,
             "num_frames": info.num_frames, "fps": float(info.fps), "seconds": round(time.perf_counter() - started, 2),
             "timings": result.timings,
         }, indent=2))

@@ -49,6 +49,28 @@ _KEY_PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]*$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _DATA_URL_RE = re.compile(r"^data:image/(png|jpeg|jpg|webp);base64,", re.IGNORECASE)
 
+# JSON Schema of one action-list item (the camera parser, pipeline.camera, does the checking;
+# this documents it for `python -m schemas` users).
+ACTION_ITEM_SCHEMA: Dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["key"],
+    "oneOf": [{"required": ["moves"]}, {"required": ["latents"]}],
+    "properties": {
+        "key": {"type": "string", "description": "w, s, a, d, up, down, left, right; several "
+                                                 "held together joined with '+', e.g. 'w+left'"},
+        "moves": {"type": "integer", "minimum": 1,
+                  "description": "moves of this action, 1 latent (4 frames) each; the start latent "
+                                 "is extra, so moves adding up to 31 give 125 frames"},
+        "latents": {"type": "integer", "minimum": 1, "deprecated": True,
+                    "description": "deprecated old name of 'moves' (same meaning)"},
+        "speed": {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
+                  "description": "scene units per move for w/s/a/d (default 0.08)"},
+        "degrees": {"type": "number", "exclusiveMinimum": 0, "maximum": 30,
+                    "description": "degrees per move for up/down/left/right (default 3)"},
+    },
+}
+
 IMAGE_FIELDS = ("image_key", "image_url", "image_base64")
 CAMERA_FIELDS = ("pose", "pose_key", "pose_json", "actions")
 
@@ -91,8 +113,19 @@ class OutputOptions(_Strict):
         return v
 
 
+def _legacy_alias_schema(schema: Dict[str, Any]) -> None:
+    # JSON Schema shows validation aliases only by their first name; keep the legacy one valid.
+    props = schema.get("properties", {})
+    if "image_key" in props:
+        props["input_image_minio_path"] = {**props["image_key"], "title": "Input Image Minio Path",
+                                           "description": "Legacy alias of image_key.",
+                                           "deprecated": True}
+
+
 class JobInput(_Strict):
     """A generation request: prompt + one image source + one camera source."""
+
+    model_config = ConfigDict(json_schema_extra=_legacy_alias_schema)
 
     prompt: str = Field(..., max_length=MAX_PROMPT_CHARS,
                         description="What the scene looks like (required, non-empty).")
@@ -112,22 +145,31 @@ class JobInput(_Strict):
                     "decoded.")
 
     pose: Optional[str] = Field(None, max_length=MAX_POSE_STRING_CHARS,
-                                description='Pose string, e.g. "w-31" (default) or "w-15, right-16". '
-                                            "N counts latents (4 frames each).")
+                                description='Pose string, e.g. "w-31" or "w-15, right-16": '
+                                            "KEY-N moves N latents (4 frames each) after the "
+                                            'start latent, so "w-31" is 32 latents = 125 '
+                                            'frames. Default: "w-31", or forward for '
+                                            "num_frames when that is given.")
     pose_key: Optional[str] = Field(None, max_length=MAX_KEY_CHARS,
                                     description="Object key of a pose JSON in the bucket.")
     pose_json: Optional[Dict[str, Any]] = Field(
-        None, description='Inline pose JSON: {"0": {"extrinsic": 4x4 c2w, "K": 3x3}, ...}.')
+        None, description='Inline pose JSON: {"0": {"extrinsic": 4x4 c2w, "K": 3x3}, ...}, one '
+                          "entry per latent, the start included (32 entries = 125 frames).")
     actions: Optional[List[Dict[str, Any]]] = Field(
         None, min_length=1, max_length=MAX_ACTIONS,
-        description='Keyboard actions: [{"key": "w", "latents": 8, "speed": 0.12}, ...].')
+        description='Keyboard actions: [{"key": "w", "moves": 15, "speed": 0.12}, ...]; "moves" '
+                    "counts moves like the pose string (the start latent is extra); "
+                    '"latents" is its deprecated old name.',
+        json_schema_extra={"items": ACTION_ITEM_SCHEMA})
 
     mode: Literal["ar", "bidirectional"] = Field(
         "ar", description="ar: distilled autoregressive (4 steps); bidirectional: 30 steps + CFG.")
     num_frames: Optional[int] = Field(
         None, ge=1, le=MAX_FRAMES,
-        description="Optional check: must equal the frames the camera path gives "
-                    "(4*(latents-1)+1; ar needs latents % 4 == 0, bidirectional % 16 == 0).")
+        description="Frames of the video: must equal the frames the camera path gives "
+                    "(4*(latents-1)+1; ar needs latents % 4 == 0: 13, 29, 45, 61, ...; "
+                    "bidirectional % 16 == 0: 61, 125, ...). With no camera field the default "
+                    "path is straight forward for this many frames.")
     num_inference_steps: Optional[int] = Field(None, ge=1, le=MAX_STEPS,
                                                description="Default 4 (ar) / 30 (bidirectional).")
     guidance_scale: Optional[float] = Field(None, ge=1.0, le=20.0,
@@ -215,7 +257,7 @@ class JobInput(_Strict):
             raise ValueError("at most one of pose, pose_key, pose_json, actions may be given "
                              f"(given: {', '.join(cameras)})")
         if not cameras:
-            self.pose = DEFAULT_POSE
+            self.pose = default_pose(self.num_frames)
         return self
 
     # ---- resolved values -------------------------------------------------------------------
@@ -323,6 +365,15 @@ class ErrorOutput(BaseModel):
     refresh_worker: Optional[bool] = None
 
 
+def default_pose(num_frames: Optional[int] = None) -> str:
+    """The camera path of a request without a camera field: straight forward, ``num_frames`` long
+    when that is a ``4k+1`` count above 1 (``w-k``), else :data:`DEFAULT_POSE` (an invalid
+    ``num_frames`` is then reported by the frame-count check, in frames)."""
+    if num_frames is not None and num_frames > 1 and (num_frames - 1) % 4 == 0:
+        return f"w-{(num_frames - 1) // 4}"
+    return DEFAULT_POSE
+
+
 def strip_data_url(value: str) -> str:
     match = _DATA_URL_RE.match(value)
     return value[match.end():] if match else value
@@ -358,15 +409,38 @@ def format_validation_error(exc: ValidationError, limit: int = 8) -> str:
     return "; ".join(parts) or "invalid input"
 
 
-def json_schemas() -> dict:
-    """Input and output JSON Schemas as one document."""
-    return {
-        "input": {
-            "oneOf": [JobInput.model_json_schema(), HealthInput.model_json_schema()],
-        },
-        "output": {
-            "oneOf": [JobOutput.model_json_schema(by_alias=True),
-                      HealthOutput.model_json_schema(),
-                      ErrorOutput.model_json_schema()],
-        },
-    }
+def json_schemas(part: str = "job") -> dict:
+    """JSON Schema (draft 2020-12) built by pydantic, every ``$ref`` resolvable from its root.
+
+    ``part="job"``: a whole job, ``{"input": ...}`` (e.g. test_input.json), with ``$defs/Input``
+    (``job["input"]``: a request or a health check) and ``$defs/Output`` (what a job returns);
+    ``"input"`` / ``"output"``: just that half, as a root schema.
+    """
+    from pydantic.json_schema import models_json_schema
+
+    inputs = [(JobInput, "validation"), (HealthInput, "validation")]
+    outputs = [(JobOutput, "serialization"), (HealthOutput, "serialization"),
+               (ErrorOutput, "serialization")]
+    if part not in ("job", "input", "output"):
+        raise ValueError(f"part must be job, input or output, got {part!r}")
+    chosen = {"job": inputs + outputs, "input": inputs, "output": outputs}[part]
+    refs, doc = models_json_schema(chosen, by_alias=True)
+    defs = doc["$defs"]
+    if part != "output":
+        defs["Input"] = {"title": "Input", "description": 'job["input"]: a generation request or '
+                                                         "a health check.",
+                         "anyOf": [refs[item] for item in inputs]}
+    if part != "input":
+        defs["Output"] = {"title": "Output", "description": "What a job returns.",
+                          "anyOf": [refs[item] for item in outputs]}
+    root: Dict[str, Any] = {"$schema": "https://json-schema.org/draft/2020-12/schema"}
+    if part == "job":
+        root.update(title="WorldPlay worker job",
+                    description='A job as sent to /run or /runsync: {"input": ...}. '
+                                "#/$defs/Input is job[\"input\"], #/$defs/Output the output.",
+                    type="object", properties={"input": {"$ref": "#/$defs/Input"}},
+                    required=["input"])
+    else:
+        root["$ref"] = f"#/$defs/{part.capitalize()}"
+    root["$defs"] = defs
+    return root

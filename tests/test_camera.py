@@ -422,8 +422,9 @@ def test_num_latents_must_match():
     assert parse_pose("w-31", num_latents=32).num_latents == 32
     with pytest.raises(FrameCountError) as exc:
         parse_pose("w-31", num_latents=29)
-    assert "32 latents (125 frames)" in str(exc.value)
-    assert "29 latents (113 frames)" in str(exc.value)
+    # worded in the spec's units (moves), with the frames on both sides
+    assert "31 moves (32 latents with the start, 125 frames)" in str(exc.value)
+    assert "113 frames were requested" in str(exc.value) and "needs 28 moves" in str(exc.value)
 
 
 def test_max_latents():
@@ -474,13 +475,13 @@ LIST_ERRORS = [
     ([], "empty"),
     (["w"], "action 0 must be an object"),
     ([{"latents": 2}], "missing field 'key'"),
-    ([{"key": "w"}], "missing field 'latents'"),
+    ([{"key": "w"}], "missing field 'moves'"),
     ([{"key": 3, "latents": 2}], "'key' must be a string"),
     ([{"key": "w", "latents": 2}, {"key": "jump", "latents": 1}],
      "action 1 ('jump'): unknown key 'jump'"),
-    ([{"key": "w", "latents": 0}], "'latents' must be a positive integer"),
-    ([{"key": "w", "latents": 2.0}], "'latents' must be a positive integer"),
-    ([{"key": "w", "latents": True}], "'latents' must be a positive integer"),
+    ([{"key": "w", "latents": 0}], "'latents' must be a positive whole number of moves"),
+    ([{"key": "w", "latents": 2.0}], "'latents' must be a positive whole number of moves"),
+    ([{"key": "w", "latents": True}], "'latents' must be a positive whole number of moves"),
     ([{"key": "w", "latents": 2, "speed": 0}], "'speed' must be a number in (0, 1]"),
     ([{"key": "w", "latents": 2, "speed": 1.5}], "'speed' must be a number in (0, 1]"),
     ([{"key": "w", "latents": 2, "speed": float("nan")}], "'speed'"),

@@ -203,12 +203,15 @@ def test_python_m_schemas_prints_both_schemas():
     out = subprocess.run([sys.executable, "-m", "schemas"], cwd=REPO, capture_output=True,
                          text=True, timeout=60, check=True).stdout
     doc = json.loads(out)
-    assert set(doc) == {"input", "output"}
-    job_schema, health_schema = doc["input"]["oneOf"]
+    # the root describes a whole job; the halves sit in the root's $defs (every $ref resolves)
+    assert doc["properties"]["input"] == {"$ref": "#/$defs/Input"} and doc["required"] == ["input"]
+    defs = doc["$defs"]
+    job_schema, health_schema = defs["JobInput"], defs["HealthInput"]
+    assert [r["$ref"] for r in defs["Input"]["anyOf"]] == ["#/$defs/JobInput", "#/$defs/HealthInput"]
     assert "prompt" in job_schema["properties"] and job_schema["additionalProperties"] is False
     assert job_schema["required"] == ["prompt"]
     assert "health" in health_schema["properties"]
-    outputs = {s["title"]: s for s in doc["output"]["oneOf"]}
-    assert {"JobOutput", "HealthOutput", "ErrorOutput"} <= set(outputs)
-    timings = outputs["JobOutput"]["$defs"]["Timings"]["properties"]
-    assert "validate" in timings and "presigned_url" in outputs["JobOutput"]["properties"]
+    assert {r["$ref"] for r in defs["Output"]["anyOf"]} == {
+        "#/$defs/JobOutput", "#/$defs/HealthOutput", "#/$defs/ErrorOutput"}
+    timings = defs["Timings"]["properties"]
+    assert "validate" in timings and "presigned_url" in defs["JobOutput"]["properties"]

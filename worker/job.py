@@ -339,9 +339,10 @@ def camera_spec(req: "schemas.JobInput") -> Any:
 def parse_camera(req: "schemas.JobInput", spec: Any):
     camera = _camera_api()
     num_latents = None
-    if req.num_frames is not None:
-        num_latents = camera.frames_to_latents(req.num_frames)
-    traj = camera.parse_pose(spec, num_latents=num_latents)
+    if req.num_frames is not None:  # checked first, so its error speaks in frames
+        num_latents = camera.check_frame_count(req.num_frames, req.mode)
+    # errors in the units the spec was written in (pose string / action moves, pose JSON entries)
+    traj = camera.parse_pose(spec, num_latents=num_latents, mode=req.mode)
     if num_latents is not None and traj.num_latents != num_latents:  # defensive
         raise WorkerError("INVALID_FRAME_COUNT",
                           f"num_frames {req.num_frames} does not match the camera path "
