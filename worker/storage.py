@@ -318,72 +318,11 @@ def _describe(exc: Optional[BaseException]) -> str:
 
 
 # ---- image_url fetch --------------------------------------------------------------------------
-def fetch_url(url: str, max_bytes: int, *, retry: RetryPolicy = RetryPolicy(attempts=3),
-              connect_timeout: float = 5.0, read_timeout: float = 30.0,
-              max_redirects: int = 5) -> bytes:
-    """GET an http(s) URL with timeouts, streaming, a byte cap and bounded retries on
-    connection errors / 5xx. Errors: IMAGE_DOWNLOAD_FAILED, INVALID_IMAGE (too large)."""
-    import requests
-    from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+def fetch_url(url: str, max_bytes: int, **kwargs) -> bytes:
+    """The SSRF-safe, bounded ``image_url`` download; it lives in :mod:`worker.fetch`."""
+    from worker.fetch import fetch_url as _fetch
 
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise WorkerError("INVALID_INPUT", "image_url must be an http:// or https:// URL")
-    shown = f"{parsed.scheme}://{parsed.netloc.rsplit('@', 1)[-1]}{parsed.path}"[:200]
-
-    class _Transient(Exception):
-        pass
-
-    def _once() -> bytes:
-        with requests.Session() as session:
-            session.max_redirects = max_redirects
-            try:
-                resp = session.get(url, stream=True, timeout=(connect_timeout, read_timeout),
-                                   headers={"User-Agent": "worldplay-worker"})
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                raise _Transient(type(exc).__name__) from None
-            except requests.TooManyRedirects:
-                raise WorkerError("IMAGE_DOWNLOAD_FAILED",
-                                  f"{shown}: more than {max_redirects} redirects") from None
-            except requests.RequestException as exc:
-                raise WorkerError("IMAGE_DOWNLOAD_FAILED",
-                                  f"{shown}: {type(exc).__name__}") from None
-            with resp:
-                final = urlparse(resp.url)
-                if final.scheme not in ("http", "https"):
-                    raise WorkerError("IMAGE_DOWNLOAD_FAILED", f"{shown}: redirected off http(s)")
-                if resp.status_code >= 500 or resp.status_code in (408, 429):
-                    raise _Transient(f"HTTP {resp.status_code}")
-                if resp.status_code != 200:
-                    raise WorkerError("IMAGE_DOWNLOAD_FAILED",
-                                      f"{shown} answered HTTP {resp.status_code}")
-                declared = resp.headers.get("Content-Length")
-                if declared and declared.isdigit() and int(declared) > max_bytes:
-                    raise WorkerError("INVALID_IMAGE", f"image at {shown} is {int(declared)} "
-                                                       f"bytes; the limit is {max_bytes} bytes")
-                chunks, total = [], 0
-                try:
-                    for chunk in resp.iter_content(64 * 1024):
-                        total += len(chunk)
-                        if total > max_bytes:
-                            raise WorkerError("INVALID_IMAGE", f"image at {shown} exceeds the "
-                                                               f"limit of {max_bytes} bytes")
-                        chunks.append(chunk)
-                except (requests.ConnectionError, requests.Timeout) as exc:
-                    raise _Transient(type(exc).__name__) from None
-                return b"".join(chunks)
-
-    try:
-        for attempt in Retrying(stop=stop_after_attempt(max(1, retry.attempts)),
-                                wait=wait_exponential(multiplier=retry.initial, max=retry.maximum),
-                                retry=retry_if_exception(lambda e: isinstance(e, _Transient)),
-                                reraise=True):
-            with attempt:
-                return _once()
-    except _Transient as exc:
-        raise WorkerError("IMAGE_DOWNLOAD_FAILED",
-                          f"{shown} failed after {retry.attempts} attempts: {exc}") from None
-    raise AssertionError("unreachable")  # pragma: no cover
+    return _fetch(url, max_bytes, **kwargs)
 
 
 def _fetch_url_method(self, url: str, max_bytes: int) -> bytes:
