@@ -10,6 +10,8 @@ Configuration (environment):
   MINIO_PUBLIC_ENDPOINT  optional host:port or URL used only to sign presigned URLs, for when
                          clients reach MinIO under another name than the worker does
   MINIO_RETRY_ATTEMPTS   attempts per operation for transient failures (default 4)
+  MINIO_UPLOAD_RETRY_SECONDS  how long the upload of a finished video keeps retrying transient
+                         failures (default 120, exponential backoff with jitter)
 
 Transient failures (connection errors, timeouts, HTTP 5xx, SlowDown) are retried with a short
 exponential backoff; NoSuchKey, NoSuchBucket and AccessDenied fail at once with a clear code.
@@ -20,6 +22,8 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import random
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple, TypeVar
 from urllib.parse import urlparse
@@ -92,6 +96,28 @@ def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, InvalidResponseError):
         return (getattr(exc, "_code", 0) or 0) >= 500
     return isinstance(exc, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError))
+
+
+UPLOAD_RETRY_ENV = "MINIO_UPLOAD_RETRY_SECONDS"
+DEFAULT_UPLOAD_WINDOW = 120.0
+UPLOAD_BACKOFF_INITIAL = 1.0
+UPLOAD_BACKOFF_MAX = 15.0
+
+
+def upload_window(env=None) -> float:
+    """Seconds an upload keeps retrying (``MINIO_UPLOAD_RETRY_SECONDS``; default 120, 0 = one try)."""
+    env = os.environ if env is None else env
+    raw = (env.get(UPLOAD_RETRY_ENV) or "").strip()
+    if not raw:
+        return DEFAULT_UPLOAD_WINDOW
+    try:
+        value = float(raw)
+        if not 0 <= value <= 3600:
+            raise ValueError
+    except ValueError:
+        raise WorkerError("STORAGE_NOT_CONFIGURED",
+                          f"{UPLOAD_RETRY_ENV} must be a number of seconds in 0..3600") from None
+    return value
 
 
 class Storage:
@@ -283,9 +309,48 @@ class Storage:
         self._call("put", key, lambda: self._client.put_object(
             self.bucket, key, io.BytesIO(data), len(data), content_type=content_type))
 
-    def put_file(self, key: str, path, content_type: str = "application/octet-stream") -> None:
-        self._call("put", key, lambda: self._client.fput_object(
-            self.bucket, key, str(path), content_type=content_type))
+    # the upload of a finished video: minutes of GPU work stand behind it
+    _sleep = staticmethod(time.sleep)
+    _clock = staticmethod(time.monotonic)
+
+    def put_file(self, key: str, path, content_type: str = "application/octet-stream", *,
+                 window: Optional[float] = None) -> None:
+        """Store a local file as one object with a single PUT (S3 makes it visible whole or not at
+        all, so a failed attempt never leaves a partial object). Transient failures are retried for
+        ``window`` seconds (default ``MINIO_UPLOAD_RETRY_SECONDS``) with exponential backoff and
+        jitter; the caller keeps the file until this returns."""
+        from minio.helpers import MAX_PART_SIZE, MIN_PART_SIZE
+
+        size = os.path.getsize(path)
+        # one part up to 5 GiB: a single PUT; above that minio's multipart upload aborts on failure
+        part_size = max(size, MIN_PART_SIZE) if size <= MAX_PART_SIZE else 0
+        window = upload_window() if window is None else float(window)
+        self._call_window("put", key, lambda: self._client.fput_object(
+            self.bucket, key, str(path), content_type=content_type, part_size=part_size), window)
+
+    def _call_window(self, what: str, key: str, fn: Callable[[], T], window: float) -> T:
+        start = self._clock()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return fn()
+            except WorkerError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - mapped to a code below
+                if not _is_transient(exc):
+                    raise self._map(exc, what, key) from None
+                left = window - (self._clock() - start)
+                if left <= 0:
+                    where = f"s3://{self.bucket}/{key}"
+                    raise WorkerError("STORAGE_UNAVAILABLE",
+                                      f"{what} {where} failed after {attempt} attempts over "
+                                      f"{window:g} s: {_describe(exc)}") from None
+                backoff = min(UPLOAD_BACKOFF_MAX, UPLOAD_BACKOFF_INITIAL * 2 ** (attempt - 1))
+                delay = min(left, backoff / 2 + random.uniform(0, backoff / 2))  # equal jitter
+                log.warning("storage %s failed (attempt %d, %.0f s of %g s left): %s; retrying in "
+                            "%.1f s", what, attempt, left, window, _describe(exc), delay)
+                self._sleep(delay)
 
     def remove(self, key: str) -> None:
         self._call("remove", key, lambda: self._client.remove_object(self.bucket, key))
