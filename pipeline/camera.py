@@ -406,7 +406,7 @@ def _too_many(total_latents: int, where: str) -> FrameCountError:
 # --------------------------------------------------------------------------------------------
 
 _SEGMENT = re.compile(r"^(?P<key>[^-]*?)\s*-\s*(?P<count>.*)$", re.DOTALL)
-_DIGITS = re.compile(r"^\+?\d+$")
+_DIGITS = re.compile(r"\+?[0-9]+")  # ASCII digits only (\d also matches e.g. Arabic-Indic ones)
 
 
 def _parse_string(text: str) -> list[tuple[float, float, float, float]]:

@@ -79,6 +79,9 @@ def _check_url_syntax(url: str) -> None:
         raise ValueError(f"image_url is not a valid URL ({exc})") from None
     if not host:
         raise ValueError("image_url has no host")
+    hostport = parts.netloc.rsplit("@", 1)[-1]
+    if hostport.startswith("[") and not re.fullmatch(r"\[[^\]]*\](:[0-9]*)?", hostport):
+        raise ValueError("image_url is not a valid URL (text after the bracketed address)")
     if not host.isascii():
         try:
             host.encode("idna")

@@ -100,6 +100,14 @@ def forbidden_reason(address: str) -> Optional[str]:
     return None
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
+
+
 def resolve(host: str, port: int) -> List[str]:
     """Every address ``host`` resolves to, in the resolver's order (one lookup)."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
@@ -265,7 +273,12 @@ def fetch_url(url: str, max_bytes: int, *, retry=None, connect_timeout: float = 
             if hops > max_redirects:
                 raise WorkerError("IMAGE_DOWNLOAD_FAILED",
                                   f"{first.shown}: more than {max_redirects} redirects") from None
-            target = _target(urljoin(_url_of(target), hop.location), "a redirect of image_url")
+            try:
+                joined = urljoin(_url_of(target), hop.location)
+            except ValueError:
+                raise WorkerError("IMAGE_DOWNLOAD_FAILED", f"{target.shown} redirected to an "
+                                                           "invalid URL") from None
+            target = _target(joined, "a redirect of image_url")
             attempt = 0
         except _Transient as exc:
             attempt += 1
@@ -317,7 +330,7 @@ def _addresses(target: _Target, allow_private: bool, hops: int) -> List[str]:
         for address in addresses:
             reason = forbidden_reason(address)
             if reason is not None:
-                literal = forbidden_reason(target.host) is not None  # the URL names the IP itself
+                literal = _is_ip(target.host)  # the URL names the address itself
                 shown = f"is a {reason} address" if literal else f"resolves to a {reason} address"
                 raise WorkerError("IMAGE_URL_FORBIDDEN",
                                   f"{where} host {target.host!r} {shown}; only public addresses "
