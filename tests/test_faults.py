@@ -319,6 +319,52 @@ def test_platform_cancel_frees_the_job_thread(fake_pipeline, raw_server, allow_p
     assert waited < 3.0
 
 
+def test_slow_dns_is_bounded_by_the_deadline_and_cancel(fake_pipeline, monkeypatch):
+    release = threading.Event()
+
+    def slow_resolve(host, port):
+        release.wait(10)  # a resolver that hangs
+        return ["93.184.216.34"]
+
+    monkeypatch.setattr(fetch_mod, "resolve", slow_resolve)
+    monkeypatch.setenv("WORLDPLAY_IMAGE_URL_TIMEOUT", "0.4")
+    t0 = time.monotonic()
+    out = run(url_input("http://slow-dns.example.com/a.png"))
+    assert code_of(out) == "IMAGE_DOWNLOAD_FAILED" and "longer than 0.4 s" in out["error"]
+    assert time.monotonic() - t0 < 2.0
+    monkeypatch.setenv("WORLDPLAY_IMAGE_URL_TIMEOUT", "60")
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    out = worker_job.run_job({"id": "d", "input": url_input("http://slow-dns.example.com/a.png")},
+                             cancel_event=cancel)
+    assert code_of(out) == "CANCELLED"
+    release.set()
+
+
+def test_https_handshake_failure_is_a_download_failure(fake_pipeline, allow_private_urls):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+
+    def plain_http():  # answers the TLS ClientHello with plain HTTP
+        for _ in range(3):
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=plain_http, daemon=True).start()
+    try:
+        out = run(url_input(f"https://localhost:{listener.getsockname()[1]}/a.png"))
+    finally:
+        listener.close()
+    assert code_of(out) == "IMAGE_DOWNLOAD_FAILED" and "TLS" in out["error"], out
+    assert "refresh_worker" not in out
+
+
 def test_cancel_between_retries(fake_pipeline, raw_server, allow_private_urls):
     server = raw_server(lambda conn, data, s: conn.sendall(
         b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
@@ -516,6 +562,24 @@ def test_disk_full_while_writing_the_video(fake_pipeline, monkeypatch, tmp_path)
     # the job's temp dir is gone and the next job is fine
     assert list(tmpdir.iterdir()) == []
     assert "error" not in run(base_input())
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux /dev/full")
+def test_disk_full_with_the_real_pipeline(real_pipeline, monkeypatch):
+    import tempfile
+
+    real_mkdtemp = tempfile.mkdtemp
+
+    def mkdtemp(*args, **kwargs):
+        path = real_mkdtemp(*args, **kwargs)
+        os.symlink("/dev/full", os.path.join(path, "video.mp4"))
+        return path
+
+    monkeypatch.setattr(worker_job.tempfile, "mkdtemp", mkdtemp)
+    before = _open_fds()
+    out = run(base_input(pose="w-3"))
+    assert code_of(out) == "DISK_FULL" and out["refresh_worker"] is True
+    assert {fd: t for fd, t in _open_fds().items() if fd not in before and "full" in t} == {}
 
 
 def test_mp4_writer_abort_releases_the_file_when_close_fails(tmp_path):

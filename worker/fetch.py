@@ -263,7 +263,7 @@ def fetch_url(url: str, max_bytes: int, *, retry=None, connect_timeout: float = 
     attempt = 0
     while True:
         _stop_if(cancel_event, end, deadline, target)
-        addresses = _addresses(target, allow_private, hops)
+        addresses = _addresses(target, allow_private, hops, end, deadline, cancel_event)
         try:
             return _get(target, addresses, max_bytes, end, deadline, cancel_event,
                         connect_timeout, read_timeout,
@@ -288,8 +288,10 @@ def fetch_url(url: str, max_bytes: int, *, retry=None, connect_timeout: float = 
             delay = min(float(retry.maximum), float(retry.initial) * 2 ** (attempt - 1))
             delay = random.uniform(delay / 2, delay)
             log.info("image_url %s: %s; retrying in %.2f s", target.shown, exc, delay)
-            if delay >= end - time.monotonic():
-                _stop_if(None, 0.0, deadline, target)  # raises: no time left for another try
+            if delay >= end - time.monotonic():  # no time left for another try
+                raise WorkerError("IMAGE_DOWNLOAD_FAILED",
+                                  f"{target.shown} failed ({exc}) and the {deadline:g} s deadline "
+                                  f"({DEADLINE_ENV}) leaves no time to retry") from None
             if cancel_event is not None:
                 cancel_event.wait(delay)
             else:
@@ -313,10 +315,34 @@ def _stop_if(cancel_event, end: float, deadline: float, target: _Target) -> None
                                                    f"{deadline:g} s ({DEADLINE_ENV})")
 
 
-def _addresses(target: _Target, allow_private: bool, hops: int) -> List[str]:
+def _resolve_bounded(target: _Target, end: float, deadline: float, cancel_event) -> List[str]:
+    """``resolve`` on a helper thread, so that a slow DNS server cannot outlast the deadline or the
+    job's cancellation (the thread itself ends with the resolver's own timeout)."""
+    result: dict = {}
+
+    def work() -> None:
+        try:
+            result["value"] = resolve(target.host, target.port)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            result["error"] = exc
+
+    thread = threading.Thread(target=work, name="image-url-resolve", daemon=True)
+    thread.start()
+    while True:
+        thread.join(_WATCH_INTERVAL)
+        if not thread.is_alive():
+            break
+        _stop_if(cancel_event, end, deadline, target)
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def _addresses(target: _Target, allow_private: bool, hops: int, end: float, deadline: float,
+               cancel_event) -> List[str]:
     where = "image_url" if hops == 0 else "a redirect of image_url"
     try:
-        addresses = resolve(target.host, target.port)
+        addresses = _resolve_bounded(target, end, deadline, cancel_event)
     except socket.gaierror as exc:
         raise WorkerError("IMAGE_DOWNLOAD_FAILED",
                           f"{target.shown}: host {target.host!r} could not be resolved "
