@@ -91,8 +91,7 @@ __all__ = [
 # Constants
 # --------------------------------------------------------------------------------------------
 
-MAX_LATENTS = 1024
-"""Upper bound on the latents of one trajectory (4093 frames), an abuse guard."""
+from pipeline.limits import MAX_LATENTS  # noqa: E402 - the one length limit (256 latents, 1021 frames)
 
 FRAMES_PER_LATENT = 4
 
@@ -553,7 +552,7 @@ def _too_many(total_latents: int, where: str) -> FrameCountError:
 # --------------------------------------------------------------------------------------------
 
 _SEGMENT = re.compile(r"^(?P<key>[^-]*?)\s*-\s*(?P<count>.*)$", re.DOTALL)
-_DIGITS = re.compile(r"^\+?\d+$")
+_DIGITS = re.compile(r"\+?[0-9]+")  # ASCII digits only (\d also matches e.g. Arabic-Indic ones)
 
 
 def _parse_string(text: str) -> list[tuple[float, float, float, float]]:
@@ -566,7 +565,7 @@ def _parse_string(text: str) -> list[tuple[float, float, float, float]]:
             raise PoseSpecError(
                 f"pose string segment {index} is empty (stray comma?) in {text.strip()!r}"
             )
-        match = _SEGMENT.match(segment)
+        match = _SEGMENT.fullmatch(segment)
         if match is None:
             raise PoseSpecError(f"pose segment {segment!r} is not KEY-COUNT, e.g. 'w-8'")
         key = match["key"].strip().lower()
@@ -580,7 +579,7 @@ def _parse_string(text: str) -> list[tuple[float, float, float, float]]:
             raise PoseSpecError(
                 f"pose segment {segment!r}: count must be a positive whole number of moves"
             )
-        if not _DIGITS.match(count_text):
+        if not _DIGITS.fullmatch(count_text):
             raise PoseSpecError(
                 f"pose segment {segment!r}: count {count_text!r} is not a whole number of moves"
             )

@@ -334,7 +334,8 @@ class WorldPlayPipeline:
         need_text_encoder = any(not self.encoders.is_cached(p) for p in prompts)
         with timer.stage("encode_prompt"), self._text_encoder_on_device(need_text_encoder):
             positive = self._conditioning(request.prompt, image, width, height)
-            negative = self._conditioning(request.negative_prompt, image, width, height) if use_cfg else None
+            negative = (self._conditioning(request.negative_prompt, image, width, height, negative=True)
+                        if use_cfg else None)
 
         num_latents = request.camera.num_latents
         _, channels, _, h, w = image_latent.shape
@@ -400,14 +401,21 @@ class WorldPlayPipeline:
             timings=timer.timings,
         )
 
-    def _conditioning(self, prompt: str, image: Image.Image, width: int, height: int) -> Conditioning:
+    def _conditioning(
+        self, prompt: str, image: Image.Image, width: int, height: int, *, negative: bool = False
+    ) -> Conditioning:
+        """The branch's conditioning. The negative (CFG) branch gets an empty byT5 input (zeros, mask 0)
+        whatever its prompt quotes, as upstream HY-WorldPlay does: glyph text only steers towards."""
         embeds = self.encoders.encode_prompt(prompt)
         vision = self.encoders.encode_image(image, width, height)
+        byt5, byt5_mask = embeds.byt5, embeds.byt5_mask
+        if negative:
+            byt5, byt5_mask = torch.zeros_like(byt5), torch.zeros_like(byt5_mask)
         return Conditioning(
             text=embeds.text,
             text_mask=embeds.text_mask,
-            byt5=embeds.byt5,
-            byt5_mask=embeds.byt5_mask,
+            byt5=byt5,
+            byt5_mask=byt5_mask,
             vision=vision,
         )
 

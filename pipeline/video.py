@@ -121,6 +121,7 @@ class Mp4Writer:
         self.preset = str(preset)
         self.threads = int(threads) if threads else (os.cpu_count() or 1)
         self._container = None
+        self._file = None  # the open output file: ours, so it is closed even if FFmpeg fails
         self._stream = None
         self._size: Optional[tuple] = None  # (width, height) as encoded
         self._src_size: Optional[tuple] = None
@@ -182,6 +183,8 @@ class Mp4Writer:
                 self._container.mux(packet)
             self._container.close()
             self._container = None
+            self._file.close()
+            self._file = None
             self.encode_seconds += time.perf_counter() - t0
         except BaseException:
             self.abort()
@@ -217,6 +220,14 @@ class Mp4Writer:
             except Exception:  # noqa: BLE001 - best effort on an already failing path
                 pass
             self._container = None
+        if self._file is not None:
+            # PyAV leaves its own file handle open when the header write fails (disk full), so the
+            # writer opens the file itself and always closes it here.
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
         try:
             self.path.unlink()
         except FileNotFoundError:
@@ -253,7 +264,9 @@ class Mp4Writer:
         import av
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        container = av.open(str(self.path), mode="w", format="mp4",
+        # w+b: +faststart reads the file back to move the index in front
+        self._file = open(self.path, "w+b", buffering=0)  # AVIO buffers; a raw file never re-fails
+        container = av.open(self._file, mode="w", format="mp4",
                             options={"movflags": "+faststart"})
         try:
             stream = container.add_stream("libx264", rate=self.fps)

@@ -21,6 +21,8 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.limits import MAX_FRAMES, MAX_LATENTS
+
 # ---- limits ---------------------------------------------------------------------------------
 MAX_PROMPT_CHARS = 2000
 MAX_IMAGE_BYTES = 7 * 1024 * 1024  # decoded; keeps a /run payload (10 MB, base64) under the cap
@@ -30,10 +32,10 @@ MAX_BASE64_CHARS = math.ceil(MAX_IMAGE_BYTES / 3) * 4 + 256  # + room for a data
 MAX_KEY_CHARS = 1024
 MAX_URL_CHARS = 2048
 MAX_POSE_STRING_CHARS = 4000
-MAX_POSE_ENTRIES = 1024
-MAX_ACTIONS = 1024
+MAX_POSE_ENTRIES = MAX_LATENTS  # one pose per latent
+MAX_ACTIONS = MAX_LATENTS  # each action moves at least one latent
 MAX_POSE_JSON_BYTES = 2 * 1024 * 1024
-MAX_FRAMES = 1021  # 256 latents
+# MAX_FRAMES (1021 frames = MAX_LATENTS 256): pipeline.limits, shared with the camera parser
 MAX_STEPS = 100
 MAX_SEED = 2**32 - 1
 RANDOM_SEED_MAX = 2**31 - 1
@@ -87,6 +89,28 @@ def _check_object_key(value: str, what: str) -> str:
     return value
 
 
+def _check_url_syntax(url: str) -> None:
+    """A parsable URL with a host and a valid port (the fetch decides which hosts are allowed)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+        host = parts.hostname
+    except ValueError as exc:
+        raise ValueError(f"image_url is not a valid URL ({exc})") from None
+    if not host:
+        raise ValueError("image_url has no host")
+    hostport = parts.netloc.rsplit("@", 1)[-1]
+    if hostport.startswith("[") and not re.fullmatch(r"\[[^\]]*\](:[0-9]*)?", hostport):
+        raise ValueError("image_url is not a valid URL (text after the bracketed address)")
+    if not host.isascii():
+        try:
+            host.encode("idna")
+        except UnicodeError:
+            raise ValueError("image_url has an invalid host name") from None
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
@@ -105,7 +129,7 @@ class OutputOptions(_Strict):
     @classmethod
     def _prefix(cls, v: str) -> str:
         v = v.strip("/")
-        if not v or not _KEY_PREFIX_RE.match(v):
+        if not v or not _KEY_PREFIX_RE.fullmatch(v):  # fullmatch: '$' also matches before \n
             raise ValueError("key_prefix may only contain letters, digits and . _ - / "
                              "and must start with a letter or digit")
         if any(part in ("..", ".", "") for part in v.split("/")):
@@ -210,6 +234,7 @@ class JobInput(_Strict):
             raise ValueError("image_url must be an http:// or https:// URL")
         if _CONTROL_RE.search(v) or " " in v:
             raise ValueError("image_url must not contain spaces or control characters")
+        _check_url_syntax(v)
         return v
 
     @field_validator("image_base64")

@@ -303,13 +303,14 @@ def load_image(data: bytes, source: str = "image"):
                                            f"{type(exc).__name__}") from None
 
 
-def fetch_image(req: "schemas.JobInput"):
+def fetch_image(req: "schemas.JobInput", cancel_event: Optional[threading.Event] = None):
     if req.image_base64 is not None:
         return load_image(decode_base64_image(req.image_base64), "image_base64")
     if req.image_url is not None:
-        from worker.storage import fetch_url
+        from worker.fetch import fetch_url  # public addresses only, deadline, honours cancel
 
-        return load_image(fetch_url(req.image_url, schemas.MAX_IMAGE_BYTES), "image_url")
+        return load_image(fetch_url(req.image_url, schemas.MAX_IMAGE_BYTES,
+                                    cancel_event=cancel_event), "image_url")
     data = get_storage().get_bytes(req.image_key, schemas.MAX_IMAGE_BYTES)
     return load_image(data, f"image_key {req.image_key!r}")
 
@@ -413,7 +414,7 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
         progress.update("fetch", force=True)
         spec = camera_spec(req)
         trajectory = parse_camera(req, spec)
-        image = fetch_image(req)
+        image = fetch_image(req, cancel_event)
         stages.add("fetch", time.perf_counter() - t0)
         _check_cancel(cancel_event, "loading")
 
