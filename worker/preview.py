@@ -198,15 +198,16 @@ class LivePreview:
                 item = self._queue.get()
                 if item is _END:
                     break
-                if self.stopped:
-                    continue
-                try:
-                    self._publish(item)
-                except Exception as exc:  # noqa: BLE001 - the preview never fails the job
-                    self._stop(f"segment {item.index}: {_describe(exc)}")
+                if not self.stopped:
+                    try:
+                        self._publish(item)
+                    except Exception as exc:  # noqa: BLE001 - the preview never fails the job
+                        self._stop(f"segment {item.index}: {_describe(exc)}")
+                if self.stopped and not closed:  # ended early: players stop waiting now
                     closed = self._close_playlist()
             if not closed:
-                self.complete = self.stopped is None and self._close_playlist()
+                closed = self._close_playlist()
+            self.complete = closed and self.stopped is None
         finally:
             self._done.set()
 
