@@ -157,6 +157,7 @@ class LivePreview:
         self._entries: List[tuple] = []
         self._queue: "queue.Queue" = queue.Queue()
         self._ended = False
+        self._failed = False  # an upload failed: nothing more is published
         self._done = threading.Event()
         self.tap = HlsSegmenter(self._segment_made)
         self._thread = threading.Thread(target=self._run, name="hls-preview", daemon=True)
@@ -198,13 +199,14 @@ class LivePreview:
                 item = self._queue.get()
                 if item is _END:
                     break
-                if not self.stopped:
+                if not self._failed:  # after a full queue, what was queued still goes up
                     try:
                         self._publish(item)
                     except Exception as exc:  # noqa: BLE001 - the preview never fails the job
+                        self._failed = True
                         self._stop(f"segment {item.index}: {_describe(exc)}")
-                if self.stopped and not closed:  # ended early: players stop waiting now
-                    closed = self._close_playlist()
+                if self.stopped and not closed and self._queue.empty():
+                    closed = self._close_playlist()  # ended early: players stop waiting now
             if not closed:
                 closed = self._close_playlist()
             self.complete = closed and self.stopped is None
