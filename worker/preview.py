@@ -241,7 +241,7 @@ class LivePreview:
     def _put_playlist(self, *, ended: bool) -> None:
         text = playlist_text(self._entries, ended=ended)
         self.storage.put_bytes(self.playlist_key, text.encode("utf-8"), content_type=PLAYLIST_TYPE,
-                               headers={"Cache-Control": "no-cache"})
+                               headers={"Cache-Control": "no-store"})
 
 
 def _describe(exc: BaseException) -> str:
