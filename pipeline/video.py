@@ -99,6 +99,7 @@ class Mp4Writer:
 
     ``tap`` (optional) sees the encoded stream as it is muxed: ``tap.stream_opened(stream)`` once,
     ``tap.packet(packet)`` for each packet before it goes into the MP4 (copy what you keep) and
+    ``tap.chunk_encoded(frames_so_far)`` after each ``write``'s frames went into the encoder and
     ``tap.finished()`` after the encoder is drained on ``close`` (not on ``abort``). It runs on the
     encoding thread; if it raises, it is logged and dropped and the MP4 goes on.
     ``keyframe_each_write=True`` starts every ``write`` with an IDR frame (x264 ``forced-idr``) so
@@ -122,6 +123,7 @@ class Mp4Writer:
         max_pending: int = 4,
         tap=None,
         keyframe_each_write: bool = False,
+        tune: Optional[str] = None,
     ):
         self.path = Path(path)
         self.fps = _check_fps(fps)
@@ -146,6 +148,7 @@ class Mp4Writer:
         # closed GOP (an IDR frame), so the tap can cut independent segments at chunk boundaries
         self._tap = tap
         self.keyframe_each_write = bool(keyframe_each_write)
+        self.tune = tune  # x264 --tune (e.g. "zerolatency": no frame delay, a larger file)
         if background:
             self._queue = queue.Queue(maxsize=max(1, int(max_pending)))
             self._thread = threading.Thread(target=self._drain, name="mp4-writer", daemon=True)
@@ -285,6 +288,8 @@ class Mp4Writer:
             }
             if self.keyframe_each_write:
                 stream.options = {**stream.options, "forced-idr": "1"}
+            if self.tune:
+                stream.options = {**stream.options, "tune": str(self.tune)}
         except BaseException:
             container.close()
             raise
@@ -325,6 +330,7 @@ class Mp4Writer:
             for packet in self._stream.encode(vf):
                 self._mux(packet)
             self._count += 1
+        self._tap_call("chunk_encoded", self._count)
         self.encode_seconds += time.perf_counter() - t0
 
 

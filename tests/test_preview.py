@@ -328,3 +328,25 @@ def test_full_queue_ends_the_preview_instead_of_blocking(storage, monkeypatch, c
     assert 2 <= len(entries) <= 3  # 0, 1 (and 2 when the uploader had taken 0 already)
     assert [uri.split("?")[0].rsplit("/", 1)[1] for _, uri in entries] == [
         f"segment{i:05d}.ts" for i in range(len(entries))]
+
+
+def test_low_latency_lists_a_chunk_before_the_next_one_arrives(fake_pipeline, storage, updates,
+                                                               chunks, monkeypatch, tmp_path):
+    """WORLDPLAY_PREVIEW_LOW_LATENCY=1 (x264 zerolatency): the first chunk is playable before the
+    second is handed over (by default x264's look-ahead holds its last frames until the next)."""
+    monkeypatch.setenv("WORLDPLAY_PREVIEW_LOW_LATENCY", "1")
+    seen = {}
+
+    def before_second_chunk():
+        seen["update"] = updates.wait_for(lambda p: "preview_url" in p)
+
+    chunks.before(1, before_second_chunk)
+    out = run(job_input(pose="w-11"), "ll-1")
+    assert "error" not in out, out
+    assert seen["update"] is not None and seen["update"]["preview_segments"] == 1
+    entries, ended = parse_playlist(playlist(out["preview_url"]))
+    assert ended and [round(d * 24) for d, _ in entries] == [13, 16, 16]
+    frames = decode_segments(entries)
+    mp4 = tmp_path / "ll.mp4"
+    mp4.write_bytes(storage.get_bytes(out["minio_key"], 2**24))
+    assert np.array_equal(frames, decode_rgb(mp4)) and frames.shape[0] == 45

@@ -456,8 +456,8 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
 
         preview = live_preview.start(req, job_id, get_storage, progress)  # None when off
         # on any failure the writer aborts: queued chunks dropped, thread joined, partial file removed
-        with Mp4Writer(path, req.fps, background=True, tap=preview and preview.tap,
-                       keyframe_each_write=preview is not None) as writer:
+        with Mp4Writer(path, req.fps, background=True,
+                       **live_preview.writer_options(preview)) as writer:
             should_cancel = cancel_event.is_set if cancel_event is not None else None
             result = pipe.generate(request, callback=_callback, should_cancel=should_cancel,
                                    on_frames=_on_frames)

@@ -37,6 +37,24 @@ FINISH_TIMEOUT = 2.0  # seconds a finished job waits at most for the last playli
 _END = object()
 
 
+def low_latency() -> bool:
+    """``WORLDPLAY_PREVIEW_LOW_LATENCY=1``: x264 ``tune=zerolatency`` while the preview is on, so a
+    chunk's segment is complete as soon as the chunk is encoded (default off: a larger MP4)."""
+    from pipeline.settings import env_flag
+
+    return bool(env_flag("WORLDPLAY_PREVIEW_LOW_LATENCY", False))
+
+
+def writer_options(preview: "Optional[LivePreview]") -> dict:
+    """The ``Mp4Writer`` keyword arguments for a job with this preview (none when it is off)."""
+    if preview is None:
+        return {}
+    options = {"tap": preview.tap, "keyframe_each_write": True}
+    if low_latency():
+        options["tune"] = "zerolatency"
+    return options
+
+
 def enabled(req=None) -> bool:
     """``WORLDPLAY_PREVIEW`` (default on) and the request's ``output.preview``."""
     from pipeline.settings import env_flag
@@ -81,6 +99,12 @@ class HlsSegmenter:
         if packet.is_keyframe and self._pending:
             self._cut()
         self._pending.append((bytes(packet), packet.pts, packet.dts, bool(packet.is_keyframe)))
+
+    def chunk_encoded(self, frames_in: int) -> None:
+        """A chunk went into the encoder: if every frame so far came out (an encoder without frame
+        delay), the segment is complete now, not when the next chunk's IDR comes out."""
+        if self._pending and self.frames + len(self._pending) == frames_in:
+            self._cut()
 
     def finished(self) -> None:
         if self._pending:

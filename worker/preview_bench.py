@@ -2,6 +2,7 @@
 the tests use, which the production image does not install).
 
     python -m worker.preview_bench --paced [--first 1.42 --gap 2.9 --repeat 3]
+    WORLDPLAY_PREVIEW_LOW_LATENCY=1 python -m worker.preview_bench --paced
     python -m worker.preview_bench --tiny [--repeat 3]
 
 ``--paced``: 125 frames of 832x480 real-looking content (``pipeline.video.synthetic_pan``) handed to
@@ -61,8 +62,9 @@ def paced_once(frames, storage, workdir: Path, *, preview_on: bool, first: float
     cpu0 = time.process_time()
     preview = LivePreview(storage, f"bench/{name}/preview") if preview_on else None
     path = workdir / f"{name}.mp4"
-    with Mp4Writer(path, 24, background=True, tap=preview and preview.tap,
-                   keyframe_each_write=preview_on) as writer:
+    from worker.preview import writer_options
+
+    with Mp4Writer(path, 24, background=True, **writer_options(preview)) as writer:
         for index, chunk in enumerate(ar_chunks(frames)):
             time.sleep(first if index == 0 else gap)
             writer.write(chunk)
@@ -101,9 +103,11 @@ def paced(args) -> None:
                     runs[mode].append(paced_once(frames, storage, Path(tmp), preview_on=mode == "on",
                                                  first=args.first, gap=args.gap,
                                                  name=f"{mode}-{rep}"))
+        from worker.preview import low_latency
+
         print(f"paced: {args.frames} frames {args.width}x{args.height}, first chunk after "
               f"{args.first}s then one every {args.gap}s, {os.cpu_count()} CPUs, "
-              f"{args.repeat} runs each")
+              f"{args.repeat} runs each, low latency {'on' if low_latency() else 'off'}")
         for mode, rows in runs.items():
             med = {k: statistics.median(r[k] for r in rows) for k in
                    ("total_s", "after_last_chunk_s", "mp4_bytes", "cpu_s")}
@@ -121,7 +125,8 @@ def paced(args) -> None:
         size_off = statistics.median(r["mp4_bytes"] for r in runs["off"])
         size_on = statistics.median(r["mp4_bytes"] for r in runs["on"])
         print(f"preview cost on the total: {on - off:+.3f}s ({(on - off) / off * 100:+.2f} %); "
-              f"MP4 size {(size_on - size_off) / size_off * 100:+.1f} % (an IDR frame per chunk)")
+              f"MP4 size {(size_on - size_off) / size_off * 100:+.1f} % (an IDR frame per chunk"
+              f"{', x264 zerolatency' if low_latency() else ''})")
     finally:
         server.stop()
 
