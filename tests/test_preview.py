@@ -350,3 +350,25 @@ def test_low_latency_lists_a_chunk_before_the_next_one_arrives(fake_pipeline, st
     mp4 = tmp_path / "ll.mp4"
     mp4.write_bytes(storage.get_bytes(out["minio_key"], 2**24))
     assert np.array_equal(frames, decode_rgb(mp4)) and frames.shape[0] == 45
+
+
+def test_bidirectional_job_gets_a_preview_per_chunk(fake_pipeline, storage, monkeypatch):
+    """Bidirectional jobs finish chunks of 16 latents (61 frames, then 64): one segment each."""
+    monkeypatch.setenv("WORLDPLAY_MODES", "ar,bidirectional")
+    fake_pipeline._modes = ("ar", "bidirectional")
+    fake_pipeline.stream = False
+    plain_generate = fake_pipeline.generate
+
+    def generate(request, callback=None, should_cancel=None, on_frames=None):
+        result = plain_generate(request, callback, should_cancel, on_frames)
+        for start, end in ((0, 61), (61, 125)):  # what the bidirectional rollout hands over
+            on_frames(result.frames[start:end])
+        return result
+
+    monkeypatch.setattr(fake_pipeline, "generate", generate)
+    out = run(job_input(pose="w-31", mode="bidirectional"), "bidi-1")
+    assert "error" not in out, out
+    entries, ended = parse_playlist(playlist(out["preview_url"]))
+    assert ended and [round(d * 24) for d, _ in entries] == [61, 64]
+    assert "#EXT-X-TARGETDURATION:3" in playlist(out["preview_url"])
+    assert decode_segments(entries).shape[0] == out["num_frames"] == 125
