@@ -144,7 +144,7 @@ class Mp4Writer:
         self._queue: Optional[queue.Queue] = None
         self._thread: Optional[threading.Thread] = None
         self.encode_seconds = 0.0
-        # packet tap (live preview): see PacketTap; keyframe_each_write makes every write() start a
+        # packet tap (live preview, see above); keyframe_each_write makes every write() start a
         # closed GOP (an IDR frame), so the tap can cut independent segments at chunk boundaries
         self._tap = tap
         self.keyframe_each_write = bool(keyframe_each_write)
