@@ -270,7 +270,8 @@ def test_mp4_is_unchanged_when_the_preview_is_off(fake_pipeline, storage, tmp_pa
 
     off = run(job_input(pose="w-11", output={"preview": False}), "mp4-off")
     on = run(job_input(pose="w-11"), "mp4-on")
-    data = {name: storage.get_bytes(o["minio_key"], 2**24) for name, o in (("off", off), ("on", on))}
+    data = {name: storage.get_bytes(o["minio_key"], 2**24)
+            for name, o in (("off", off), ("on", on))}
 
     request = fake_pipeline.calls[-1]
     frames = fake_pipeline.generate(request).frames
@@ -294,7 +295,7 @@ def test_mp4_is_unchanged_when_the_preview_is_off(fake_pipeline, storage, tmp_pa
     assert errors["on"] <= errors["off"] * 1.25 + 0.25, errors
 
 
-# ---- units ----------------------------------------------------------------------------------------
+# ---- units -------------------------------------------------------------------------------------
 def test_playlist_text():
     text = live_preview.playlist_text([(13 / 24, "http://s/a.ts?x=1"), (16 / 24, "http://s/b.ts")],
                                       ended=False)
@@ -372,3 +373,27 @@ def test_bidirectional_job_gets_a_preview_per_chunk(fake_pipeline, storage, monk
     assert ended and [round(d * 24) for d, _ in entries] == [61, 64]
     assert "#EXT-X-TARGETDURATION:3" in playlist(out["preview_url"])
     assert decode_segments(entries).shape[0] == out["num_frames"] == 125
+
+
+def test_first_segment_update_is_not_throttled_away(monkeypatch):
+    """The first segment's update goes out inside the throttle window; later counts ride along."""
+    sent = []
+    clock = {"t": 100.0}
+    monkeypatch.setattr(worker_job.time, "monotonic", lambda: clock["t"])
+    rep = worker_job.ProgressReporter({"id": "j"}, interval=1.0, enabled=True,
+                                      sender=lambda job, payload: sent.append(payload))
+    rep.update("denoising", 3, 16)
+    clock["t"] = 100.1
+    rep.attach(force=True, preview_url="https://s/p.m3u8", preview_segments=1)
+    clock["t"] = 100.2
+    rep.attach(preview_url="https://s/p.m3u8", preview_segments=2)  # throttled, kept for later
+    rep.update("denoising", 4, 16)
+    clock["t"] = 101.3
+    rep.update("denoising", 5, 16)
+    assert sent == [
+        {"stage": "denoising", "step": 3, "total": 16},
+        {"stage": "denoising", "step": 3, "total": 16, "preview_url": "https://s/p.m3u8",
+         "preview_segments": 1},
+        {"stage": "denoising", "step": 5, "total": 16, "preview_url": "https://s/p.m3u8",
+         "preview_segments": 2},
+    ]

@@ -45,7 +45,8 @@ REPORTER = """<script>
   v.addEventListener("timeupdate", function () { if (v.currentTime > 0) { report("playing"); } });
   v.addEventListener("ended", function () { report("ended"); });
   setInterval(function () {
-    var b = v.buffered.length ? v.buffered.start(0) + "-" + v.buffered.end(v.buffered.length - 1) : "";
+    var n = v.buffered.length;
+    var b = n ? v.buffered.start(0) + "-" + v.buffered.end(n - 1) : "";
     report("tick", {buffered: b, paused: v.paused, readyState: v.readyState,
                     ranges: v.buffered.length});
   }, 1000);
@@ -186,7 +187,8 @@ def test_chromium_plays_the_live_preview_while_the_job_runs(chromium, real_pipel
         browser = subprocess.Popen(
             [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
              "--no-first-run", "--no-default-browser-check", "--mute-audio",
-             "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={tmp_path / 'profile'}",
+             "--autoplay-policy=no-user-gesture-required",
+             f"--user-data-dir={tmp_path / 'profile'}",
              page],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         runner.join(WAIT * 2)

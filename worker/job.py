@@ -218,7 +218,7 @@ class ProgressReporter:
                 log.debug("progress update failed: %s", type(exc).__name__)
 
     def attach(self, force: bool = False, **fields) -> None:
-        """Add ``fields`` to this and every later update; ``force`` sends one now (current stage)."""
+        """Add ``fields`` to this and every later update; ``force``: send one now (same stage)."""
         with self._lock:
             self.extra.update(fields)
             stage, step, total = self._current

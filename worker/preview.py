@@ -134,7 +134,8 @@ class HlsSegmenter:
 
     @property
     def _frame_duration(self) -> Fraction:
-        rate = getattr(self._template, "average_rate", None) or getattr(self._template, "rate", None)
+        template = self._template
+        rate = getattr(template, "average_rate", None) or getattr(template, "rate", None)
         return 1 / Fraction(rate) if rate else Fraction(self._time_base)
 
 

@@ -100,9 +100,9 @@ def paced(args) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for rep in range(args.repeat):
                 for mode in ("off", "on"):
-                    runs[mode].append(paced_once(frames, storage, Path(tmp), preview_on=mode == "on",
-                                                 first=args.first, gap=args.gap,
-                                                 name=f"{mode}-{rep}"))
+                    runs[mode].append(paced_once(
+                        frames, storage, Path(tmp), preview_on=mode == "on", first=args.first,
+                        gap=args.gap, name=f"{mode}-{rep}"))
         from worker.preview import low_latency
 
         print(f"paced: {args.frames} frames {args.width}x{args.height}, first chunk after "
