@@ -124,6 +124,10 @@ class OutputOptions(_Strict):
                     "Letters, digits and . _ - / only; no '..' segments.")
     presign_expiry_seconds: int = Field(3600, ge=60, le=604800,
                                         description="Lifetime of the presigned URL (60 s .. 7 days).")
+    preview: bool = Field(True, description="Live preview: publish the video as an HLS stream "
+                                            "({key_prefix}/{job_id}/preview/index.m3u8) while it "
+                                            "is generated; progress updates carry preview_url. "
+                                            "Off on workers with WORLDPLAY_PREVIEW=0.")
 
     @field_validator("key_prefix")
     @classmethod
@@ -370,6 +374,11 @@ class JobOutput(BaseModel):
     guidance_scale: float
     timings: Timings = Field(..., description="Seconds per stage.")
     generation_time_seconds: float = Field(..., description="Wall time of the whole job.")
+    preview_key: Optional[str] = Field(None, description="Object key of the live preview's HLS "
+                                                         "playlist (null when the preview is off).")
+    preview_url: Optional[str] = Field(None, description="Presigned URL of that playlist (same "
+                                                         "lifetime as presigned_url).")
+    preview_segments: Optional[int] = Field(None, description="Segments the playlist lists.")
 
 
 class HealthOutput(BaseModel):

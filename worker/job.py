@@ -190,6 +190,8 @@ class ProgressReporter:
         self._closed = False
         self._lock = threading.Lock()
         self.sent = 0
+        self.extra: Dict[str, Any] = {}  # fields every later update carries (live preview)
+        self._current = ("start", 0, 0)
 
     def _send(self, payload: dict) -> None:
         if self._sender is not None:
@@ -203,16 +205,25 @@ class ProgressReporter:
         with self._lock:
             if self._closed or not self.enabled:
                 return
+            self._current = (stage, step, total)
             now = time.monotonic()
             if not force and now - self._last < self.interval:
                 return
             self._last = now
-            payload = {"stage": stage, "step": int(step), "total": int(total)}
+            payload = {"stage": stage, "step": int(step), "total": int(total), **self.extra}
             try:
                 self._send(payload)
                 self.sent += 1
             except Exception as exc:  # noqa: BLE001 - progress must never fail a job
                 log.debug("progress update failed: %s", type(exc).__name__)
+
+    def attach(self, force: bool = False, **fields) -> None:
+        """Add ``fields`` to this and every later update; ``force``: send one now (same stage)."""
+        with self._lock:
+            self.extra.update(fields)
+            stage, step, total = self._current
+        if force:
+            self.update(stage, step, total, force=True)
 
     def close(self) -> None:
         """No update after this; give an in-flight update a moment to land before the result."""
@@ -383,6 +394,7 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
     progress = progress or ProgressReporter(job)
     stages = _Stages()
     workdir = None
+    preview = None
     try:
         # -- validate
         t0 = time.perf_counter()
@@ -446,8 +458,12 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
             writer.write(chunk)
             streamed += len(chunk)
 
+        from worker import preview as live_preview
+
+        preview = live_preview.start(req, job_id, lambda: storage, progress)  # None when off
         # on any failure the writer aborts: queued chunks dropped, thread joined, partial file removed
-        with Mp4Writer(path, req.fps, background=True) as writer:
+        with Mp4Writer(path, req.fps, background=True,
+                       **live_preview.writer_options(preview)) as writer:
             should_cancel = cancel_event.is_set if cancel_event is not None else None
             result = pipe.generate(request, callback=_callback, should_cancel=should_cancel,
                                    on_frames=_on_frames)
@@ -471,6 +487,8 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
                 writer.write(frames)
             info = writer.close()
         stages.add("encode", time.perf_counter() - t0)
+        if preview is not None:
+            preview.end()  # the last segment and #EXT-X-ENDLIST upload beside the MP4
 
         # -- upload (or, with no storage configured, the MP4 inline as base64)
         t0 = time.perf_counter()
@@ -484,6 +502,8 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
             delivered = dict(minio_key=key, bucket=storage.bucket, presigned_url=url,
                              expires_at=expires_at)
             where = f"s3://{storage.bucket}/{key}"
+        if preview is not None and not preview.wait():
+            log.warning("job %s: live preview still uploading; not waiting for it", job_id)
         stages.add("upload", time.perf_counter() - t0)
 
         total = round(time.perf_counter() - started, 4)
@@ -493,6 +513,7 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
             duration_seconds=round(info.duration, 4), seed=seed, mode=req.mode,
             num_inference_steps=req.steps, guidance_scale=req.guidance,
             timings=schemas.Timings(**stages.timings), generation_time_seconds=total,
+            **(preview.result() if preview is not None else {}),
         ).model_dump(by_alias=True, exclude=delivery.left_out(delivered))
         log.info("job %s: done in %.2f s (%s) -> %s", job_id, total,
                  ", ".join(f"{k} {v:.2f}" for k, v in stages.timings.items()), where)
@@ -510,6 +531,9 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
         return err.to_dict()
     finally:
         progress.close()
+        if preview is not None:  # failed or cancelled: the playlist still gets #EXT-X-ENDLIST
+            preview.end()
+            preview.wait(live_preview.FINISH_TIMEOUT)
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
 

@@ -303,11 +303,14 @@ class Storage:
 
         return self._call("get", key, _read)
 
-    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream"):
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream",
+                  headers: Optional[dict] = None):
+        """``headers``: extra standard headers stored with the object (e.g. Cache-Control)."""
         import io
 
         self._call("put", key, lambda: self._client.put_object(
-            self.bucket, key, io.BytesIO(data), len(data), content_type=content_type))
+            self.bucket, key, io.BytesIO(data), len(data), content_type=content_type,
+            metadata=headers))
 
     # the upload of a finished video: minutes of GPU work stand behind it
     _sleep = staticmethod(time.sleep)
