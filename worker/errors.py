@@ -27,6 +27,8 @@ ERROR_CODES = {
     "MODEL_DOWNLOAD_FAILED": (False, "model download failed"),
     "CHECKPOINT_MISMATCH": (False, "a checkpoint does not match the architecture"),
     "CANCELLED": (False, "the job was cancelled between denoising steps"),
+    "SEQUENCE_PARALLEL_CONFIG": (False, "WORLDPLAY_SEQUENCE_PARALLEL does not divide the heads or exceeds the GPUs"),
+    "RANK_FAILED": (True, "a sequence-parallel rank died or failed; the worker is replaced"),
     "GPU_OUT_OF_MEMORY": (True, "CUDA out of memory; the worker is replaced"),
     "GPU_ERROR": (True, "a CUDA fault; the worker is replaced"),
     "INTERNAL_ERROR": (True, "an unexpected bug; the worker is replaced"),
