@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -41,11 +41,11 @@ def visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def parse_size(value: str | int | None, *, heads: int, gpus: int, device_type: str) -> int:
-    """The number of ranks asked for, checked against the heads and (on CUDA) the visible GPUs.
+def parse_size(value: str | int | None, *, heads: int | None, gpus: int, device_type: str) -> int:
+    """The number of ranks asked for, checked against the heads (when known) and, on CUDA, the visible GPUs.
 
     `value`: None/""/"1" -> 1; "auto" -> every visible GPU (1 without a GPU); "N". On the CPU any N
-    that divides the heads is allowed (gloo ranks, for tests)."""
+    (that divides the heads) is allowed: gloo ranks, for tests."""
     raw = "" if value is None else str(value).strip().lower()
     if raw in ("", "1"):
         return 1
@@ -58,10 +58,8 @@ def parse_size(value: str | int | None, *, heads: int, gpus: int, device_type: s
             raise SequenceParallelConfigError(f"{ENV}={value!r} is not a number or 'auto'") from None
     if size < 1:
         raise SequenceParallelConfigError(f"{ENV}={value!r}: the number of ranks must be at least 1")
-    if heads % size:
-        raise SequenceParallelConfigError(
-            f"{ENV}={size} does not divide the transformer's {heads} attention heads "
-            f"(use one of {[n for n in range(1, heads + 1) if heads % n == 0]})")
+    if heads is not None:
+        check_heads(size, heads)
     if device_type == "cuda" and size > gpus:
         raise SequenceParallelConfigError(
             f"{ENV}={size} but only {gpus} GPU(s) are visible; set 'GPUs per worker' on the endpoint to "
@@ -69,7 +67,14 @@ def parse_size(value: str | int | None, *, heads: int, gpus: int, device_type: s
     return size
 
 
-def configured_size(heads: int, device_type: str, env=None) -> int:
+def check_heads(size: int, heads: int) -> None:
+    if heads % size:
+        raise SequenceParallelConfigError(
+            f"{ENV}={size} does not divide the transformer's {heads} attention heads "
+            f"(use one of {[n for n in range(1, heads + 1) if heads % n == 0]})")
+
+
+def configured_size(heads: int | None, device_type: str, env=None) -> int:
     env = os.environ if env is None else env
     return parse_size(env.get(ENV), heads=heads, gpus=visible_gpus(), device_type=device_type)
 
@@ -174,6 +179,7 @@ class SequenceParallel:
         self.group = group
         self.world = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
+        self.backend = str(dist.get_backend(group))
 
     def layout(self, frames: int, per_frame: int) -> Ulysses:
         return Ulysses(self.group, self.world, self.rank, frames, per_frame)
@@ -184,10 +190,19 @@ class SequenceParallel:
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
         return bool(t.item())
 
+    def agreed(self, should_cancel: Optional[Callable[[], bool]], device: torch.device) -> Callable[[], bool]:
+        """A cancellation poll that every rank calls at the same step and that answers the same on all."""
+        return lambda: self.any(bool(should_cancel is not None and should_cancel()), device)
+
     def broadcast(self, tensors: Sequence[torch.Tensor], src: int = 0) -> None:
         """Overwrite `tensors` (same shapes on every rank) with rank `src`'s values, in place."""
         for t in tensors:
-            dist.broadcast(t, src=src, group=self.group)
+            if self.backend == "nccl" and t.device.type != "cuda" or not t.is_contiguous():
+                staged = t.to("cuda" if self.backend == "nccl" else t.device).contiguous()
+                dist.broadcast(staged, src=src, group=self.group)
+                t.copy_(staged)
+            else:
+                dist.broadcast(t, src=src, group=self.group)
 
 
 def layout_for(sp: "SequenceParallel | None", frames: int, per_frame: int):

@@ -1,0 +1,297 @@
+"""The ranks of one sequence-parallel worker: rank 0 (the caller's process) and N-1 follower processes.
+
+:func:`load_ranked` is how the worker and the CLI load a pipeline: with one rank it is just the loader;
+with N (``WORLDPLAY_SEQUENCE_PARALLEL``) it spawns N-1 followers (one per GPU, ``spawn`` start method),
+joins them in one process group (NCCL on CUDA, gloo on the CPU), has every rank load the models, and
+returns a :class:`RankedPipeline`: the pipeline of rank 0, which hands each request to every follower
+over a pipe before generating. All ranks then run the same ``generate``; the DiT passes are split
+between them (:mod:`pipeline.parallel`), cancellation is decided by all ranks at the same step, and
+only rank 0's callbacks reach the caller.
+
+Failures: a request the pipeline rejects is rejected on rank 0 before any follower sees it. A follower
+that dies, fails (anything but a cancellation or a rejected request: it then exits, so that rank 0's
+collectives fail instead of waiting) or does not answer makes the job fail with
+:class:`~pipeline.errors.RankFailedError` (``RANK_FAILED``, the worker is replaced), and so does every
+later job on this group.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing as mp
+import os
+import socket
+import time
+from typing import Callable
+
+import torch
+
+from .errors import GenerationCancelled, PipelineError, RankFailedError
+from .parallel import configured_size, init_process_group, visible_gpus
+from .settings import env_number
+
+logger = logging.getLogger("worldplay.ranks")
+
+START_TIMEOUT_ENV = "WORLDPLAY_SP_START_TIMEOUT"  # seconds for every rank to load (default 1800)
+TIMEOUT_ENV = "WORLDPLAY_SP_TIMEOUT"  # seconds a collective or a follower's answer may take (default 600)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _device_for(rank: int, device_type: str) -> str:
+    return f"cuda:{rank}" if device_type == "cuda" else "cpu"
+
+
+def _error_of(exc: BaseException) -> tuple[str, str]:
+    code = getattr(exc, "code", None) if isinstance(exc, PipelineError) else None
+    return code or type(exc).__name__, getattr(exc, "message", None) or str(exc)
+
+
+def load_ranked(load: Callable, device: str | None = None, world: int | None = None):
+    """`load(device)` -> pipeline, on every rank. `load` must pickle (a module-level function or a
+    ``functools.partial`` of one). `world`: the number of ranks (default: ``WORLDPLAY_SEQUENCE_PARALLEL``,
+    checked against the visible GPUs; the heads are checked once the transformer is loaded)."""
+    device_type = torch.device(device).type if device else ("cuda" if torch.cuda.is_available() else "cpu")
+    if world is None:
+        world = configured_size(None, device_type)
+    else:
+        from .parallel import parse_size
+
+        world = parse_size(world, heads=None, gpus=visible_gpus(), device_type=device_type)
+    if world == 1:
+        return load(device)
+    return RankedPipeline.start(load, world, device_type)
+
+
+# --------------------------------------------------------------------------------- followers
+
+
+def follower_main(rank: int, world: int, port: int, device_type: str, timeout_s: float, load: Callable,
+                  conn) -> None:
+    """A follower's whole life: join, load, then generate every request rank 0 sends until told to stop."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s rank{rank} %(name)s | %(message)s")
+    try:
+        sp = init_process_group(rank, world, port, device_type, timeout_s)
+        pipe = load(_device_for(rank, device_type))
+        pipe.use_sequence_parallel(sp)
+    except BaseException as exc:  # noqa: BLE001 - reported to rank 0, which fails the start
+        logger.exception("rank %d failed to start", rank)
+        conn.send(("failed", *_error_of(exc)))
+        os._exit(1)
+    conn.send(("ready", rank))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):  # rank 0 is gone
+            os._exit(0)
+        if message is None:
+            break
+        kind, payload = message
+        try:
+            if kind == "warm_up":
+                pipe.warm_up_if_configured()
+            else:
+                pipe.generate(payload)
+            conn.send(("done", None))
+        except GenerationCancelled as exc:
+            conn.send(("cancelled", exc.message))
+        except BaseException as exc:  # noqa: BLE001 - this rank may be out of step: leave
+            logger.exception("rank %d failed", rank)
+            try:
+                conn.send(("failed", *_error_of(exc)))
+            finally:
+                os._exit(1)
+    try:
+        torch.distributed.destroy_process_group()
+    finally:
+        os._exit(0)
+
+
+# ------------------------------------------------------------------------------------- rank 0
+
+
+class RankedPipeline:
+    """Rank 0's pipeline, with the followers it drives. Exposes what the worker uses of a pipeline."""
+
+    def __init__(self, pipe, processes, conns, timeout_s: float):
+        self.pipe = pipe
+        self.processes = processes
+        self.conns = conns
+        self.timeout_s = timeout_s
+        self.broken: str | None = None
+        atexit.register(self.close)
+
+    @classmethod
+    def start(cls, load: Callable, world: int, device_type: str) -> "RankedPipeline":
+        timeout_s = env_number(TIMEOUT_ENV, 600.0, float)
+        start_timeout = env_number(START_TIMEOUT_ENV, 1800.0, float)
+        port = _free_port()
+        context = mp.get_context("spawn")
+        processes, conns = [], []
+        started = time.perf_counter()
+        for rank in range(1, world):
+            parent, child = context.Pipe()
+            process = context.Process(
+                target=follower_main, args=(rank, world, port, device_type, timeout_s, load, child),
+                name=f"worldplay-rank{rank}", daemon=True,
+            )
+            process.start()
+            child.close()
+            processes.append(process)
+            conns.append(parent)
+        group = cls(None, processes, conns, timeout_s)
+        try:
+            sp = init_process_group(0, world, port, device_type, timeout_s)
+            pipe = load(_device_for(0, device_type))
+            pipe.use_sequence_parallel(sp)
+            group.pipe = pipe
+            group._expect({"ready"}, start_timeout, "start")
+        except BaseException:
+            group.close()
+            raise
+        pipe.load_info.setdefault("load_seconds", {})["ranks_ready"] = round(time.perf_counter() - started, 3)
+        logger.info("%d sequence-parallel ranks ready (%s)", world, sp.backend)
+        return group
+
+    # -- what the worker uses
+
+    @property
+    def modes(self):
+        return self.pipe.modes
+
+    @property
+    def world_size(self) -> int:
+        return len(self.processes) + 1
+
+    def health(self) -> dict:
+        info = self.pipe.health()
+        alive = [True] + [p.is_alive() for p in self.processes]
+        info["sequence_parallel"] = {**info.get("sequence_parallel", {}), "world_size": self.world_size,
+                                     "ranks_alive": alive, "broken": self.broken}
+        return info
+
+    def validate(self, request) -> None:
+        self.pipe.validate(request)
+
+    def warm_up_if_configured(self):
+        self._check()
+        self._send(("warm_up", None))
+        try:
+            return self.pipe.warm_up_if_configured()
+        finally:
+            self._expect({"done"}, self.timeout_s, "warm-up")
+
+    def generate(self, request, callback=None, should_cancel=None, *, on_frames=None, trace=None):
+        self._check()
+        self.pipe.validate(request)  # a rejected request never reaches the followers
+        self._send(("generate", request))
+        try:
+            result = self.pipe.generate(request, callback, should_cancel, on_frames=on_frames, trace=trace)
+        except GenerationCancelled:
+            self._expect({"cancelled"}, self.timeout_s, "cancellation")
+            raise
+        except BaseException as exc:
+            # the followers are mid-generation or waiting in a collective: the group is out of step
+            dead = self._dead()
+            self.broken = dead or f"rank 0 failed: {type(exc).__name__}: {exc}"
+            if dead:
+                raise RankFailedError(dead) from exc
+            raise
+        self._expect({"done"}, self.timeout_s, "generation")
+        return result
+
+    def close(self) -> None:
+        for conn in self.conns:
+            try:
+                conn.send(None)
+            except (OSError, ValueError):
+                pass
+        for process in self.processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=5)
+        self.processes, self.conns = [], []
+        if torch.distributed.is_initialized():
+            try:
+                torch.distributed.destroy_process_group()
+            except Exception:  # noqa: BLE001 - shutting down anyway
+                pass
+
+    # -- plumbing
+
+    def _check(self) -> None:
+        if self.broken is None:
+            self.broken = self._dead()
+        if self.broken:
+            raise RankFailedError(f"sequence-parallel ranks unusable: {self.broken}")
+
+    def _dead(self) -> str | None:
+        for rank, (process, conn) in enumerate(zip(self.processes, self.conns), start=1):
+            note = ""
+            try:
+                if conn.poll():
+                    kind, *rest = conn.recv()
+                    if kind == "failed":
+                        note = f": {rest[0]}: {rest[1]}"
+            except (EOFError, OSError):
+                pass
+            if note or not process.is_alive():
+                process.join(timeout=5)
+                return f"rank {rank} failed (exit code {process.exitcode}){note}"
+        return None
+
+    def _send(self, message) -> None:
+        for rank, conn in enumerate(self.conns, start=1):
+            try:
+                conn.send(message)
+            except (OSError, ValueError) as exc:
+                self.broken = f"rank {rank} unreachable ({type(exc).__name__})"
+                raise RankFailedError(self.broken) from None
+
+    def _expect(self, kinds: set[str], timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        for rank, (process, conn) in enumerate(zip(self.processes, self.conns), start=1):
+            reply = None
+            while reply is None:
+                try:
+                    if conn.poll(min(1.0, max(0.0, deadline - time.monotonic()))):
+                        reply = conn.recv()
+                        break
+                except (EOFError, OSError):
+                    reply = ("failed", "EXITED", f"exit code {process.exitcode}")
+                    break
+                if not process.is_alive() and not conn.poll():
+                    process.join(timeout=5)
+                    reply = ("failed", "EXITED", f"exit code {process.exitcode}")
+                elif time.monotonic() >= deadline:
+                    reply = ("failed", "TIMEOUT", f"no answer within {timeout_s:.0f} s")
+            kind, *rest = reply
+            if kind not in kinds:
+                detail = f"{rest[0]}: {rest[1]}" if kind == "failed" else kind
+                self.broken = f"rank {rank} {what}: {detail}"
+                if what == "start" and kind == "failed" and rest[0] not in ("EXITED", "TIMEOUT"):
+                    raise _start_error(rest[0], rest[1])
+                raise RankFailedError(self.broken)
+
+
+def _start_error(code: str, message: str) -> PipelineError:
+    """A follower's start-up failure, re-raised on rank 0 with its code when it has one."""
+    from . import errors
+
+    for cls in vars(errors).values():
+        if isinstance(cls, type) and issubclass(cls, PipelineError) and cls.code == code:
+            return cls(message)
+    return RankFailedError(f"{code}: {message}")
+
+
+def pipeline_from_paths(paths, modes, device):
+    """A loader for :func:`load_ranked`: ``functools.partial(pipeline_from_paths, paths, modes)``."""
+    from .engine import WorldPlayPipeline
+
+    return WorldPlayPipeline.from_paths(paths, device=device, modes=tuple(modes))
