@@ -242,6 +242,7 @@ class WorldPlayPipeline:
             "offload_encoders": self.offload_encoders,
             "compiled": self.compiled,
             "decode_during_denoise": self.decode_during_denoise,
+            "sequence_parallel": {"world_size": 1},
             "versions": {
                 "python": platform.python_version(),
                 "torch": torch.__version__,

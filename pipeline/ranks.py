@@ -21,6 +21,7 @@ import atexit
 import logging
 import multiprocessing as mp
 import os
+import pickle
 import socket
 import time
 from typing import Callable
@@ -86,9 +87,9 @@ def follower_main(rank: int, world: int, port: int, device_type: str, timeout_s:
     conn.send(("ready", rank))
     while True:
         try:
-            message = conn.recv()
+            message = pickle.loads(conn.recv_bytes())
         except (EOFError, OSError):  # rank 0 is gone
-            os._exit(0)
+            return
         if message is None:
             break
         kind, payload = message
@@ -106,10 +107,7 @@ def follower_main(rank: int, world: int, port: int, device_type: str, timeout_s:
                 conn.send(("failed", *_error_of(exc)))
             finally:
                 os._exit(1)
-    try:
-        torch.distributed.destroy_process_group()
-    finally:
-        os._exit(0)
+    torch.distributed.destroy_process_group()
 
 
 # ------------------------------------------------------------------------------------- rank 0
@@ -208,7 +206,7 @@ class RankedPipeline:
     def close(self) -> None:
         for conn in self.conns:
             try:
-                conn.send(None)
+                conn.send_bytes(pickle.dumps(None))
             except (OSError, ValueError):
                 pass
         for process in self.processes:
@@ -247,9 +245,11 @@ class RankedPipeline:
         return None
 
     def _send(self, message) -> None:
+        # plain pickle: tensors travel as bytes, not as shared-memory handles
+        data = pickle.dumps(message)
         for rank, conn in enumerate(self.conns, start=1):
             try:
-                conn.send(message)
+                conn.send_bytes(data)
             except (OSError, ValueError) as exc:
                 self.broken = f"rank {rank} unreachable ({type(exc).__name__})"
                 raise RankFailedError(self.broken) from None
