@@ -59,10 +59,8 @@ def _camera_spec(value: str):
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from functools import partial
-
     from .engine import GenerationRequest
-    from .ranks import load_ranked, pipeline_from_paths
+    from .ranks import PathsLoader, load_ranked
     from .video import Mp4Writer, probe_mp4
 
     pipe = None
@@ -75,13 +73,12 @@ def main(argv: list[str] | None = None) -> int:
                 from .tiny import write_tiny_models
 
                 root = write_tiny_models(Path(tmp), modes=modes)
-                pipe = load_ranked(partial(pipeline_from_paths, layout_paths(root, modes), modes), "cpu", args.sp)
+                pipe = load_ranked(PathsLoader(layout_paths(root, modes), modes), "cpu", args.sp)
             else:
                 from .resolve import resolve_models
 
                 kwargs = {"model_dir": args.model_dir} if args.model_dir else {}
-                pipe = load_ranked(partial(pipeline_from_paths, resolve_models(modes, **kwargs), modes), None,
-                                   args.sp)
+                pipe = load_ranked(PathsLoader(resolve_models(modes, **kwargs), modes), None, args.sp)
             if args.image:
                 image = Image.open(args.image)
             else:

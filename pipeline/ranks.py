@@ -24,12 +24,13 @@ import os
 import pickle
 import socket
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from .errors import GenerationCancelled, PipelineError, RankFailedError
-from .parallel import configured_size, init_process_group, visible_gpus
+from .parallel import check_heads, configured_size, init_process_group, visible_gpus
 from .settings import env_number
 
 logger = logging.getLogger("worldplay.ranks")
@@ -54,9 +55,10 @@ def _error_of(exc: BaseException) -> tuple[str, str]:
 
 
 def load_ranked(load: Callable, device: str | None = None, world: int | None = None):
-    """`load(device)` -> pipeline, on every rank. `load` must pickle (a module-level function or a
-    ``functools.partial`` of one). `world`: the number of ranks (default: ``WORLDPLAY_SEQUENCE_PARALLEL``,
-    checked against the visible GPUs; the heads are checked once the transformer is loaded)."""
+    """`load(device)` -> pipeline, on every rank. `load` must pickle (:class:`PathsLoader`, a module-level
+    function or a ``functools.partial`` of one). `world`: the number of ranks (default:
+    ``WORLDPLAY_SEQUENCE_PARALLEL``), checked against the visible GPUs and, before any rank starts, the
+    heads of a loader that can tell them (every rank checks them again once its transformer is loaded)."""
     device_type = torch.device(device).type if device else ("cuda" if torch.cuda.is_available() else "cpu")
     if world is None:
         world = configured_size(None, device_type)
@@ -64,6 +66,9 @@ def load_ranked(load: Callable, device: str | None = None, world: int | None = N
         from .parallel import parse_size
 
         world = parse_size(world, heads=None, gpus=visible_gpus(), device_type=device_type)
+    if world > 1 and callable(getattr(load, "heads", None)):
+        for heads in load.heads():
+            check_heads(world, heads)
     if world == 1:
         return load(device)
     return RankedPipeline.start(load, world, device_type)
@@ -215,6 +220,7 @@ class RankedPipeline:
                 process.kill()
                 process.join(timeout=5)
         self.processes, self.conns = [], []
+        self.broken = self.broken or "the ranks were shut down"
         if torch.distributed.is_initialized():
             try:
                 torch.distributed.destroy_process_group()
@@ -290,8 +296,22 @@ def _start_error(code: str, message: str) -> PipelineError:
     return RankFailedError(f"{code}: {message}")
 
 
-def pipeline_from_paths(paths, modes, device):
-    """A loader for :func:`load_ranked`: ``functools.partial(pipeline_from_paths, paths, modes)``."""
-    from .engine import WorldPlayPipeline
+@dataclass(frozen=True)
+class PathsLoader:
+    """The loader the worker and the CLI hand to :func:`load_ranked`: the pipeline of resolved `paths`.
 
-    return WorldPlayPipeline.from_paths(paths, device=device, modes=tuple(modes))
+    Its :meth:`heads` reads the checkpoints' headers only, so a rank count that does not divide the
+    heads fails before any rank is started."""
+
+    paths: object  # pipeline.resolve.ModelPaths
+    modes: tuple
+
+    def __call__(self, device):
+        from .engine import WorldPlayPipeline
+
+        return WorldPlayPipeline.from_paths(self.paths, device=device, modes=tuple(self.modes))
+
+    def heads(self) -> list[int]:
+        from .config import WorldPlayConfig
+
+        return [WorldPlayConfig.from_checkpoint(self.paths.transformer[m]).num_heads for m in self.modes]
