@@ -96,8 +96,10 @@ def _random_init_(module: torch.nn.Module, std: float = 0.02) -> None:
                 param.zero_()
 
 
-def build_full_size(modes: tuple[str, ...], device: torch.device, dtype: torch.dtype, scratch: Path) -> WorldPlayPipeline:
-    """Every component at its real size with random weights, on `device`."""
+def build_full_size(modes: tuple[str, ...], device: torch.device, dtype: torch.dtype, scratch: Path,
+                    tiny_root: Path | None = None) -> WorldPlayPipeline:
+    """Every component at its real size with random weights, on `device` (the tokenizers from `tiny_root`,
+    written under `scratch` when not given)."""
     from diffusers import AutoencoderKLHunyuanVideo15
     from transformers import (
         ByT5Tokenizer,
@@ -113,7 +115,7 @@ def build_full_size(modes: tuple[str, ...], device: torch.device, dtype: torch.d
 
     from .tiny import COMPONENTS_DIR, write_tiny_models
 
-    tiny_root = write_tiny_models(scratch / "tiny", modes=())
+    tiny_root = tiny_root or write_tiny_models(scratch / "tiny", modes=())
     tiny_components = tiny_root / COMPONENTS_DIR
     started = time.perf_counter()
     transformers = {}
@@ -167,12 +169,17 @@ def build_full_size(modes: tuple[str, ...], device: torch.device, dtype: torch.d
     return pipe
 
 
-def build_tiny(modes: tuple[str, ...], scratch: Path) -> WorldPlayPipeline:
+def build_for_rank(tiny: bool, modes: tuple[str, ...], tiny_root: str, device: str | None) -> WorldPlayPipeline:
+    """The bench's pipeline on one rank (:func:`pipeline.ranks.load_ranked`), from tiny models written
+    once beforehand (by the caller: model saving is skipped off rank 0 once torch.distributed is up);
+    full size: the same seeded random weights on every rank."""
     from .resolve import layout_paths
-    from .tiny import write_tiny_models
 
-    root = write_tiny_models(scratch / "tiny", modes=modes)
-    return WorldPlayPipeline.from_paths(layout_paths(root, modes), device="cpu", dtype=torch.float32)
+    torch.manual_seed(0)
+    if tiny:
+        return WorldPlayPipeline.from_paths(layout_paths(Path(tiny_root), modes), device="cpu", dtype=torch.float32)
+    device = torch.device(device or "cuda")
+    return build_full_size(modes, device, default_dtype(device), Path(tiny_root).parent, Path(tiny_root))
 
 
 # ------------------------------------------------------------------------------------ runs
@@ -193,7 +200,7 @@ def pose_for(mode: str, frames: int) -> str:
 
 
 def run_one(pipe: WorldPlayPipeline, mode: str, frames: int, width: int, height: int, steps: int | None,
-            guidance: float | None, out_dir: Path, prompt: str = PROMPT) -> dict:
+            guidance: float | None, out_dir: Path, prompt: str = PROMPT, ranks: int = 1) -> dict:
     import importlib.util
 
     Mp4Writer = None
@@ -236,7 +243,7 @@ def run_one(pipe: WorldPlayPipeline, mode: str, frames: int, width: int, height:
         flops += pass_flops(config, event["kind"], event["query_tokens"], event["key_tokens"])
     dit_s = sum(per_kind.values())
     peak = device_peak_tflops(device)
-    floor_s = flops / (peak * 1e12) if peak else None
+    floor_s = flops / (peak * 1e12 * ranks) if peak else None  # the passes are split over `ranks` GPUs
     report = {
         "mode": mode,
         "frames": result.num_frames,
@@ -250,7 +257,8 @@ def run_one(pipe: WorldPlayPipeline, mode: str, frames: int, width: int, height:
         "dit_pflop": round(flops / 1e15, 3),
         "dit_floor_seconds": round(floor_s, 2) if floor_s else None,
         "dit_vs_floor": round(dit_s / floor_s, 2) if floor_s else None,
-        "achieved_tflops": round(flops / dit_s / 1e12, 1) if dit_s else None,
+        "achieved_tflops": round(flops / dit_s / 1e12, 1) if dit_s else None,  # all ranks together
+        "sequence_parallel": ranks,
         "generate_seconds": round(generate_s, 3),
         # H.264 runs beside generation; what the job still waits for after the last frame is the tail
         "h264_encode_seconds": round(writer.encode_seconds, 3) if writer is not None else None,
@@ -429,6 +437,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vae-steps", type=int, nargs="+", default=[1, 2, 4],
                         help="latents per pass to try with --vae-decode")
     parser.add_argument("--no-untiled", action="store_true", help="with --vae-decode: skip the untiled decode")
+    parser.add_argument("--sp", default=None,
+                        help="sequence-parallel ranks: N or 'auto' (default: WORLDPLAY_SEQUENCE_PARALLEL, else 1); "
+                             "with --tiny, N gloo ranks on the CPU")
     args = parser.parse_args(argv)
 
     if args.vae_decode:
@@ -453,7 +464,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         t0 = time.perf_counter()
-        pipe = build_tiny(modes, scratch) if args.tiny else build_full_size(modes, device, default_dtype(device), scratch)
+        from functools import partial
+
+        from .ranks import load_ranked
+
+        from .tiny import write_tiny_models
+
+        tiny_root = write_tiny_models(scratch / "tiny", modes=modes if args.tiny else ())
+        pipe = load_ranked(partial(build_for_rank, args.tiny, modes, str(tiny_root)), str(device), args.sp)
+        ranks = getattr(pipe, "world_size", 1)
         build_s = time.perf_counter() - t0
         reports, warm_ups = [], {}
         for choice in args.attention or [os.environ.get("WORLDPLAY_ATTENTION", "auto")]:
@@ -466,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
                 for mode in modes:
                     frames = args.frames or (125 if not args.tiny else (29 if mode == "ar" else 61))
                     width, height = (args.width, args.height) if not args.tiny else (256, 144)
-                    report = run_one(pipe, mode, frames, width, height, args.steps, None, scratch)
+                    report = run_one(pipe, mode, frames, width, height, args.steps, None, scratch, ranks=ranks)
                     report.update(attention=choice, attention_kernel=kernel, warm_up_seconds=warm_up_s)
                     reports.append(report)
                     print(json.dumps(report, indent=2), flush=True)
@@ -482,10 +501,13 @@ def main(argv: list[str] | None = None) -> int:
             "warm_up_seconds_per_attention": warm_ups,
             "attention_at_start": pipe.load_info.get("attention"),  # pipeline.attention.prepare
             "attention_prepare_seconds": pipe.load_info.get("load_seconds", {}).get("attention_kernel"),
+            "sequence_parallel": ranks,
             "runs": reports,
         }
         if args.json:
             args.json.write_text(json.dumps(summary, indent=2) + "\n")
+        if hasattr(pipe, "close"):
+            pipe.close()
     return 0
 
 

@@ -100,7 +100,7 @@ def follower_main(rank: int, world: int, port: int, device_type: str, timeout_s:
         kind, payload = message
         try:
             if kind == "warm_up":
-                pipe.warm_up_if_configured()
+                pipe.warm_up() if payload else pipe.warm_up_if_configured()
             else:
                 pipe.generate(payload)
             conn.send(("done", None))
@@ -181,11 +181,24 @@ class RankedPipeline:
     def validate(self, request) -> None:
         self.pipe.validate(request)
 
+    def __getattr__(self, name: str):
+        # read-only facts of rank 0's pipeline (device, transformers, compiled, load_info); whatever
+        # generates goes through the methods below, which bring the followers along
+        if name in ("pipe", "processes", "conns") or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.pipe, name)
+
     def warm_up_if_configured(self):
+        return self._warm_up(False)
+
+    def warm_up(self):
+        return self._warm_up(True)
+
+    def _warm_up(self, forced: bool):
         self._check()
-        self._send(("warm_up", None))
+        self._send(("warm_up", forced))
         try:
-            return self.pipe.warm_up_if_configured()
+            return self.pipe.warm_up() if forced else self.pipe.warm_up_if_configured()
         finally:
             self._expect({"done"}, self.timeout_s, "warm-up")
 

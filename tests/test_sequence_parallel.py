@@ -211,3 +211,17 @@ def test_handler_on_two_ranks(worker_env):
     assert again["error"].startswith("RANK_FAILED:") and again["refresh_worker"] is True
     health = worker_job.health_report()["model"]["sequence_parallel"]
     assert health["world_size"] == 2 and health["ranks_alive"] == [True, False]
+
+
+# ---- the benchmark ------------------------------------------------------------------------------
+
+
+def test_bench_runs_on_two_ranks(tmp_path):
+    from pipeline.bench import main as bench
+
+    out = tmp_path / "bench.json"
+    assert bench(["--tiny", "--sp", "2", "--modes", "ar", "--steps", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["sequence_parallel"] == 2 and report["runs"][0]["sequence_parallel"] == 2
+    assert report["runs"][0]["frames"] == 29 and report["runs"][0]["dit_seconds"] > 0
+    assert not torch.distributed.is_initialized()  # the ranks were shut down
