@@ -71,6 +71,105 @@ def pass_flops(config: WorldPlayConfig, kind: str, query_tokens: int, key_tokens
     return float(layers * (linear + attn))
 
 
+def all_to_all_bytes(config: WorldPlayConfig, kind: str, query_tokens: int, key_tokens: int, world: int,
+                     element_bytes: int = 2) -> float:
+    """Bytes that cross between GPUs in one pass split over `world` ranks (:mod:`pipeline.parallel`),
+    summed over the ranks; each rank sends 1/world of it.
+
+    Every all-to-all moves the (world-1)/world of a [tokens, hidden] tensor that does not stay on its
+    rank. Per layer: q, k, v into the head-sharded layout and the RoPE and PRoPE attention outputs back
+    (image tokens); q, k, v and the output for text tokens (joint passes, the AR text pass); a context
+    pass's last layer sends only k and v. The final all-gather of the output (32 channels) is added.
+    `kind`: "text" (query_tokens = text tokens), "context", "step" or "joint" (key_tokens = image +
+    text tokens), as in :func:`pass_flops`.
+    """
+    if world <= 1:
+        return 0.0
+    c, layers = config.hidden_size, config.num_layers
+    share = (world - 1) / world
+    row = c * element_bytes * share  # one token's hidden vector, the part that moves
+    n = query_tokens
+    if kind == "text":
+        per_layer, last = 4 * n * row, 2 * n * row
+    elif kind == "context":
+        per_layer, last = 5 * n * row, 2 * n * row
+    elif kind == "step":
+        per_layer = last = 5 * n * row
+    elif kind == "joint":
+        per_layer = last = 5 * n * row + 4 * (key_tokens - n) * row
+    else:
+        return 0.0
+    gather = 0 if kind in ("text", "context") else n * config.out_channels * element_bytes * share
+    return float((layers - 1) * per_layer + last + gather)
+
+
+def rollout_passes(mode: str, frames: int = 125, width: int = 832, height: int = 480, steps: int | None = None,
+                   text_tokens: int = 1000, guidance: float | None = None) -> list[dict]:
+    """Every DiT pass of one generation (kind, query and key tokens), without running it: the chunking
+    and memory selection of :mod:`pipeline.rollout` on the straight camera path of `frames` frames."""
+    from .engine import DEFAULTS
+    from .memory import sample_memory_points, select_context_latents
+    from .rollout import AR_CHUNK_LATENTS, BIDIRECTIONAL_CHUNK_LATENTS, _context_indices
+
+    latents = (frames - 1) // 4 + 1
+    per_latent = (height // 16) * (width // 16)
+    w2c = parse_pose(pose_for(mode, frames)).w2c
+    points = sample_memory_points(torch.Generator("cpu").manual_seed(42))
+    steps = steps or DEFAULTS[mode]["steps"]
+    guidance = DEFAULTS[mode]["guidance"] if guidance is None else guidance
+    branches = 2 if guidance > 1.0 else 1
+
+    def select(start: int, size: int):
+        return select_context_latents(w2c, start, size, points=points)
+
+    size = AR_CHUNK_LATENTS if mode == "ar" else BIDIRECTIONAL_CHUNK_LATENTS
+    passes = [{"kind": "text", "query_tokens": text_tokens, "key_tokens": text_tokens, "count": branches}] \
+        if mode == "ar" else []
+    for chunk in range(latents // size):
+        start = chunk * size
+        context = len(_context_indices(select, start, size)) if chunk else 0
+        ctx, own = context * per_latent, size * per_latent
+        if mode == "ar":
+            if ctx:
+                passes.append({"kind": "context", "query_tokens": ctx, "key_tokens": text_tokens + ctx,
+                               "count": branches})
+            passes.append({"kind": "step", "query_tokens": own, "key_tokens": text_tokens + ctx + own,
+                           "count": steps * branches})
+        else:
+            passes.append({"kind": "joint", "query_tokens": ctx + own, "key_tokens": ctx + own + text_tokens,
+                           "count": steps * branches})
+    return passes
+
+
+def sequence_parallel_model(mode: str, worlds: tuple[int, ...], *, measured_dit_seconds: float,
+                            rest_seconds: float, link_gb_s: float = 300.0, latency_us: float = 25.0,
+                            frames: int = 125, steps: int | None = None) -> list[dict]:
+    """Expected DiT seconds of one generation split over N GPUs: the one-GPU measured DiT time divided
+    by N (the FLOPs split evenly; kernel efficiency at the smaller per-GPU shapes is not modelled), plus
+    the all-to-all traffic at `link_gb_s` per GPU and `latency_us` per collective, not overlapped with
+    compute (the implementation does not overlap them). `rest_seconds` (VAE decode, encoders: on every
+    rank, not split) is added unchanged."""
+    config = WorldPlayConfig.full()
+    passes = rollout_passes(mode, frames, steps=steps)
+    flops = sum(p["count"] * pass_flops(config, p["kind"], p["query_tokens"], p["key_tokens"]) for p in passes)
+    rows = []
+    for world in worlds:
+        sent = sum(p["count"] * all_to_all_bytes(config, p["kind"], p["query_tokens"], p["key_tokens"], world)
+                   for p in passes) / world  # per GPU
+        # per layer: into and out of the head-sharded layout, twice in joint passes (image, text)
+        collectives = sum(p["count"] * (4 if p["kind"] == "joint" else 2) for p in passes) \
+            * config.num_layers if world > 1 else 0
+        comm = sent / (link_gb_s * 1e9) + collectives * latency_us * 1e-6
+        dit = measured_dit_seconds / world + comm
+        rows.append({
+            "mode": mode, "gpus": world, "dit_pflop_per_gpu": round(flops / world / 1e15, 2),
+            "all_to_all_gb_per_gpu": round(sent / 1e9, 1), "collectives": collectives,
+            "communication_seconds": round(comm, 2), "dit_seconds": round(dit, 1),
+            "generate_seconds": round(dit + rest_seconds, 1),
+        })
+    return rows
+
+
 def device_peak_tflops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
@@ -440,7 +539,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sp", default=None,
                         help="sequence-parallel ranks: N or 'auto' (default: WORLDPLAY_SEQUENCE_PARALLEL, else 1); "
                              "with --tiny, N gloo ranks on the CPU")
+    parser.add_argument("--sp-model", action="store_true",
+                        help="only print the sequence-parallel model for 1/2/4/8 H100s over NVLink (no run)")
     args = parser.parse_args(argv)
+
+    if args.sp_model:
+        # the one-H100 figures measured on 2026-11-23 (docs/PERFORMANCE.md): AR DiT 18.28 s with decode,
+        # encode and hand-over 5.78 s besides; bidirectional 30 steps DiT 331.70 s with 7.02 s besides
+        measured = {"ar": (18.28, 24.06 - 18.28), "bidirectional": (331.70, 338.72 - 331.70)}
+        for mode in args.modes:
+            dit, rest = measured[mode]
+            for row in sequence_parallel_model(mode, (1, 2, 4, 8), measured_dit_seconds=dit, rest_seconds=rest,
+                                               frames=args.frames or 125, steps=args.steps):
+                print(json.dumps(row), flush=True)
+        return 0
 
     if args.vae_decode:
         device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
