@@ -357,15 +357,16 @@ class WorldPlayPipeline:
         cond_latents = torch.zeros(1, channels + 1, num_latents, h, w, device=self.device, dtype=torch.float32)
         cond_latents[:, :channels, 0] = image_latent[:, :, 0].float()
         cond_latents[:, channels, 0] = 1.0
-        sp = self.sequence_parallel
-        if sp is not None:
-            # every rank denoises rank 0's inputs; cancelling is decided by all ranks at the same step
-            sp.broadcast([cond_latents, *positive.tensors(), *(negative.tensors() if negative else ())])
-            should_cancel = sp.agreed(should_cancel, self.device)
 
         generator = torch.Generator("cpu").manual_seed(int(request.seed))
         latents = torch.randn((1, channels, num_latents, h, w), generator=generator, dtype=torch.float32)
         latents = latents.to(self.device)
+        sp = self.sequence_parallel
+        if sp is not None:
+            # every rank denoises rank 0's inputs (noise included); cancelling is decided by all ranks at
+            # the same step
+            sp.broadcast([latents, cond_latents, *positive.tensors(), *(negative.tensors() if negative else ())])
+            should_cancel = sp.agreed(should_cancel, self.device)
         points = sample_memory_points(generator)
         w2c = request.camera.w2c
 
