@@ -23,6 +23,7 @@ import multiprocessing as mp
 import os
 import pickle
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -198,16 +199,22 @@ class RankedPipeline:
         self._check()
         self._send(("warm_up", forced))
         try:
-            return self.pipe.warm_up() if forced else self.pipe.warm_up_if_configured()
-        finally:
-            self._expect({"done"}, self.timeout_s, "warm-up")
+            result = self._watched(self.pipe.warm_up if forced else self.pipe.warm_up_if_configured)
+        except BaseException as exc:
+            self.broken = self.broken or f"rank 0 warm-up failed: {type(exc).__name__}: {exc}"
+            raise
+        self._expect({"done"}, self.timeout_s, "warm-up")
+        return result
 
     def generate(self, request, callback=None, should_cancel=None, *, on_frames=None, trace=None):
         self._check()
         self.pipe.validate(request)  # a rejected request never reaches the followers
         self._send(("generate", request))
         try:
-            result = self.pipe.generate(request, callback, should_cancel, on_frames=on_frames, trace=trace)
+            result = self._watched(lambda: self.pipe.generate(request, callback, should_cancel, on_frames=on_frames,
+                                                              trace=trace))
+        except RankFailedError:
+            raise
         except GenerationCancelled:
             self._expect({"cancelled"}, self.timeout_s, "cancellation")
             raise
@@ -220,6 +227,30 @@ class RankedPipeline:
             raise
         self._expect({"done"}, self.timeout_s, "generation")
         return result
+
+    def _watched(self, work: Callable):
+        """Run `work` on a thread while watching the followers: a follower that dies fails the job at once
+        (NCCL would otherwise wait in a collective until its timeout; the worker is replaced after)."""
+        box: dict = {}
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                box["result"] = work()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+                box["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="worldplay-rank0", daemon=True).start()
+        while not done.wait(0.5):
+            dead = self._dead()
+            if dead:
+                self.broken = dead
+                raise RankFailedError(dead)
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
 
     def close(self) -> None:
         for conn in self.conns:
@@ -249,18 +280,21 @@ class RankedPipeline:
             raise RankFailedError(f"sequence-parallel ranks unusable: {self.broken}")
 
     def _dead(self) -> str | None:
+        """The first follower that has exited, with its last words (a follower that fails always exits;
+        a living one's replies are left for :meth:`_expect`)."""
         for rank, (process, conn) in enumerate(zip(self.processes, self.conns), start=1):
+            if process.is_alive():
+                continue
+            process.join(timeout=5)
             note = ""
             try:
-                if conn.poll():
+                while conn.poll():
                     kind, *rest = conn.recv()
                     if kind == "failed":
                         note = f": {rest[0]}: {rest[1]}"
             except (EOFError, OSError):
                 pass
-            if note or not process.is_alive():
-                process.join(timeout=5)
-                return f"rank {rank} failed (exit code {process.exitcode}){note}"
+            return f"rank {rank} failed (exit code {process.exitcode}){note}"
         return None
 
     def _send(self, message) -> None:
