@@ -125,6 +125,7 @@ def worker_env(s3_env, tiny_models, monkeypatch):
     monkeypatch.setenv("WORLDPLAY_MODEL_DIR", str(tiny_models))
     monkeypatch.setenv("WORLDPLAY_ALLOW_DOWNLOAD", "0")
     monkeypatch.setenv("WORLDPLAY_MODES", "ar,bidirectional")
+    monkeypatch.setenv("WORLDPLAY_WARMUP", "1")  # the warm-up runs on every rank too
     loaded = []
 
     def start(ranks: int):
@@ -179,6 +180,7 @@ def test_handler_on_two_ranks(worker_env):
             assert out["mode"] == mode and out["num_frames"] == {"ar": 29, "bidirectional": 61}[mode]
         health = worker_job.health_report()
         assert health["model"]["sequence_parallel"]["world_size"] == ranks
+        assert set(health["model"]["warm_up_seconds"]) == {"ar", "bidirectional"}
         latents[ranks] = list(captured)
     assert len(latents[1]) == len(latents[2]) == 2
     for one, two in zip(latents[1], latents[2]):
