@@ -253,19 +253,23 @@ class RankedPipeline:
         return box["result"]
 
     def close(self) -> None:
+        """Stop the followers (at once when the group is out of step: they may wait in a collective)."""
+        out_of_step = self.broken is not None
         for conn in self.conns:
             try:
                 conn.send_bytes(pickle.dumps(None))
             except (OSError, ValueError):
                 pass
         for process in self.processes:
-            process.join(timeout=10)
+            process.join(timeout=1 if out_of_step else 10)
             if process.is_alive():
                 process.kill()
                 process.join(timeout=5)
         self.processes, self.conns = [], []
         self.broken = self.broken or "the ranks were shut down"
-        if torch.distributed.is_initialized():
+        nccl_waiting = out_of_step and torch.distributed.is_initialized() and \
+            torch.distributed.get_backend() == "nccl"  # a collective may still wait on rank 0's thread
+        if torch.distributed.is_initialized() and not nccl_waiting:
             try:
                 torch.distributed.destroy_process_group()
             except Exception:  # noqa: BLE001 - shutting down anyway
