@@ -127,6 +127,7 @@ class RankedPipeline:
         self.processes = processes
         self.conns = conns
         self.timeout_s = timeout_s
+        self.world_size = len(processes) + 1
         self.broken: str | None = None
         atexit.register(self.close)
 
@@ -168,10 +169,6 @@ class RankedPipeline:
     def modes(self):
         return self.pipe.modes
 
-    @property
-    def world_size(self) -> int:
-        return len(self.processes) + 1
-
     def health(self) -> dict:
         info = self.pipe.health()
         alive = [True] + [p.is_alive() for p in self.processes]
@@ -185,7 +182,7 @@ class RankedPipeline:
     def __getattr__(self, name: str):
         # read-only facts of rank 0's pipeline (device, transformers, compiled, load_info); whatever
         # generates goes through the methods below, which bring the followers along
-        if name in ("pipe", "processes", "conns") or name.startswith("__"):
+        if name in ("pipe", "processes", "conns", "world_size") or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.pipe, name)
 
