@@ -9,6 +9,7 @@
 # Environment (all optional unless marked):
 #   MINIO_ENDPOINT, MINIO_ACCESS_KEY, MINIO_SECRET_KEY, MINIO_BUCKET   output storage (all or none)
 #   WORLDPLAY_ALLOW_CPU=1     start without a visible GPU (tests, CPU smoke runs)
+#   WORLDPLAY_SEQUENCE_PARALLEL  ranks (GPUs) per pass: N or auto (default 1); N > visible GPUs fails here
 #   WORLDPLAY_LOCAL_SERVE=1   run RunPod's local API server (--rp_serve_api on 0.0.0.0)
 #   WORLDPLAY_LOCAL_PORT      port of that server (default: the SDK's, 8000)
 #   WORLDPLAY_PYTHON          python command to run (default: python)
@@ -59,6 +60,12 @@ if [[ "${WORLDPLAY_ALLOW_CPU:-0}" != "1" ]]; then
         die "no GPU visible: 'nvidia-smi -L' failed (${gpus:-no output}). Check the GPU type and CUDA version of the endpoint, or set WORLDPLAY_ALLOW_CPU=1 for CPU-only tests."
     fi
     log "GPU: ${gpus%%$'\n'*}"
+    gpu_count=0
+    while IFS= read -r line; do [[ "${line}" == GPU\ * ]] && gpu_count=$((gpu_count + 1)); done <<<"${gpus}"
+    sp="${WORLDPLAY_SEQUENCE_PARALLEL:-1}"
+    if [[ "${sp}" =~ ^[0-9]+$ ]] && (( sp > gpu_count )); then
+        die "WORLDPLAY_SEQUENCE_PARALLEL=${sp} but ${gpu_count} GPU(s) are visible. Set 'GPUs per worker' on the endpoint to at least ${sp}, or lower WORLDPLAY_SEQUENCE_PARALLEL (auto = every GPU)."
+    fi
 else
     log "WORLDPLAY_ALLOW_CPU=1: skipping the GPU check"
 fi

@@ -2,6 +2,7 @@
 
     python -m pipeline --tiny --image in.png --pose "w-3" --mode ar --out demo.mp4
     python -m pipeline --model-dir /models --image in.png --prompt "..." --pose "w-31" --out out.mp4
+    python -m pipeline --sp 4 --pose "w-31" --latents-out latents.safetensors   # 4 GPUs, sequence parallel
 
 ``--tiny`` writes tiny random-weight models (real architecture and on-disk layout) to a temporary
 folder and renders on the CPU in seconds: the frames are noise-like, the code path is the real one.
@@ -44,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fps", type=int, default=24)
     parser.add_argument("--out", type=Path, default=Path("demo.mp4"))
+    parser.add_argument("--sp", default=None,
+                        help="sequence-parallel ranks: N or 'auto' (default: WORLDPLAY_SEQUENCE_PARALLEL, else 1); "
+                             "with --tiny, N gloo ranks on the CPU")
+    parser.add_argument("--latents-out", type=Path, default=None,
+                        help="also write the clean latents (safetensors, tensor 'latents') for comparing runs")
     return parser
 
 
@@ -74,9 +80,11 @@ def side_files(out: Path) -> tuple[Path, Path]:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from .engine import GenerationRequest, WorldPlayPipeline
+    from .engine import GenerationRequest
+    from .ranks import PathsLoader, load_ranked
     from .video import Mp4Writer, probe_mp4
 
+    pipe = None
     try:
         # every input first: a typo must not cost a model build
         spec = _camera_spec(args.pose)
@@ -86,17 +94,18 @@ def main(argv: list[str] | None = None) -> int:
             raise PipelineError(f"--out {str(args.out)!r}: folder {str(args.out.parent)!r} "
                                 "does not exist")
         with tempfile.TemporaryDirectory() as tmp:
+            modes = (args.mode,)
             if args.tiny:
                 from .resolve import layout_paths
                 from .tiny import write_tiny_models
 
-                root = write_tiny_models(Path(tmp), modes=(args.mode,))
-                pipe = WorldPlayPipeline.from_paths(layout_paths(root, (args.mode,)), device="cpu")
+                root = write_tiny_models(Path(tmp), modes=modes)
+                pipe = load_ranked(PathsLoader(layout_paths(root, modes), modes), "cpu", args.sp)
             else:
                 from .resolve import resolve_models
 
                 kwargs = {"model_dir": args.model_dir} if args.model_dir else {}
-                pipe = WorldPlayPipeline.from_paths(resolve_models((args.mode,), **kwargs))
+                pipe = load_ranked(PathsLoader(resolve_models(modes, **kwargs), modes), None, args.sp)
             if image is None:
                 from .bench import demo_image
 
@@ -113,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
                     callback=lambda stage, step, total: print(f"{stage} {step}/{total}", file=sys.stderr),
                     on_frames=writer.write,
                 )
+        if args.latents_out:
+            from safetensors.torch import save_file
+
+            save_file({"latents": result.latents.contiguous()}, str(args.latents_out))
         info = probe_mp4(args.out)
         input_png, path_png = side_files(args.out)
         image.convert("RGB").save(input_png)
@@ -124,12 +137,15 @@ def main(argv: list[str] | None = None) -> int:
             "out": str(args.out), "input_image": str(input_png), "path_plot": str(path_png),
             "codec": info.codec, "width": info.width, "height": info.height,
             "num_frames": info.num_frames, "fps": float(info.fps), "seconds": round(time.perf_counter() - started, 2),
-            "timings": result.timings,
+            "timings": result.timings, "ranks": getattr(pipe, "world_size", 1),
         }, indent=2))
         return 0
     except PipelineError as exc:
         print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
         return 1
+    finally:
+        if hasattr(pipe, "close"):  # the followers of a sequence-parallel run
+            pipe.close()
 
 
 if __name__ == "__main__":

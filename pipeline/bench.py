@@ -71,6 +71,105 @@ def pass_flops(config: WorldPlayConfig, kind: str, query_tokens: int, key_tokens
     return float(layers * (linear + attn))
 
 
+def all_to_all_bytes(config: WorldPlayConfig, kind: str, query_tokens: int, key_tokens: int, world: int,
+                     element_bytes: int = 2) -> float:
+    """Bytes that cross between GPUs in one pass split over `world` ranks (:mod:`pipeline.parallel`),
+    summed over the ranks; each rank sends 1/world of it.
+
+    Every all-to-all moves the (world-1)/world of a [tokens, hidden] tensor that does not stay on its
+    rank. Per layer: q, k, v into the head-sharded layout and the RoPE and PRoPE attention outputs back
+    (image tokens); q, k, v and the output for text tokens (joint passes, the AR text pass); a context
+    pass's last layer sends only k and v. The final all-gather of the output (32 channels) is added.
+    `kind`: "text" (query_tokens = text tokens), "context", "step" or "joint" (key_tokens = image +
+    text tokens), as in :func:`pass_flops`.
+    """
+    if world <= 1:
+        return 0.0
+    c, layers = config.hidden_size, config.num_layers
+    share = (world - 1) / world
+    row = c * element_bytes * share  # one token's hidden vector, the part that moves
+    n = query_tokens
+    if kind == "text":
+        per_layer, last = 4 * n * row, 2 * n * row
+    elif kind == "context":
+        per_layer, last = 5 * n * row, 2 * n * row
+    elif kind == "step":
+        per_layer = last = 5 * n * row
+    elif kind == "joint":
+        per_layer = last = 5 * n * row + 4 * (key_tokens - n) * row
+    else:
+        return 0.0
+    gather = 0 if kind in ("text", "context") else n * config.out_channels * element_bytes * share
+    return float((layers - 1) * per_layer + last + gather)
+
+
+def rollout_passes(mode: str, frames: int = 125, width: int = 832, height: int = 480, steps: int | None = None,
+                   text_tokens: int = 1000, guidance: float | None = None) -> list[dict]:
+    """Every DiT pass of one generation (kind, query and key tokens), without running it: the chunking
+    and memory selection of :mod:`pipeline.rollout` on the straight camera path of `frames` frames."""
+    from .engine import DEFAULTS
+    from .memory import sample_memory_points, select_context_latents
+    from .rollout import AR_CHUNK_LATENTS, BIDIRECTIONAL_CHUNK_LATENTS, _context_indices
+
+    latents = (frames - 1) // 4 + 1
+    per_latent = (height // 16) * (width // 16)
+    w2c = parse_pose(pose_for(mode, frames)).w2c
+    points = sample_memory_points(torch.Generator("cpu").manual_seed(42))
+    steps = steps or DEFAULTS[mode]["steps"]
+    guidance = DEFAULTS[mode]["guidance"] if guidance is None else guidance
+    branches = 2 if guidance > 1.0 else 1
+
+    def select(start: int, size: int):
+        return select_context_latents(w2c, start, size, points=points)
+
+    size = AR_CHUNK_LATENTS if mode == "ar" else BIDIRECTIONAL_CHUNK_LATENTS
+    passes = [{"kind": "text", "query_tokens": text_tokens, "key_tokens": text_tokens, "count": branches}] \
+        if mode == "ar" else []
+    for chunk in range(latents // size):
+        start = chunk * size
+        context = len(_context_indices(select, start, size)) if chunk else 0
+        ctx, own = context * per_latent, size * per_latent
+        if mode == "ar":
+            if ctx:
+                passes.append({"kind": "context", "query_tokens": ctx, "key_tokens": text_tokens + ctx,
+                               "count": branches})
+            passes.append({"kind": "step", "query_tokens": own, "key_tokens": text_tokens + ctx + own,
+                           "count": steps * branches})
+        else:
+            passes.append({"kind": "joint", "query_tokens": ctx + own, "key_tokens": ctx + own + text_tokens,
+                           "count": steps * branches})
+    return passes
+
+
+def sequence_parallel_model(mode: str, worlds: tuple[int, ...], *, measured_dit_seconds: float,
+                            rest_seconds: float, link_gb_s: float = 300.0, latency_us: float = 25.0,
+                            frames: int = 125, steps: int | None = None) -> list[dict]:
+    """Expected DiT seconds of one generation split over N GPUs: the one-GPU measured DiT time divided
+    by N (the FLOPs split evenly; kernel efficiency at the smaller per-GPU shapes is not modelled), plus
+    the all-to-all traffic at `link_gb_s` per GPU and `latency_us` per collective, not overlapped with
+    compute (the implementation does not overlap them). `rest_seconds` (VAE decode, encoders: on every
+    rank, not split) is added unchanged."""
+    config = WorldPlayConfig.full()
+    passes = rollout_passes(mode, frames, steps=steps)
+    flops = sum(p["count"] * pass_flops(config, p["kind"], p["query_tokens"], p["key_tokens"]) for p in passes)
+    rows = []
+    for world in worlds:
+        sent = sum(p["count"] * all_to_all_bytes(config, p["kind"], p["query_tokens"], p["key_tokens"], world)
+                   for p in passes) / world  # per GPU
+        # per layer: into and out of the head-sharded layout, twice in joint passes (image, text)
+        collectives = sum(p["count"] * (4 if p["kind"] == "joint" else 2) for p in passes) \
+            * config.num_layers if world > 1 else 0
+        comm = sent / (link_gb_s * 1e9) + collectives * latency_us * 1e-6
+        dit = measured_dit_seconds / world + comm
+        rows.append({
+            "mode": mode, "gpus": world, "dit_pflop_per_gpu": round(flops / world / 1e15, 2),
+            "all_to_all_gb_per_gpu": round(sent / 1e9, 1), "collectives": collectives,
+            "communication_seconds": round(comm, 2), "dit_seconds": round(dit, 1),
+            "generate_seconds": round(dit + rest_seconds, 1),
+        })
+    return rows
+
+
 def device_peak_tflops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
@@ -96,8 +195,10 @@ def _random_init_(module: torch.nn.Module, std: float = 0.02) -> None:
                 param.zero_()
 
 
-def build_full_size(modes: tuple[str, ...], device: torch.device, dtype: torch.dtype, scratch: Path) -> WorldPlayPipeline:
-    """Every component at its real size with random weights, on `device`."""
+def build_full_size(modes: tuple[str, ...], device: torch.device, dtype: torch.dtype, scratch: Path,
+                    tiny_root: Path | None = None) -> WorldPlayPipeline:
+    """Every component at its real size with random weights, on `device` (the tokenizers from `tiny_root`,
+    written under `scratch` when not given)."""
     from diffusers import AutoencoderKLHunyuanVideo15
     from transformers import (
         ByT5Tokenizer,
@@ -113,7 +214,7 @@ def build_full_size(modes: tuple[str, ...], device: torch.device, dtype: torch.d
 
     from .tiny import COMPONENTS_DIR, write_tiny_models
 
-    tiny_root = write_tiny_models(scratch / "tiny", modes=())
+    tiny_root = tiny_root or write_tiny_models(scratch / "tiny", modes=())
     tiny_components = tiny_root / COMPONENTS_DIR
     started = time.perf_counter()
     transformers = {}
@@ -167,12 +268,17 @@ def build_full_size(modes: tuple[str, ...], device: torch.device, dtype: torch.d
     return pipe
 
 
-def build_tiny(modes: tuple[str, ...], scratch: Path) -> WorldPlayPipeline:
+def build_for_rank(tiny: bool, modes: tuple[str, ...], tiny_root: str, device: str | None) -> WorldPlayPipeline:
+    """The bench's pipeline on one rank (:func:`pipeline.ranks.load_ranked`), from tiny models written
+    once beforehand (by the caller: model saving is skipped off rank 0 once torch.distributed is up);
+    full size: the same seeded random weights on every rank."""
     from .resolve import layout_paths
-    from .tiny import write_tiny_models
 
-    root = write_tiny_models(scratch / "tiny", modes=modes)
-    return WorldPlayPipeline.from_paths(layout_paths(root, modes), device="cpu", dtype=torch.float32)
+    torch.manual_seed(0)
+    if tiny:
+        return WorldPlayPipeline.from_paths(layout_paths(Path(tiny_root), modes), device="cpu", dtype=torch.float32)
+    device = torch.device(device or "cuda")
+    return build_full_size(modes, device, default_dtype(device), Path(tiny_root).parent, Path(tiny_root))
 
 
 # ------------------------------------------------------------------------------------ runs
@@ -193,7 +299,7 @@ def pose_for(mode: str, frames: int) -> str:
 
 
 def run_one(pipe: WorldPlayPipeline, mode: str, frames: int, width: int, height: int, steps: int | None,
-            guidance: float | None, out_dir: Path, prompt: str = PROMPT) -> dict:
+            guidance: float | None, out_dir: Path, prompt: str = PROMPT, ranks: int = 1) -> dict:
     import importlib.util
 
     Mp4Writer = None
@@ -236,7 +342,7 @@ def run_one(pipe: WorldPlayPipeline, mode: str, frames: int, width: int, height:
         flops += pass_flops(config, event["kind"], event["query_tokens"], event["key_tokens"])
     dit_s = sum(per_kind.values())
     peak = device_peak_tflops(device)
-    floor_s = flops / (peak * 1e12) if peak else None
+    floor_s = flops / (peak * 1e12 * ranks) if peak else None  # the passes are split over `ranks` GPUs
     report = {
         "mode": mode,
         "frames": result.num_frames,
@@ -250,7 +356,8 @@ def run_one(pipe: WorldPlayPipeline, mode: str, frames: int, width: int, height:
         "dit_pflop": round(flops / 1e15, 3),
         "dit_floor_seconds": round(floor_s, 2) if floor_s else None,
         "dit_vs_floor": round(dit_s / floor_s, 2) if floor_s else None,
-        "achieved_tflops": round(flops / dit_s / 1e12, 1) if dit_s else None,
+        "achieved_tflops": round(flops / dit_s / 1e12, 1) if dit_s else None,  # all ranks together
+        "sequence_parallel": ranks,
         "generate_seconds": round(generate_s, 3),
         # H.264 runs beside generation; what the job still waits for after the last frame is the tail
         "h264_encode_seconds": round(writer.encode_seconds, 3) if writer is not None else None,
@@ -429,7 +536,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vae-steps", type=int, nargs="+", default=[1, 2, 4],
                         help="latents per pass to try with --vae-decode")
     parser.add_argument("--no-untiled", action="store_true", help="with --vae-decode: skip the untiled decode")
+    parser.add_argument("--sp", default=None,
+                        help="sequence-parallel ranks: N or 'auto' (default: WORLDPLAY_SEQUENCE_PARALLEL, else 1); "
+                             "with --tiny, N gloo ranks on the CPU")
+    parser.add_argument("--sp-model", action="store_true",
+                        help="only print the sequence-parallel model for 1/2/4/8 H100s over NVLink (no run)")
     args = parser.parse_args(argv)
+
+    if args.sp_model:
+        # the one-H100 figures measured on 2026-11-23 (docs/PERFORMANCE.md): AR DiT 18.28 s with decode,
+        # encode and hand-over 5.78 s besides; bidirectional 30 steps DiT 331.70 s with 7.02 s besides
+        measured = {"ar": (18.28, 24.06 - 18.28), "bidirectional": (331.70, 338.72 - 331.70)}
+        for mode in args.modes:
+            dit, rest = measured[mode]
+            for row in sequence_parallel_model(mode, (1, 2, 4, 8), measured_dit_seconds=dit, rest_seconds=rest,
+                                               frames=args.frames or 125, steps=args.steps):
+                print(json.dumps(row), flush=True)
+        return 0
 
     if args.vae_decode:
         device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
@@ -460,7 +583,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         t0 = time.perf_counter()
-        pipe = build_tiny(modes, scratch) if args.tiny else build_full_size(modes, device, default_dtype(device), scratch)
+        from functools import partial
+
+        from .ranks import load_ranked
+
+        from .tiny import write_tiny_models
+
+        tiny_root = write_tiny_models(scratch / "tiny", modes=modes if args.tiny else ())
+        pipe = load_ranked(partial(build_for_rank, args.tiny, modes, str(tiny_root)), str(device), args.sp)
+        ranks = getattr(pipe, "world_size", 1)
         build_s = time.perf_counter() - t0
         reports, warm_ups = [], {}
         for choice in args.attention or [os.environ.get("WORLDPLAY_ATTENTION", "auto")]:
@@ -473,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
                 for mode in modes:
                     frames = args.frames or (125 if not args.tiny else (29 if mode == "ar" else 61))
                     width, height = (args.width, args.height) if not args.tiny else (256, 144)
-                    report = run_one(pipe, mode, frames, width, height, args.steps, None, scratch)
+                    report = run_one(pipe, mode, frames, width, height, args.steps, None, scratch, ranks=ranks)
                     report.update(attention=choice, attention_kernel=kernel, warm_up_seconds=warm_up_s)
                     reports.append(report)
                     print(json.dumps(report, indent=2), flush=True)
@@ -489,10 +620,13 @@ def main(argv: list[str] | None = None) -> int:
             "warm_up_seconds_per_attention": warm_ups,
             "attention_at_start": pipe.load_info.get("attention"),  # pipeline.attention.prepare
             "attention_prepare_seconds": pipe.load_info.get("load_seconds", {}).get("attention_kernel"),
+            "sequence_parallel": ranks,
             "runs": reports,
         }
         if args.json:
             args.json.write_text(json.dumps(summary, indent=2) + "\n")
+        if hasattr(pipe, "close"):
+            pipe.close()
     return 0
 
 

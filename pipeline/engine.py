@@ -80,6 +80,7 @@ class GenerationResult:
     num_inference_steps: int
     guidance_scale: float
     timings: dict[str, float] = field(default_factory=dict)
+    latents: torch.Tensor | None = None  # the clean latents [1, C, L, h, w] (float32, on the CPU)
 
 
 class _Timer:
@@ -147,6 +148,7 @@ class WorldPlayPipeline:
         # that runs out of memory beside the cache switches this off for the worker (ChunkFrames).
         self.decode_during_denoise = env_flag("WORLDPLAY_DECODE_DURING_DENOISE", True)
         self._text_encoder_host: HostResident | None = None
+        self.sequence_parallel = None  # pipeline.parallel.SequenceParallel with several ranks
         placed = time.perf_counter()
         if offload_encoders:
             # byT5 and SigLIP are small (~2 GB): they stay on the GPU. The Qwen text encoder (~15 GB)
@@ -216,6 +218,19 @@ class WorldPlayPipeline:
     def modes(self) -> tuple[str, ...]:
         return tuple(self.transformers)
 
+    def use_sequence_parallel(self, sp) -> None:
+        """Split every DiT pass across the ranks of `sp` (:class:`pipeline.parallel.SequenceParallel`).
+
+        Every rank then runs :meth:`generate` on the same request at the same time; rank 0's image
+        latent and encoder outputs are broadcast so that every rank denoises the same inputs."""
+        from .parallel import check_heads
+
+        for transformer in self.transformers.values():
+            check_heads(sp.world, transformer.config.num_heads)
+            transformer.sequence_parallel = sp
+        self.sequence_parallel = sp
+        self.load_info["sequence_parallel"] = {"world_size": sp.world, "rank": sp.rank, "backend": sp.backend}
+
     def health(self) -> dict:
         import diffusers
         import transformers as hf_transformers
@@ -227,6 +242,7 @@ class WorldPlayPipeline:
             "offload_encoders": self.offload_encoders,
             "compiled": self.compiled,
             "decode_during_denoise": self.decode_during_denoise,
+            "sequence_parallel": {"world_size": 1},
             "versions": {
                 "python": platform.python_version(),
                 "torch": torch.__version__,
@@ -346,6 +362,12 @@ class WorldPlayPipeline:
         generator = torch.Generator("cpu").manual_seed(int(request.seed))
         latents = torch.randn((1, channels, num_latents, h, w), generator=generator, dtype=torch.float32)
         latents = latents.to(self.device)
+        sp = self.sequence_parallel
+        if sp is not None:
+            # every rank denoises rank 0's inputs (noise included); cancelling is decided by all ranks at
+            # the same step
+            sp.broadcast([latents, cond_latents, *positive.tensors(), *(negative.tensors() if negative else ())])
+            should_cancel = sp.agreed(should_cancel, self.device)
         points = sample_memory_points(generator)
         w2c = request.camera.w2c
 
@@ -399,6 +421,7 @@ class WorldPlayPipeline:
             num_inference_steps=steps,
             guidance_scale=guidance,
             timings=timer.timings,
+            latents=latents.detach().to("cpu", torch.float32),
         )
 
     def _conditioning(

@@ -57,3 +57,16 @@ class GenerationCancelled(PipelineError):
     """The caller asked to stop between denoising steps."""
 
     code = "CANCELLED"
+
+
+class SequenceParallelConfigError(PipelineError):
+    """``WORLDPLAY_SEQUENCE_PARALLEL`` cannot be honoured (not a number, does not divide the heads, more
+    ranks than visible GPUs)."""
+
+    code = "SEQUENCE_PARALLEL_CONFIG"
+
+
+class RankFailedError(PipelineError):
+    """A sequence-parallel rank died, failed or stopped answering; the worker must be replaced."""
+
+    code = "RANK_FAILED"

@@ -46,6 +46,9 @@ class Conditioning:
     byt5_mask: torch.Tensor  # [1, Lb]
     vision: torch.Tensor  # [1, Lv, vision_dim]
 
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return self.text, self.text_mask, self.byt5, self.byt5_mask, self.vision
+
     def tokens(self, transformer: WorldPlayTransformer, timestep_txt: float | torch.Tensor) -> ConditionTokens:
         return transformer.embed_condition(
             self.text, self.text_mask, self.byt5, self.byt5_mask, self.vision, timestep_txt

@@ -37,6 +37,7 @@ from torch import nn
 from .ar_cache import ARCache, ARCacheLayout
 from .attention import attention
 from .config import WorldPlayConfig
+from .parallel import LOCAL, layout_for
 from .prope import CameraEncoding
 
 # --------------------------------------------------------------------------------------- layers
@@ -242,25 +243,22 @@ class DoubleStreamBlock(nn.Module):
     def _heads_first(x: torch.Tensor) -> torch.Tensor:
         return x.transpose(1, 2)
 
-    @staticmethod
-    def _merge(x: torch.Tensor) -> torch.Tensor:
-        """[B, H, L, D] -> [B, L, H*D]"""
-        return x.transpose(1, 2).flatten(2)
-
-    def _image_update(self, img, img_mods, attn_rope, attn_prope, camera: CameraEncoding):
-        b, length, _ = attn_prope.shape
-        prope_out = camera.outputs(attn_prope.view(b, length, self.heads, self.head_dim)).flatten(2)
-        combined = self.img_attn_proj(attn_rope) + self.img_attn_prope_proj(prope_out)
+    def _image_update(self, img, img_mods, attn_rope, prope_out):
+        """attn_rope / prope_out [B, L, H, D] (PRoPE's output map already applied)."""
+        combined = self.img_attn_proj(attn_rope.flatten(2)) + self.img_attn_prope_proj(prope_out.flatten(2))
         return self._finish("img", img, combined, img_mods)
 
     # -- bidirectional: joint attention of image and text tokens
 
-    def forward(self, img, txt, vec_img, vec_txt, rope: Rope, camera: CameraEncoding):
+    def forward(self, img, txt, vec_img, vec_txt, rope: Rope, camera: CameraEncoding, img_layout=LOCAL,
+                txt_layout=LOCAL):
+        """`img_layout` / `txt_layout` (:mod:`pipeline.parallel`): with several ranks, img and txt are this
+        rank's token slices and attention runs on all tokens of this rank's heads."""
         img_mods = self.img_mod(vec_img).chunk(6, dim=-1)  # each [B, T, C]
         txt_mods = self.txt_mod(vec_txt).unsqueeze(1).chunk(6, dim=-1)  # each [B, 1, C]
-        q, k, v = self._qkv("img", img, img_mods[0], img_mods[1])
-        tq, tk, tv = self._qkv("txt", txt, txt_mods[0], txt_mods[1])
-        n_img = img.shape[1]
+        q, k, v = img_layout.to_heads(*self._qkv("img", img, img_mods[0], img_mods[1]))
+        tq, tk, tv = txt_layout.to_heads(*self._qkv("txt", txt, txt_mods[0], txt_mods[1]))
+        n_img = q.shape[1]
 
         keys_txt, values_txt = self._heads_first(tk), self._heads_first(tv)
         joint = attention(
@@ -268,44 +266,48 @@ class DoubleStreamBlock(nn.Module):
             torch.cat([self._heads_first(rope(k)), keys_txt], 2),
             torch.cat([self._heads_first(v), values_txt], 2),
         )
-        joint = self._merge(joint)
+        joint = joint.transpose(1, 2)  # [B, L, H, D]
         # PRoPE branch: only the image queries are needed (its text output is discarded).
         prope = attention(
             self._heads_first(camera.queries(q)),
             torch.cat([self._heads_first(camera.keys_values(k)), keys_txt], 2),
             torch.cat([self._heads_first(camera.keys_values(v)), values_txt], 2),
         )
-        img = self._image_update(img, img_mods, joint[:, :n_img], self._merge(prope), camera)
-        txt = self._finish("txt", txt, self.txt_attn_proj(joint[:, n_img:]), txt_mods)
+        attn_rope, prope_out = img_layout.to_seq(joint[:, :n_img], camera.outputs(prope.transpose(1, 2)))
+        (attn_txt,) = txt_layout.to_seq(joint[:, n_img:])
+        img = self._image_update(img, img_mods, attn_rope, prope_out)
+        txt = self._finish("txt", txt, self.txt_attn_proj(attn_txt.flatten(2)), txt_mods)
         return img, txt
 
     # -- AR: text alone, then image tokens against the cache
 
-    def forward_text(self, txt, vec_txt, outputs: bool = True):
-        """Text self-attention only; returns the updated text and its K/V [B, H, L, D].
+    def forward_text(self, txt, vec_txt, outputs: bool = True, layout=LOCAL):
+        """Text self-attention only; returns the updated text and its K/V [B, H, L, D] (with several
+        ranks: this rank's text slice, and all text tokens' K/V of this rank's heads).
 
         With `outputs=False` (the last layer: nothing reads its output) only the K/V are computed and
         the text comes back as None.
         """
         txt_mods = self.txt_mod(vec_txt).unsqueeze(1).chunk(6, dim=-1)
-        tq, tk, tv = self._qkv("txt", txt, txt_mods[0], txt_mods[1], queries=outputs)
+        tq, tk, tv = layout.to_heads(*self._qkv("txt", txt, txt_mods[0], txt_mods[1], queries=outputs))
         keys, values = self._heads_first(tk), self._heads_first(tv)
         if not outputs:
             return None, keys, values
-        out = self._merge(attention(self._heads_first(tq), keys, values))
-        return self._finish("txt", txt, self.txt_attn_proj(out), txt_mods), keys, values
+        (out,) = layout.to_seq(attention(self._heads_first(tq), keys, values).transpose(1, 2))
+        return self._finish("txt", txt, self.txt_attn_proj(out.flatten(2)), txt_mods), keys, values
 
     def forward_cached(self, img, vec_img, rope: Rope, camera: CameraEncoding, keys, values, offset: int,
-                       outputs: bool = True):
+                       outputs: bool = True, layout=LOCAL):
         """Image tokens attend to cache[:offset] + themselves; their K/V are written at `offset`.
 
-        `keys`/`values` are this layer's [2, H, capacity, D] buffers (batch 1). With `outputs=False`
+        `keys`/`values` are this layer's [2, H, capacity, D] buffers (batch 1; with several ranks, this
+        rank's H/N heads, and `img` is this rank's token slice). With `outputs=False`
         (the last layer of a context pass, whose output nothing reads) only the K/V are computed and
         written, and None is returned: no queries, attention, projections or MLP.
         """
         img_mods = self.img_mod(vec_img).chunk(6, dim=-1)
-        q, k, v = self._qkv("img", img, img_mods[0], img_mods[1], queries=outputs)
-        n = img.shape[1]
+        q, k, v = layout.to_heads(*self._qkv("img", img, img_mods[0], img_mods[1], queries=outputs))
+        n = k.shape[1]
         end = offset + n
         keys[0, :, offset:end] = rope(k)[0].transpose(0, 1)
         keys[1, :, offset:end] = camera.keys_values(k)[0].transpose(0, 1)
@@ -314,9 +316,9 @@ class DoubleStreamBlock(nn.Module):
         if not outputs:
             return None
         queries = torch.cat([rope(q), camera.queries(q)], 0).transpose(1, 2)  # [2, H, n, D]
-        out = attention(queries, keys[:, :, :end], values[:, :, :end])
-        attn_rope, attn_prope = self._merge(out).chunk(2, dim=0)
-        return self._image_update(img, img_mods, attn_rope, attn_prope, camera)
+        out = attention(queries, keys[:, :, :end], values[:, :, :end]).transpose(1, 2)  # [2, n, H, D]
+        attn_rope, prope_out = layout.to_seq(out[:1], camera.outputs(out[1:]))
+        return self._image_update(img, img_mods, attn_rope, prope_out)
 
 
 class IndividualTokenRefinerBlock(nn.Module):
@@ -507,6 +509,8 @@ class WorldPlayTransformer(nn.Module):
         self.cond_type_embedding = nn.Embedding(3, c)
         self.double_blocks = nn.ModuleList(DoubleStreamBlock(config) for _ in range(config.num_layers))
         self.final_layer = FinalLayer(c, config.out_channels)
+        # pipeline.parallel.SequenceParallel when the worker runs several ranks (set by the pipeline)
+        self.sequence_parallel = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -584,8 +588,13 @@ class WorldPlayTransformer(nn.Module):
             rope_start=int(rope_start),
         )
 
-    def _project_out(self, video: VideoTokens, img: torch.Tensor) -> torch.Tensor:
-        out = self.final_layer(img, video.vec)
+    def _layouts(self, video: VideoTokens, text_len: int | None = None):
+        t, h, w = video.shape
+        img = layout_for(self.sequence_parallel, t, h * w)
+        return img if text_len is None else (img, layout_for(self.sequence_parallel, 1, text_len))
+
+    def _project_out(self, video: VideoTokens, img: torch.Tensor, layout=LOCAL) -> torch.Tensor:
+        out = layout.gather(self.final_layer(img, video.vec))
         t, h, w = video.shape
         return out.view(out.shape[0], t, h, w, -1).permute(0, 4, 1, 2, 3)
 
@@ -596,9 +605,11 @@ class WorldPlayTransformer(nn.Module):
         img = video.tokens
         txt = condition.tokens.expand(img.shape[0], -1, -1)
         vec_txt = condition.vec.expand(img.shape[0], -1)
+        img_layout, txt_layout = self._layouts(video, txt.shape[1])
+        img, txt = img_layout.shard(img), txt_layout.shard(txt)
         for block in self.double_blocks:
-            img, txt = block(img, txt, video.vec, vec_txt, video.rope, video.camera)
-        return self._project_out(video, img)
+            img, txt = block(img, txt, video.vec, vec_txt, video.rope, video.camera, img_layout, txt_layout)
+        return self._project_out(video, img, img_layout)
 
     # -- autoregressive
 
@@ -608,22 +619,25 @@ class WorldPlayTransformer(nn.Module):
         txt, vec_txt = condition.tokens, condition.vec
         cache = ARCache(layout, text_len=txt.shape[1])
         last = len(self.double_blocks) - 1
+        shards = layout_for(self.sequence_parallel, 1, txt.shape[1])
+        txt = shards.shard(txt)
         for index, block in enumerate(self.double_blocks):
-            txt, k, v = block.forward_text(txt, vec_txt, outputs=index < last)
-            cache.add_layer(k[0], v[0])
+            txt, k, v = block.forward_text(txt, vec_txt, outputs=index < last, layout=shards)
+            cache.add_layer(k[0], v[0])  # this rank's heads: all on one rank, H/N with sequence parallelism
         return cache
 
     def _run_cached(self, cache: ARCache, video: VideoTokens, offset: int, outputs: bool = True) -> torch.Tensor | None:
         """Run `video` through every block against the cache, writing its K/V at `offset`. With
         `outputs=False` (a context pass: only the K/V it leaves in the cache are used) the last block
-        stops once its K/V are written."""
+        stops once its K/V are written. Returns this rank's token slice (all tokens on one rank)."""
         if video.tokens.shape[0] != 1:
             raise ValueError("the AR passes take one sample; run CFG branches with separate caches")
-        img = video.tokens
+        layout = self._layouts(video)
+        img = layout.shard(video.tokens)
         last = len(self.double_blocks) - 1
         for index, (block, k, v) in enumerate(zip(self.double_blocks, cache.keys, cache.values)):
             img = block.forward_cached(img, video.vec, video.rope, video.camera, k, v, offset,
-                                       outputs=outputs or index < last)
+                                       outputs=outputs or index < last, layout=layout)
         return img
 
     def ar_context_pass(self, cache: ARCache, video: VideoTokens) -> None:
@@ -647,4 +661,4 @@ class WorldPlayTransformer(nn.Module):
         and fit the cache's layout, or ValueError is raised before anything is written.
         """
         img = self._run_cached(cache, video, cache.chunk_offset(video.shape, video.rope_start))
-        return self._project_out(video, img)
+        return self._project_out(video, img, self._layouts(video))

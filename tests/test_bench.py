@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from pipeline.bench import main, pass_flops
 from pipeline.config import WorldPlayConfig
 
@@ -75,3 +77,31 @@ def test_one_build_runs_every_attention_choice(tmp_path, monkeypatch):
     assert report["attention_at_start"] == "sdpa" and report["attention_prepare_seconds"] >= 0
     assert set(report["warm_up_seconds_per_attention"]) == {"sdpa", "math", "fa4"}
     assert "WORLDPLAY_ATTENTION" not in os.environ  # the caller's environment is left as it was
+
+
+def test_all_to_all_bytes_model():
+    from pipeline.bench import all_to_all_bytes
+    from pipeline.config import WorldPlayConfig
+
+    config = WorldPlayConfig.tiny()  # hidden 64, 2 layers
+    c, out = config.hidden_size, config.out_channels
+    assert all_to_all_bytes(config, "step", 10, 50, 1) == 0.0
+    # 2 ranks: half of every tensor moves; q, k, v in and two outputs back per layer, bf16
+    assert all_to_all_bytes(config, "step", 10, 50, 2) == 2 * 5 * 10 * c * 2 * 0.5 + 10 * out * 2 * 0.5
+    # a context pass's last layer sends only k and v; no output is gathered
+    assert all_to_all_bytes(config, "context", 10, 50, 4) == (5 + 2) * 10 * c * 2 * 0.75
+    # joint: 10 image tokens (5 tensors) and 6 text tokens (4 tensors) per layer
+    assert all_to_all_bytes(config, "joint", 10, 16, 2) == 2 * (5 * 10 + 4 * 6) * c + 10 * out
+
+
+def test_rollout_passes_reproduce_the_measured_flops():
+    """The pass list the multi-GPU model uses gives the FLOPs the H100 traces counted (docs/PERFORMANCE.md:
+    AR 10.44 PFLOP, bidirectional 30 steps 197.1 PFLOP; text length assumed, hence 1 %)."""
+    from pipeline.bench import rollout_passes
+    from pipeline.config import WorldPlayConfig
+
+    config = WorldPlayConfig.full()
+    for mode, measured in (("ar", 10.44e15), ("bidirectional", 197.1e15)):
+        flops = sum(p["count"] * pass_flops(config, p["kind"], p["query_tokens"], p["key_tokens"])
+                    for p in rollout_passes(mode))
+        assert flops == pytest.approx(measured, rel=0.01)

@@ -116,6 +116,17 @@ def test_fails_fast_when_nvidia_smi_fails(env, tmp_path):
     assert "ARGS:" not in res.stdout
 
 
+def test_fails_fast_when_sequence_parallel_exceeds_the_gpus(env, tmp_path):
+    _script(tmp_path / "bin" / "nvidia-smi",
+            "#!/bin/sh\necho 'GPU 0: NVIDIA L40S (UUID: GPU-1)'\necho 'GPU 1: NVIDIA L40S (UUID: GPU-2)'\n")
+    env["WORLDPLAY_SEQUENCE_PARALLEL"] = "4"
+    res = run(env)
+    assert res.returncode != 0 and "ARGS:" not in res.stdout
+    assert "WORLDPLAY_SEQUENCE_PARALLEL=4 but 2 GPU(s) are visible" in res.stderr
+    env["WORLDPLAY_SEQUENCE_PARALLEL"] = "2"
+    assert run(env).returncode == 0
+
+
 def test_allow_cpu_skips_gpu_check(env, tmp_path):
     (tmp_path / "bin" / "nvidia-smi").unlink()
     env["WORLDPLAY_ALLOW_CPU"] = "1"

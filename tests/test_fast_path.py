@@ -130,9 +130,9 @@ def test_optimised_dit_paths_render_the_frames_of_the_unoptimised_ones(tiny_pipe
     monkeypatch.setattr(transformer, "add_gated", lambda residual, x, gate: residual + (
         per_frame(x, gate.shape[1]) * gate.unsqueeze(2)).view_as(x))
     monkeypatch.setattr(DoubleStreamBlock, "forward_cached",
-                        lambda self, *args, outputs=True: full_cached(self, *args, outputs=True))
+                        lambda self, *args, outputs=True, **kw: full_cached(self, *args, outputs=True, **kw))
     monkeypatch.setattr(DoubleStreamBlock, "forward_text",
-                        lambda self, *args, outputs=True: full_text(self, *args, outputs=True))
+                        lambda self, *args, outputs=True, **kw: full_text(self, *args, outputs=True, **kw))
     unoptimised = tiny_pipeline.generate(request).frames
 
     assert optimised.shape == unoptimised.shape == (45, 48, 80, 3)

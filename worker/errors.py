@@ -31,6 +31,8 @@ ERROR_CODES = {
     "CHECKPOINT_MISMATCH": (False, "a checkpoint does not match the architecture"),
     "CANCELLED": (False, "the job was cancelled between denoising steps"),
     "DISK_FULL": (True, "the temp filesystem ran out of space writing the video"),
+    "SEQUENCE_PARALLEL_CONFIG": (False, "WORLDPLAY_SEQUENCE_PARALLEL does not divide the heads or exceeds the GPUs"),
+    "RANK_FAILED": (True, "a sequence-parallel rank died or failed; the worker is replaced"),
     "GPU_OUT_OF_MEMORY": (True, "CUDA out of memory; the worker is replaced"),
     "GPU_ERROR": (True, "a CUDA fault; the worker is replaced"),
     "INTERNAL_ERROR": (True, "an unexpected bug; the worker is replaced"),

@@ -70,13 +70,14 @@ def configure_logging(level: Optional[str] = None) -> None:
 
 # ---- model holder -----------------------------------------------------------------------------
 def default_loader(modes: Tuple[str, ...]):
-    """resolve_models + WorldPlayPipeline.from_paths (imported lazily: torch is heavy)."""
-    from pipeline.engine import WorldPlayPipeline
+    """resolve_models + WorldPlayPipeline.from_paths (imported lazily: torch is heavy), on every
+    sequence-parallel rank (WORLDPLAY_SEQUENCE_PARALLEL; pipeline.ranks)."""
+    from pipeline.ranks import PathsLoader, load_ranked
     from pipeline.resolve import resolve_models
 
     paths = resolve_models(list(modes))  # reads WORLDPLAY_MODEL_DIR, WORLDPLAY_ALLOW_DOWNLOAD, ...
     device = os.environ.get("WORLDPLAY_DEVICE") or None
-    pipe = WorldPlayPipeline.from_paths(paths, device=device, modes=tuple(modes))
+    pipe = load_ranked(PathsLoader(paths, tuple(modes)), device)
     pipe.warm_up_if_configured()  # WORLDPLAY_WARMUP (default: with WORLDPLAY_COMPILE=1 only)
     return pipe
 

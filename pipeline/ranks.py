@@ -1,0 +1,365 @@
+"""The ranks of one sequence-parallel worker: rank 0 (the caller's process) and N-1 follower processes.
+
+:func:`load_ranked` is how the worker and the CLI load a pipeline: with one rank it is just the loader;
+with N (``WORLDPLAY_SEQUENCE_PARALLEL``) it spawns N-1 followers (one per GPU, ``spawn`` start method),
+joins them in one process group (NCCL on CUDA, gloo on the CPU), has every rank load the models, and
+returns a :class:`RankedPipeline`: the pipeline of rank 0, which hands each request to every follower
+over a pipe before generating. All ranks then run the same ``generate``; the DiT passes are split
+between them (:mod:`pipeline.parallel`), cancellation is decided by all ranks at the same step, and
+only rank 0's callbacks reach the caller.
+
+Failures: a request the pipeline rejects is rejected on rank 0 before any follower sees it. A follower
+that dies, fails (anything but a cancellation or a rejected request: it then exits, so that rank 0's
+collectives fail instead of waiting) or does not answer makes the job fail with
+:class:`~pipeline.errors.RankFailedError` (``RANK_FAILED``, the worker is replaced), and so does every
+later job on this group.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing as mp
+import os
+import pickle
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .errors import GenerationCancelled, PipelineError, RankFailedError
+from .parallel import check_heads, configured_size, init_process_group, visible_gpus
+from .settings import env_number
+
+logger = logging.getLogger("worldplay.ranks")
+
+START_TIMEOUT_ENV = "WORLDPLAY_SP_START_TIMEOUT"  # seconds for every rank to load (default 1800)
+TIMEOUT_ENV = "WORLDPLAY_SP_TIMEOUT"  # seconds a collective or a follower's answer may take (default 600)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _device_for(rank: int, device_type: str) -> str:
+    return f"cuda:{rank}" if device_type == "cuda" else "cpu"
+
+
+def _error_of(exc: BaseException) -> tuple[str, str]:
+    code = getattr(exc, "code", None) if isinstance(exc, PipelineError) else None
+    return code or type(exc).__name__, getattr(exc, "message", None) or str(exc)
+
+
+def load_ranked(load: Callable, device: str | None = None, world: int | None = None):
+    """`load(device)` -> pipeline, on every rank. `load` must pickle (:class:`PathsLoader`, a module-level
+    function or a ``functools.partial`` of one). `world`: the number of ranks (default:
+    ``WORLDPLAY_SEQUENCE_PARALLEL``), checked against the visible GPUs and, before any rank starts, the
+    heads of a loader that can tell them (every rank checks them again once its transformer is loaded)."""
+    device_type = torch.device(device).type if device else ("cuda" if torch.cuda.is_available() else "cpu")
+    if world is None:
+        world = configured_size(None, device_type)
+    else:
+        from .parallel import parse_size
+
+        world = parse_size(world, heads=None, gpus=visible_gpus(), device_type=device_type)
+    if world > 1 and callable(getattr(load, "heads", None)):
+        for heads in load.heads():
+            check_heads(world, heads)
+    if world == 1:
+        return load(device)
+    return RankedPipeline.start(load, world, device_type)
+
+
+# --------------------------------------------------------------------------------- followers
+
+
+def follower_main(rank: int, world: int, port: int, device_type: str, timeout_s: float, load: Callable,
+                  conn) -> None:
+    """A follower's whole life: join, load, then generate every request rank 0 sends until told to stop."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s rank{rank} %(name)s | %(message)s")
+    try:
+        sp = init_process_group(rank, world, port, device_type, timeout_s)
+        pipe = load(_device_for(rank, device_type))
+        pipe.use_sequence_parallel(sp)
+    except BaseException as exc:  # noqa: BLE001 - reported to rank 0, which fails the start
+        logger.exception("rank %d failed to start", rank)
+        conn.send(("failed", *_error_of(exc)))
+        os._exit(1)
+    conn.send(("ready", rank))
+    while True:
+        try:
+            message = pickle.loads(conn.recv_bytes())
+        except (EOFError, OSError):  # rank 0 is gone
+            return
+        if message is None:
+            break
+        kind, payload = message
+        try:
+            if kind == "warm_up":
+                pipe.warm_up() if payload else pipe.warm_up_if_configured()
+            else:
+                pipe.generate(payload)
+            conn.send(("done", None))
+        except GenerationCancelled as exc:
+            conn.send(("cancelled", exc.message))
+        except BaseException as exc:  # noqa: BLE001 - this rank may be out of step: leave
+            logger.exception("rank %d failed", rank)
+            try:
+                conn.send(("failed", *_error_of(exc)))
+            finally:
+                os._exit(1)
+    torch.distributed.destroy_process_group()
+
+
+# ------------------------------------------------------------------------------------- rank 0
+
+
+class RankedPipeline:
+    """Rank 0's pipeline, with the followers it drives. Exposes what the worker uses of a pipeline."""
+
+    def __init__(self, pipe, processes, conns, timeout_s: float):
+        self.pipe = pipe
+        self.processes = processes
+        self.conns = conns
+        self.timeout_s = timeout_s
+        self.world_size = len(processes) + 1
+        self.broken: str | None = None
+        atexit.register(self.close)
+
+    @classmethod
+    def start(cls, load: Callable, world: int, device_type: str) -> "RankedPipeline":
+        timeout_s = env_number(TIMEOUT_ENV, 600.0, float)
+        start_timeout = env_number(START_TIMEOUT_ENV, 1800.0, float)
+        port = _free_port()
+        context = mp.get_context("spawn")
+        processes, conns = [], []
+        started = time.perf_counter()
+        for rank in range(1, world):
+            parent, child = context.Pipe()
+            process = context.Process(
+                target=follower_main, args=(rank, world, port, device_type, timeout_s, load, child),
+                name=f"worldplay-rank{rank}", daemon=True,
+            )
+            process.start()
+            child.close()
+            processes.append(process)
+            conns.append(parent)
+        group = cls(None, processes, conns, timeout_s)
+        try:
+            sp = init_process_group(0, world, port, device_type, timeout_s)
+            pipe = load(_device_for(0, device_type))
+            pipe.use_sequence_parallel(sp)
+            group.pipe = pipe
+            group._expect({"ready"}, start_timeout, "start")
+        except BaseException:
+            group.close()
+            raise
+        pipe.load_info.setdefault("load_seconds", {})["ranks_ready"] = round(time.perf_counter() - started, 3)
+        logger.info("%d sequence-parallel ranks ready (%s)", world, sp.backend)
+        return group
+
+    # -- what the worker uses
+
+    @property
+    def modes(self):
+        return self.pipe.modes
+
+    def health(self) -> dict:
+        info = self.pipe.health()
+        alive = [True] + [p.is_alive() for p in self.processes]
+        info["sequence_parallel"] = {**info.get("sequence_parallel", {}), "world_size": self.world_size,
+                                     "ranks_alive": alive, "broken": self.broken}
+        return info
+
+    def validate(self, request) -> None:
+        self.pipe.validate(request)
+
+    def __getattr__(self, name: str):
+        # read-only facts of rank 0's pipeline (device, transformers, compiled, load_info); whatever
+        # generates goes through the methods below, which bring the followers along
+        if name in ("pipe", "processes", "conns", "world_size") or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.pipe, name)
+
+    def warm_up_if_configured(self):
+        return self._warm_up(False)
+
+    def warm_up(self):
+        return self._warm_up(True)
+
+    def _warm_up(self, forced: bool):
+        self._check()
+        self._send(("warm_up", forced))
+        try:
+            result = self._watched(self.pipe.warm_up if forced else self.pipe.warm_up_if_configured)
+        except BaseException as exc:
+            self.broken = self.broken or f"rank 0 warm-up failed: {type(exc).__name__}: {exc}"
+            raise
+        self._expect({"done"}, self.timeout_s, "warm-up")
+        return result
+
+    def generate(self, request, callback=None, should_cancel=None, *, on_frames=None, trace=None):
+        self._check()
+        self.pipe.validate(request)  # a rejected request never reaches the followers
+        self._send(("generate", request))
+        try:
+            result = self._watched(lambda: self.pipe.generate(request, callback, should_cancel, on_frames=on_frames,
+                                                              trace=trace))
+        except RankFailedError:
+            raise
+        except GenerationCancelled:
+            self._expect({"cancelled"}, self.timeout_s, "cancellation")
+            raise
+        except BaseException as exc:
+            # the followers are mid-generation or waiting in a collective: the group is out of step
+            dead = self._dead()
+            self.broken = dead or f"rank 0 failed: {type(exc).__name__}: {exc}"
+            if dead:
+                raise RankFailedError(dead) from exc
+            raise
+        self._expect({"done"}, self.timeout_s, "generation")
+        return result
+
+    def _watched(self, work: Callable):
+        """Run `work` on a thread while watching the followers: a follower that dies fails the job at once
+        (NCCL would otherwise wait in a collective until its timeout; the worker is replaced after)."""
+        box: dict = {}
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                box["result"] = work()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+                box["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="worldplay-rank0", daemon=True).start()
+        while not done.wait(0.5):
+            dead = self._dead()
+            if dead:
+                self.broken = dead
+                raise RankFailedError(dead)
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+    def close(self) -> None:
+        """Stop the followers (at once when the group is out of step: they may wait in a collective)."""
+        out_of_step = self.broken is not None
+        for conn in self.conns:
+            try:
+                conn.send_bytes(pickle.dumps(None))
+            except (OSError, ValueError):
+                pass
+        for process in self.processes:
+            process.join(timeout=1 if out_of_step else 10)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=5)
+        self.processes, self.conns = [], []
+        self.broken = self.broken or "the ranks were shut down"
+        nccl_waiting = out_of_step and torch.distributed.is_initialized() and \
+            torch.distributed.get_backend() == "nccl"  # a collective may still wait on rank 0's thread
+        if torch.distributed.is_initialized() and not nccl_waiting:
+            try:
+                torch.distributed.destroy_process_group()
+            except Exception:  # noqa: BLE001 - shutting down anyway
+                pass
+
+    # -- plumbing
+
+    def _check(self) -> None:
+        if self.broken is None:
+            self.broken = self._dead()
+        if self.broken:
+            raise RankFailedError(f"sequence-parallel ranks unusable: {self.broken}")
+
+    def _dead(self) -> str | None:
+        """The first follower that has exited, with its last words (a follower that fails always exits;
+        a living one's replies are left for :meth:`_expect`)."""
+        for rank, (process, conn) in enumerate(zip(self.processes, self.conns), start=1):
+            if process.is_alive():
+                continue
+            process.join(timeout=5)
+            note = ""
+            try:
+                while conn.poll():
+                    kind, *rest = conn.recv()
+                    if kind == "failed":
+                        note = f": {rest[0]}: {rest[1]}"
+            except (EOFError, OSError):
+                pass
+            return f"rank {rank} failed (exit code {process.exitcode}){note}"
+        return None
+
+    def _send(self, message) -> None:
+        # plain pickle: tensors travel as bytes, not as shared-memory handles
+        data = pickle.dumps(message)
+        for rank, conn in enumerate(self.conns, start=1):
+            try:
+                conn.send_bytes(data)
+            except (OSError, ValueError) as exc:
+                self.broken = f"rank {rank} unreachable ({type(exc).__name__})"
+                raise RankFailedError(self.broken) from None
+
+    def _expect(self, kinds: set[str], timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        for rank, (process, conn) in enumerate(zip(self.processes, self.conns), start=1):
+            reply = None
+            while reply is None:
+                try:
+                    if conn.poll(min(1.0, max(0.0, deadline - time.monotonic()))):
+                        reply = conn.recv()
+                        break
+                except (EOFError, OSError):
+                    reply = ("failed", "EXITED", f"exit code {process.exitcode}")
+                    break
+                if not process.is_alive() and not conn.poll():
+                    process.join(timeout=5)
+                    reply = ("failed", "EXITED", f"exit code {process.exitcode}")
+                elif time.monotonic() >= deadline:
+                    reply = ("failed", "TIMEOUT", f"no answer within {timeout_s:.0f} s")
+            kind, *rest = reply
+            if kind not in kinds:
+                detail = f"{rest[0]}: {rest[1]}" if kind == "failed" else kind
+                self.broken = f"rank {rank} {what}: {detail}"
+                if what == "start" and kind == "failed" and rest[0] not in ("EXITED", "TIMEOUT"):
+                    raise _start_error(rest[0], rest[1])
+                raise RankFailedError(self.broken)
+
+
+def _start_error(code: str, message: str) -> PipelineError:
+    """A follower's start-up failure, re-raised on rank 0 with its code when it has one."""
+    from . import errors
+
+    for cls in vars(errors).values():
+        if isinstance(cls, type) and issubclass(cls, PipelineError) and cls.code == code:
+            return cls(message)
+    return RankFailedError(f"{code}: {message}")
+
+
+@dataclass(frozen=True)
+class PathsLoader:
+    """The loader the worker and the CLI hand to :func:`load_ranked`: the pipeline of resolved `paths`.
+
+    Its :meth:`heads` reads the checkpoints' headers only, so a rank count that does not divide the
+    heads fails before any rank is started."""
+
+    paths: object  # pipeline.resolve.ModelPaths
+    modes: tuple
+
+    def __call__(self, device):
+        from .engine import WorldPlayPipeline
+
+        return WorldPlayPipeline.from_paths(self.paths, device=device, modes=tuple(self.modes))
+
+    def heads(self) -> list[int]:
+        from .config import WorldPlayConfig
+
+        return [WorldPlayConfig.from_checkpoint(self.paths.transformer[m]).num_heads for m in self.modes]

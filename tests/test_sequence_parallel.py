@@ -1,0 +1,225 @@
+"""Sequence parallelism (WORLDPLAY_SEQUENCE_PARALLEL): gloo ranks on the CPU must give the latents of one
+rank, through the CLI and through the handler, for AR and bidirectional; a dead rank, cancellation and
+bad settings behave as documented."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+
+import pytest
+import torch
+import torch.multiprocessing as tmp_mp
+from conftest import b64, png_bytes
+from safetensors.torch import load_file
+
+from pipeline.__main__ import main as cli
+from pipeline.errors import SequenceParallelConfigError
+from pipeline.parallel import parse_size
+
+TOLERANCE = 1e-5
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / a.norm())
+
+
+# ---- settings ---------------------------------------------------------------------------------
+
+
+def test_size_setting():
+    assert parse_size(None, heads=16, gpus=8, device_type="cuda") == 1
+    assert parse_size("auto", heads=16, gpus=8, device_type="cuda") == 8
+    assert parse_size("auto", heads=16, gpus=0, device_type="cpu") == 1
+    assert parse_size(" 4 ", heads=16, gpus=4, device_type="cuda") == 4
+    assert parse_size("2", heads=2, gpus=0, device_type="cpu") == 2  # gloo ranks on the CPU
+
+
+@pytest.mark.parametrize("value, gpus, words", [
+    ("3", 8, "does not divide the transformer's 16 attention heads"),
+    ("8", 4, "only 4 GPU(s) are visible"),
+    ("two", 4, "not a number"),
+    ("0", 4, "at least 1"),
+])
+def test_size_setting_errors(value, gpus, words):
+    with pytest.raises(SequenceParallelConfigError) as info:
+        parse_size(value, heads=16, gpus=gpus, device_type="cuda")
+    assert words in str(info.value) and info.value.code == "SEQUENCE_PARALLEL_CONFIG"
+
+
+# ---- layouts ------------------------------------------------------------------------------------
+
+
+def _layout_rank(rank: int, world: int, port: int) -> None:
+    """One rank of the layout check; an assertion that fails here fails the spawning test with its
+    traceback (torch.multiprocessing.spawn re-raises it)."""
+    from pipeline.parallel import init_process_group
+
+    sp = init_process_group(rank, world, port, "cpu", 60)
+    frames, per_frame, heads, dim = 3, 7, 6, 4  # 7 tokens per frame: padded to 9 over 3 ranks
+    torch.manual_seed(0)  # the same full tensors on every rank
+    tokens = torch.randn(2, frames * per_frame, heads * dim)
+    layout = sp.layout(frames, per_frame)
+    try:
+        mine = layout.shard(tokens)
+        assert mine.shape == (2, frames * 3, heads * dim)
+        assert torch.equal(layout.gather(mine), tokens)
+        q, none, v = layout.to_heads(mine.view(2, -1, heads, dim), None, 2 * mine.view(2, -1, heads, dim))
+        full = tokens.view(2, frames * per_frame, heads, dim)
+        group = slice(rank * heads // world, (rank + 1) * heads // world)
+        assert none is None
+        assert torch.equal(q, full[:, :, group]) and torch.equal(v, 2 * full[:, :, group])
+        back, = layout.to_seq(q)  # each rank hands back its heads: all heads of its own slice return
+        assert torch.equal(back.flatten(2), mine)
+        padded = torch.nn.functional.pad(tokens.view(2, frames, per_frame, -1), (0, 0, 0, 2))
+        assert torch.equal(mine, padded[:, :, rank * 3:(rank + 1) * 3].reshape_as(mine))  # zeros past a frame
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_layouts_round_trip_on_three_ranks():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tmp_mp.spawn(_layout_rank, args=(3, port), nprocs=3, join=True)
+
+
+# ---- the CLI ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode, pose", [("ar", "w-7"), ("bidirectional", "w-15")])
+def test_cli_two_ranks_give_the_latents_of_one(mode, pose, tmp_path, capsys):
+    latents = {}
+    for ranks in (1, 2):
+        path = tmp_path / f"latents-{ranks}.safetensors"
+        code = cli(["--tiny", "--mode", mode, "--pose", pose, "--steps", "2", "--guidance", "3", "--seed", "7",
+                    "--sp", str(ranks), "--out", str(tmp_path / f"{ranks}.mp4"), "--latents-out", str(path)])
+        assert code == 0
+        assert json.loads(capsys.readouterr().out)["ranks"] == ranks
+        latents[ranks] = load_file(str(path))["latents"]
+    assert latents[1].shape == latents[2].shape
+    assert relative(latents[1], latents[2]) <= TOLERANCE
+
+
+def test_cli_rejects_ranks_that_do_not_divide_the_heads(tmp_path, capsys):
+    # the tiny DiT has 2 heads: refused from the checkpoint's header, before any rank starts
+    assert cli(["--tiny", "--sp", "3", "--out", str(tmp_path / "x.mp4")]) == 1
+    err = capsys.readouterr().err
+    assert "error: SEQUENCE_PARALLEL_CONFIG" in err and "does not divide" in err
+    assert not torch.distributed.is_initialized()
+
+
+# ---- the handler --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def worker_env(s3_env, tiny_models, monkeypatch):
+    from worker import job as worker_job
+
+    monkeypatch.setenv("WORLDPLAY_MODEL_DIR", str(tiny_models))
+    monkeypatch.setenv("WORLDPLAY_ALLOW_DOWNLOAD", "0")
+    monkeypatch.setenv("WORLDPLAY_MODES", "ar,bidirectional")
+    monkeypatch.setenv("WORLDPLAY_WARMUP", "1")  # the warm-up runs on every rank too
+    loaded = []
+
+    def start(ranks: int):
+        """A fresh worker with `ranks` ranks; returns the latents of each job it runs."""
+        for pipe in loaded:
+            if hasattr(pipe, "close"):
+                pipe.close()
+        monkeypatch.setenv("WORLDPLAY_SEQUENCE_PARALLEL", str(ranks))
+        captured = []
+
+        def loader(modes):
+            pipe = worker_job.default_loader(modes)
+            loaded.append(pipe)
+            real = pipe.generate
+
+            def generate(request, *args, **kwargs):
+                result = real(request, *args, **kwargs)
+                captured.append(result.latents)
+                return result
+
+            pipe.generate = generate
+            return pipe
+
+        worker_job.reset_state(loader=loader)
+        return captured
+
+    yield start
+    for pipe in loaded:
+        if hasattr(pipe, "close"):
+            pipe.close()
+    worker_job.reset_state()
+
+
+def _job(mode: str) -> dict:
+    pose = {"ar": "w-7", "bidirectional": "w-15"}[mode]
+    return {"id": f"sp-{mode}", "input": {"prompt": "a harbour", "image_base64": b64(png_bytes(96, 64)),
+                                          "pose": pose, "mode": mode, "seed": 4, "num_inference_steps": 2,
+                                          "guidance_scale": 2.5}}
+
+
+def test_handler_on_two_ranks(worker_env):
+    """Same latents as one rank for both modes; health shows the ranks; a cancel reaches every rank; a
+    rank that dies mid-job fails that job and every later one with RANK_FAILED and refresh_worker."""
+    from worker import job as worker_job
+
+    latents = {}
+    for ranks in (1, 2):
+        captured = worker_env(ranks)
+        for mode in ("ar", "bidirectional"):
+            out = asyncio.run(worker_job.handler(_job(mode)))
+            assert "error" not in out, out
+            assert out["mode"] == mode and out["num_frames"] == {"ar": 29, "bidirectional": 61}[mode]
+        health = worker_job.health_report()
+        assert health["model"]["sequence_parallel"]["world_size"] == ranks
+        assert set(health["model"]["warm_up_seconds"]) == {"ar", "bidirectional"}
+        latents[ranks] = list(captured)
+    assert len(latents[1]) == len(latents[2]) == 2
+    for one, two in zip(latents[1], latents[2]):
+        assert relative(one, two) <= TOLERANCE
+
+    # cancelled at the first denoising step (seen by rank 0 only): every rank stops at that step, and
+    # the ranks stay in step for the next job
+    cancel = threading.Event()
+    progress = worker_job.ProgressReporter(
+        _job("ar"), interval=0.0, enabled=True,
+        sender=lambda job, payload: cancel.set() if payload["stage"] == "denoising" else None)
+    out = worker_job.run_job(_job("ar"), cancel_event=cancel, progress=progress)
+    assert out["error"].startswith("CANCELLED:") and "refresh_worker" not in out
+    assert "error" not in asyncio.run(worker_job.handler(_job("ar")))
+    assert relative(latents[1][0], captured[-1]) <= TOLERANCE
+
+    # a rank that dies mid-job
+    pipe, _ = worker_job.MODELS.get(("ar", "bidirectional"))
+    follower = pipe.processes[0]
+
+    def kill(job, payload):
+        if payload["stage"] == "denoising" and follower.is_alive():
+            follower.kill()
+            follower.join(timeout=30)
+
+    progress = worker_job.ProgressReporter(_job("ar"), interval=0.0, enabled=True, sender=kill)
+    out = worker_job.run_job(_job("ar"), progress=progress)
+    assert out["error"].startswith("RANK_FAILED:") and out["refresh_worker"] is True, out
+    again = asyncio.run(worker_job.handler(_job("bidirectional")))
+    assert again["error"].startswith("RANK_FAILED:") and again["refresh_worker"] is True
+    health = worker_job.health_report()["model"]["sequence_parallel"]
+    assert health["world_size"] == 2 and health["ranks_alive"] == [True, False]
+
+
+# ---- the benchmark ------------------------------------------------------------------------------
+
+
+def test_bench_runs_on_two_ranks(tmp_path):
+    from pipeline.bench import main as bench
+
+    out = tmp_path / "bench.json"
+    assert bench(["--tiny", "--sp", "2", "--modes", "ar", "--steps", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["sequence_parallel"] == 2 and report["runs"][0]["sequence_parallel"] == 2
+    assert report["runs"][0]["frames"] == 29 and report["runs"][0]["dit_seconds"] > 0
+    assert not torch.distributed.is_initialized()  # the ranks were shut down
