@@ -38,7 +38,7 @@ def no_model_builds(monkeypatch):
     monkeypatch.setattr(pipeline.resolve, "resolve_models", forbidden)
     monkeypatch.setattr(pipeline.engine.WorldPlayPipeline, "from_paths", forbidden)
     monkeypatch.setattr(bench, "build_full_size", forbidden)
-    monkeypatch.setattr(bench, "build_tiny", forbidden)
+    monkeypatch.setattr(bench, "build_for_rank", forbidden)
 
 
 def test_demo_checks_inputs_before_building_models(tmp_path, capsys, no_model_builds):
