@@ -465,7 +465,7 @@ class WorldPlayPipeline:
         if callback is not None:
             callback("decoded", 1, 1)
         state = WorldState(
-            latents=latents[0].permute(1, 0, 2, 3).float().cpu(),
+            latents=latents[0].permute(1, 0, 2, 3).float().cpu().contiguous(),
             c2w=torch.from_numpy(cameras["c2w64"]),
             intrinsics=cameras["intrinsics"].cpu(),
             actions=cameras["actions"].cpu(),
