@@ -78,6 +78,8 @@ class OutputOptions(_Strict):
                     "Letters, digits and . _ - / only; no '..' segments.")
     presign_expiry_seconds: int = Field(3600, ge=60, le=604800,
                                         description="Lifetime of the presigned URL (60 s .. 7 days).")
+    save_state: bool = Field(True, description="Save the world state at {key_prefix}/{job_id}/world.safetensors "
+                                               "(returned as state_key) so a later job can continue it.")
 
     @field_validator("key_prefix")
     @classmethod
@@ -94,8 +96,9 @@ class OutputOptions(_Strict):
 class JobInput(_Strict):
     """A generation request: prompt + one image source + one camera source."""
 
-    prompt: str = Field(..., max_length=MAX_PROMPT_CHARS,
-                        description="What the scene looks like (required, non-empty).")
+    prompt: Optional[str] = Field(None, max_length=MAX_PROMPT_CHARS,
+                                  description="What the scene looks like (required, non-empty; with "
+                                              "continue_from it defaults to the state's prompt).")
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS,
                                  description="Used only when guidance_scale > 1.")
 
@@ -136,6 +139,11 @@ class JobInput(_Strict):
                                 description="null: random in 0..2^31-1 (returned in the output).")
     fps: int = Field(24, ge=1, le=60, description="Frame rate of the MP4.")
     output: OutputOptions = Field(default_factory=OutputOptions)
+    continue_from: Optional[str] = Field(
+        None, max_length=MAX_KEY_CHARS,
+        description="state_key of an earlier job: continue its world. The camera path then gives only the "
+                    "new latents, no image is sent, and prompt, negative_prompt, mode, steps, guidance and "
+                    "seed default to the state's.")
 
     @model_validator(mode="before")
     @classmethod
@@ -146,13 +154,15 @@ class JobInput(_Strict):
 
     @field_validator("prompt")
     @classmethod
-    def _prompt(cls, v: str) -> str:
+    def _prompt(cls, v: Optional[str]) -> Optional[str]:
+        if v is None:
+            return v
         v = v.strip()
         if not v:
             raise ValueError("prompt must not be empty")
         return v
 
-    @field_validator("image_key", "pose_key")
+    @field_validator("image_key", "pose_key", "continue_from")
     @classmethod
     def _key(cls, v: Optional[str], info) -> Optional[str]:
         return None if v is None else _check_object_key(v, info.field_name)
@@ -206,7 +216,13 @@ class JobInput(_Strict):
     @model_validator(mode="after")
     def _exactly_one(self) -> "JobInput":
         images = [name for name in IMAGE_FIELDS if getattr(self, name) is not None]
-        if len(images) != 1:
+        if self.continue_from is not None:
+            if images:
+                raise ValueError(f"continue_from takes no image ({', '.join(images)} given): the world state "
+                                 "carries the image")
+        elif self.prompt is None:
+            raise ValueError("prompt: field required")
+        elif len(images) != 1:
             given = ", ".join(images) if images else "none"
             raise ValueError("exactly one of image_key (alias input_image_minio_path), image_url, "
                              f"image_base64 is required (given: {given})")
@@ -221,7 +237,7 @@ class JobInput(_Strict):
     # ---- resolved values -------------------------------------------------------------------
     @property
     def image_source(self) -> str:
-        return next(name for name in IMAGE_FIELDS if getattr(self, name) is not None)
+        return next((name for name in IMAGE_FIELDS if getattr(self, name) is not None), "continue_from")
 
     @property
     def camera_source(self) -> str:
@@ -249,7 +265,8 @@ class JobInput(_Strict):
             "guidance": self.guidance,
             "seed": self.seed,
             "fps": self.fps,
-            "prompt_chars": len(self.prompt),
+            "prompt_chars": len(self.prompt or ""),
+            "continue_from": self.continue_from is not None,
         }
 
 
@@ -299,6 +316,10 @@ class JobOutput(BaseModel):
     guidance_scale: float
     timings: Timings = Field(..., description="Seconds per stage.")
     generation_time_seconds: float = Field(..., description="Wall time of the whole job.")
+    state_key: Optional[str] = Field(None, description="Object key of the world state (the whole session so "
+                                                       "far); pass it as continue_from. null when not saved.")
+    session_latents: Optional[int] = Field(None, description="Latents in the world session after this job "
+                                                             "(the video holds only this job's part).")
 
 
 class HealthOutput(BaseModel):
