@@ -3,6 +3,12 @@
     python -m pipeline --tiny --image in.png --pose "w-3" --mode ar --out demo.mp4
     python -m pipeline --model-dir /models --image in.png --prompt "..." --pose "w-31" --out out.mp4
 
+World sessions (the worker's continue_from, same code path):
+
+    python -m pipeline --tiny --pose "w-15" --out part1.mp4 --state-out world.safetensors
+    python -m pipeline --tiny --continue-from world.safetensors --pose "right-8" --out part2.mp4 \
+        --state-out world2.safetensors
+
 ``--tiny`` writes tiny random-weight models (real architecture and on-disk layout) to a temporary
 folder and renders on the CPU in seconds: the frames are noise-like, the code path is the real one.
 Without ``--tiny`` the models are resolved like the worker does (WORLDPLAY_MODEL_DIR, RunPod cache,
@@ -31,16 +37,23 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--tiny", action="store_true", help="use tiny random models on the CPU")
     parser.add_argument("--model-dir", type=Path, default=None, help="local model folder (else: resolved)")
     parser.add_argument("--image", type=Path, default=None, help="input image (default: a generated picture)")
-    parser.add_argument("--prompt", default="A quiet street at dawn, trees and shops under a pale sky.")
-    parser.add_argument("--negative-prompt", default="")
+    parser.add_argument("--prompt", default=None, help=f"default: {DEMO_PROMPT!r} (with --continue-from: the state's)")
+    parser.add_argument("--negative-prompt", default=None)
     parser.add_argument("--pose", default="w-3", help='pose string ("w-31"), or a pose JSON / action list file')
-    parser.add_argument("--mode", choices=["ar", "bidirectional"], default="ar")
+    parser.add_argument("--mode", choices=["ar", "bidirectional"], default=None, help="default: ar (or the state's)")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--guidance", type=float, default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None, help="default: 0 (or the state's)")
     parser.add_argument("--fps", type=int, default=24)
     parser.add_argument("--out", type=Path, default=Path("demo.mp4"))
+    parser.add_argument("--state-out", type=Path, default=None,
+                        help="write the world state (whole session so far) to this .safetensors file")
+    parser.add_argument("--continue-from", type=Path, default=None,
+                        help="continue the world state in this file: --pose gives only the new latents")
     return parser
+
+
+DEMO_PROMPT = "A quiet street at dawn, trees and shops under a pale sky."
 
 
 def _camera_spec(value: str):
@@ -55,45 +68,61 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from .engine import GenerationRequest, WorldPlayPipeline
     from .video import Mp4Writer, probe_mp4
+    from .world_state import WorldState, continuation_request
 
     try:
-        camera = parse_pose(_camera_spec(args.pose))
+        spec = _camera_spec(args.pose)
+        if args.continue_from is not None:  # a world session: the worker's continue_from, same code path
+            if args.image:
+                print("error: INVALID_INPUT: --continue-from takes no --image (the state carries it)", file=sys.stderr)
+                return 1
+            request = continuation_request(
+                WorldState.load(args.continue_from), spec, prompt=args.prompt, negative_prompt=args.negative_prompt,
+                mode=args.mode, num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
+            )
+        else:
+            request = GenerationRequest(
+                prompt=args.prompt or DEMO_PROMPT, negative_prompt=args.negative_prompt or "", image=None,
+                camera=parse_pose(spec), mode=args.mode or "ar", num_inference_steps=args.steps,
+                guidance_scale=args.guidance, seed=args.seed or 0,
+            )
+        mode = request.mode
         with tempfile.TemporaryDirectory() as tmp:
             if args.tiny:
                 from .resolve import layout_paths
                 from .tiny import write_tiny_models
 
-                root = write_tiny_models(Path(tmp), modes=(args.mode,))
-                pipe = WorldPlayPipeline.from_paths(layout_paths(root, (args.mode,)), device="cpu")
+                root = write_tiny_models(Path(tmp), modes=(mode,))
+                pipe = WorldPlayPipeline.from_paths(layout_paths(root, (mode,)), device="cpu")
             else:
                 from .resolve import resolve_models
 
                 kwargs = {"model_dir": args.model_dir} if args.model_dir else {}
-                pipe = WorldPlayPipeline.from_paths(resolve_models((args.mode,), **kwargs))
-            if args.image:
-                image = Image.open(args.image)
-            else:
+                pipe = WorldPlayPipeline.from_paths(resolve_models((mode,), **kwargs))
+            if request.history is None and args.image:
+                request.image = Image.open(args.image)
+            elif request.history is None:
                 from .bench import demo_image
 
-                image = demo_image(832, 480)
+                request.image = demo_image(832, 480)
             started = time.perf_counter()
             # each chunk's frames are encoded on a background thread while the next one denoises
             with Mp4Writer(args.out, fps=args.fps, background=True) as writer:
                 result = pipe.generate(
-                    GenerationRequest(
-                        prompt=args.prompt, negative_prompt=args.negative_prompt, image=image, camera=camera,
-                        mode=args.mode, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                        seed=args.seed,
-                    ),
+                    request,
                     callback=lambda stage, step, total: print(f"{stage} {step}/{total}", file=sys.stderr),
                     on_frames=writer.write,
                 )
         info = probe_mp4(args.out)
-        print(json.dumps({
+        report = {
             "out": str(args.out), "codec": info.codec, "width": info.width, "height": info.height,
             "num_frames": info.num_frames, "fps": float(info.fps), "seconds": round(time.perf_counter() - started, 2),
-            "timings": result.timings,
-        }, indent=2))
+            "timings": result.timings, "session_latents": result.state.num_latents,
+        }
+        if args.state_out is not None:
+            report["state_out"] = str(args.state_out)
+            report["state_bytes"] = result.state.save(args.state_out)
+        print(json.dumps(report, indent=2))
         return 0
     except PipelineError as exc:
         print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
