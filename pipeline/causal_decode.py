@@ -130,7 +130,7 @@ class CausalVAEDecoder:
         """Rebuild the state of a decoder that has decoded a video's latents up to ``start + t``, given
         only its last ``t`` latents ``[B, C, t, h, w]``; nothing is returned.
 
-        With ``start == 0`` this decodes the video's first latents and keeps the state. Otherwise the
+        With ``start == 0`` the latents are the video's first ones (exact for any length). Otherwise the
         first of them is treated as a mid-video latent whose unknown past is the replicated first
         frame; when ``t >= history_latents()`` that guess no longer reaches the carried state, so the
         next :meth:`decode` returns exactly the frames of a decoder that saw the whole video. The
@@ -144,7 +144,7 @@ class CausalVAEDecoder:
         self.latents_decoded = int(start)
         param = next(self.decoder.parameters())
         z = latents.to(device=param.device, dtype=param.dtype) / self.vae.config.scaling_factor
-        if start == 0 or self.attention != "frame":
+        if self.attention != "frame":  # frame-causal attention keeps every frame's keys: no trimming
             for piece in z.split(self.latents_per_step, dim=2):
                 self._pass(piece)
         else:
@@ -175,9 +175,14 @@ class CausalVAEDecoder:
         first = self.latents_decoded == 0
 
         def keep(module, x: torch.Tensor) -> torch.Tensor:  # resume: drop frames that cannot matter
+            nonlocal first
             n = trim.get(module) if trim else None
-            return x[:, :, -n:] if n and x.shape[2] > n else x
+            if not n or x.shape[2] <= n:
+                return x
+            first = False  # the video's first frame is gone: no first-frame rule further on
+            return x[:, :, -n:]
 
+        count = z.shape[2]
         z = keep(d.conv_in, z)
         h = self._conv(d.conv_in, z) + z.repeat_interleave(repeats=d.repeat, dim=1)
         mid = d.mid_block
@@ -192,7 +197,7 @@ class CausalVAEDecoder:
             for upsampler in block.upsamplers or ():
                 h = self._upsample(upsampler, keep(upsampler, h), first)
         h = self._conv(d.conv_out, d.conv_act(d.norm_out(keep(d.conv_out, h))))
-        self.latents_decoded += z.shape[2]
+        self.latents_decoded += count
         return h
 
     def _conv(self, module, x: torch.Tensor) -> torch.Tensor:

@@ -243,3 +243,14 @@ def test_decoder_resume_rebuilds_the_exact_state(pipe):
     short = CausalVAEDecoder(vae)
     short.resume(latents[:, :, 36:40], 36)  # too little history: close, not exact
     assert not torch.equal(short.decode(latents[:, :, 40:]), whole[:, :, 1 + 4 * 39:])
+
+
+def test_decoder_resume_from_the_start_is_exact_and_trimmed(pipe):
+    vae = pipe.vae
+    latents = torch.randn(1, 32, 40, 3, 5, generator=torch.Generator().manual_seed(1))
+    whole = CausalVAEDecoder(vae).decode(latents)
+    for history in (1, 2, 5, 16, 36):  # shorter and longer than the receptive field, from latent 0
+        resumed = CausalVAEDecoder(vae)
+        resumed.resume(latents[:, :, :history], 0)
+        assert resumed.latents_decoded == history
+        assert torch.equal(resumed.decode(latents[:, :, history:]), whole[:, :, 1 + 4 * (history - 1):]), history
