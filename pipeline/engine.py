@@ -38,7 +38,7 @@ from .rollout import (
     bidirectional_rollout,
     fresh_scheduler,
 )
-from .seeding import chunk_memory_points, chunk_noise
+from .seeding import MemoryPoints, chunk_noise
 from .settings import env_flag
 from .transformer import WorldPlayTransformer, disable_compile, enable_compile
 from .world_state import SessionLimits, WorldState, c2w64_of, checkpoint_fingerprint
@@ -416,14 +416,17 @@ class WorldPlayPipeline:
         latents = latents.to(self.device)
         cameras = _session_cameras(history, request.camera)
         w2c = cameras["w2c"]
-        points_of: dict[int, torch.Tensor] = {}
+        points_of = MemoryPoints(seed, num_latents // chunk_size)
+        cached: dict[int, torch.Tensor] = {}
 
         def select(chunk_start: int, chunk_size_: int):
+            if chunk_start <= MEMORY_SIZE:  # every earlier latent is context: no points needed
+                return select_context_latents(w2c, chunk_start, chunk_size_, points=torch.zeros(0, 3))
             chunk = chunk_start // chunk_size
-            if chunk not in points_of:
-                points_of.clear()
-                points_of[chunk] = chunk_memory_points(seed, chunk)
-            return select_context_latents(w2c, chunk_start, chunk_size_, points=points_of[chunk])
+            if chunk not in cached:
+                cached.clear()
+                cached[chunk] = points_of(chunk)
+            return select_context_latents(w2c, chunk_start, chunk_size_, points=cached[chunk])
 
         select.memory_size = MEMORY_SIZE  # type: ignore[attr-defined]
         camera = Camera(

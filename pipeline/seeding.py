@@ -17,12 +17,15 @@ its generator.
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
 from .memory import sample_memory_points
 
-__all__ = ["chunk_seed", "chunk_generator", "chunk_noise", "chunk_memory_points"]
+__all__ = ["chunk_seed", "chunk_generator", "chunk_noise", "chunk_memory_points", "MemoryPoints"]
+
+_PREFETCH = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worldplay-points")
 
 
 def chunk_seed(seed: int, stream: str, chunk: int) -> int:
@@ -45,3 +48,22 @@ def chunk_noise(seed: int, chunk: int, shape: tuple[int, ...]) -> torch.Tensor:
 def chunk_memory_points(seed: int, chunk: int) -> torch.Tensor:
     """Monte-Carlo points of one chunk's memory selection, [NUM_POINTS, 3] float32 on the CPU."""
     return sample_memory_points(chunk_generator(seed, "memory", chunk))
+
+
+class MemoryPoints:
+    """Chunk ``k``'s memory points on demand, with chunk ``k + 1``'s drawn on a background thread
+    meanwhile (drawing 50 000 points takes a few ms of CPU time, during which the GPU would wait)."""
+
+    def __init__(self, seed: int, num_chunks: int):
+        self.seed, self.num_chunks = int(seed), int(num_chunks)
+        self._pending: dict[int, Future] = {}
+
+    def __call__(self, chunk: int) -> torch.Tensor:
+        future = self._pending.pop(chunk, None)
+        points = future.result() if future is not None else chunk_memory_points(self.seed, chunk)
+        for stale in [k for k in self._pending if k < chunk]:
+            self._pending.pop(stale)
+        following = chunk + 1
+        if following < self.num_chunks and following not in self._pending:
+            self._pending[following] = _PREFETCH.submit(chunk_memory_points, self.seed, following)
+        return points

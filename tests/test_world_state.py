@@ -254,3 +254,11 @@ def test_decoder_resume_from_the_start_is_exact_and_trimmed(pipe):
         resumed.resume(latents[:, :, :history], 0)
         assert resumed.latents_decoded == history
         assert torch.equal(resumed.decode(latents[:, :, history:]), whole[:, :, 1 + 4 * (history - 1):]), history
+
+
+def test_memory_points_prefetch_gives_the_same_points():
+    from pipeline.seeding import MemoryPoints, chunk_memory_points
+
+    points = MemoryPoints(9, 4)
+    for chunk in (1, 2, 3, 1):
+        assert torch.equal(points(chunk), chunk_memory_points(9, chunk))
