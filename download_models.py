@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.errors import PipelineError
+from pipeline.errors import ModelNotFoundError, PipelineError
 from pipeline.resolve import (
     COMPONENTS_DIRNAME,
     DEFAULT_COMPONENTS_REPO,
@@ -137,9 +137,16 @@ def run_check(dest: Path, mode: str) -> int:
     return 0
 
 
-def run_fetch(dest: Path, mode: str, *, allow_download: bool) -> int:
+def run_fetch(dest: Path, mode: str, *, allow_download: bool, dest_label: str | None = None) -> int:
+    """``dest_label``: how the user named ``dest`` (``--dest D`` or ``WORLDPLAY_MODEL_DIR=D``), for errors."""
     t0 = time.perf_counter()
-    report = prefetch(mode, dest, allow_download=allow_download)
+    try:
+        report = prefetch(mode, dest, allow_download=allow_download)
+    except ModelNotFoundError as exc:
+        if allow_download:
+            raise
+        raise ModelNotFoundError(f"{dest_label or f'--dest {dest}'}: {exc.message}; run without --no-download to fetch "
+                                 "only the missing files") from None
     for key, origin in report.origins.items():
         path = report.paths.components if key == "components" else report.paths.transformer[key]
         print(f"{key:<14} {origin}\n{'':<14} -> {path}")
@@ -184,8 +191,8 @@ permitted to you.
 """
 
 
-def run_bundle(dest: Path, mode: str, *, allow_download: bool, repo_id: str | None) -> int:
-    run_fetch(dest, mode, allow_download=allow_download)
+def run_bundle(dest: Path, mode: str, *, allow_download: bool, repo_id: str | None, dest_label: str | None = None) -> int:
+    run_fetch(dest, mode, allow_download=allow_download, dest_label=dest_label)
     files = _bundle_files(dest)
     total = sum(f["size"] for f in files)
     manifest = {
@@ -215,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     action = _action(args, parser)
     dest = _dest(args, parser)
+    dest_label = f"--dest {dest}" if args.dest else f"WORLDPLAY_MODEL_DIR={dest}"
     mode = args.mode or ("all" if action == "bundle" else "ar")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -228,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         if action == "check":
             return run_check(dest, mode)
         if action == "bundle":
-            return run_bundle(dest, mode, allow_download=not args.no_download, repo_id=args.repo_id)
-        return run_fetch(dest, mode, allow_download=not args.no_download)
+            return run_bundle(dest, mode, allow_download=not args.no_download, repo_id=args.repo_id, dest_label=dest_label)
+        return run_fetch(dest, mode, allow_download=not args.no_download, dest_label=dest_label)
     except PipelineError as exc:
         print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
         return 1

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Container entrypoint of the HY-WorldPlay RunPod worker.
 #
-# Sets safe defaults, fails fast (no GPU, missing storage settings) with a clear message, then
-# replaces itself with the handler. Never prints secret values.
+# Sets safe defaults, fails fast when no GPU is visible, says how storage is set up, then replaces
+# itself with the handler. Missing storage settings never stop the worker: with none of MINIO_* set
+# videos come back inline (video_base64, small ones); with some missing, health names them and
+# every job answers STORAGE_NOT_CONFIGURED. Never prints secret values.
 #
 # Environment (all optional unless marked):
-#   MINIO_ENDPOINT, MINIO_ACCESS_KEY, MINIO_SECRET_KEY, MINIO_BUCKET   required: output storage
+#   MINIO_ENDPOINT, MINIO_ACCESS_KEY, MINIO_SECRET_KEY, MINIO_BUCKET   output storage (all or none)
 #   WORLDPLAY_ALLOW_CPU=1     start without a visible GPU (tests, CPU smoke runs)
 #   WORLDPLAY_LOCAL_SERVE=1   run RunPod's local API server (--rp_serve_api on 0.0.0.0)
 #   WORLDPLAY_LOCAL_PORT      port of that server (default: the SDK's, 8000)
@@ -67,8 +69,12 @@ for name in MINIO_ENDPOINT MINIO_ACCESS_KEY MINIO_SECRET_KEY MINIO_BUCKET; do
         missing+=("${name}")
     fi
 done
-if (( ${#missing[@]} > 0 )); then
-    die "missing required environment variable(s): ${missing[*]} (set them in the endpoint's environment; values are never logged)"
+if (( ${#missing[@]} == 4 )); then
+    log "no MINIO_* variables set: no-storage mode, videos come back inline as video_base64 (up to WORLDPLAY_INLINE_MAX_BYTES); image_key / pose_key inputs need a bucket"
+elif (( ${#missing[@]} > 0 )); then
+    log "WARNING: missing storage variable(s): ${missing[*]}; the worker starts, health reports them and every job fails with STORAGE_NOT_CONFIGURED until they are set in the endpoint's environment (values are never logged)"
+else
+    log "storage: all MINIO_* set; the bucket is checked before each job generates"
 fi
 
 # --- run --------------------------------------------------------------------------------------

@@ -183,7 +183,7 @@ def run_local(*, model_dir: Optional[str] = None, num_latents: int = 4, fps: int
               keep_dir: Optional[str] = None) -> Dict:
     """Embedded S3 + tiny model + one job through the handler. Returns a report; raises
     SmokeFailure. ``model_dir``: an existing tiny-model root (else one is written to a temp dir).
-    ``keep_dir``: also save the MP4 there."""
+    ``keep_dir``: also save the MP4 there, with the input image and the camera path plot."""
     import asyncio
 
     from worker import job as worker_job
@@ -207,9 +207,9 @@ def run_local(*, model_dir: Optional[str] = None, num_latents: int = 4, fps: int
         run_id = uuid.uuid4().hex[:8]
         image_key = f"smoke/{run_id}/input.png"
         pose_key = f"smoke/{run_id}/pose.json"
-        storage.put_bytes(image_key, make_image_png(), "image/png")
-        storage.put_bytes(pose_key, json.dumps(make_pose_json(num_latents)).encode(),
-                          "application/json")
+        image_png, pose = make_image_png(), make_pose_json(num_latents)
+        storage.put_bytes(image_key, image_png, "image/png")
+        storage.put_bytes(pose_key, json.dumps(pose).encode(), "application/json")
         job = {"id": f"smoke-{run_id}", "input": {
             "prompt": "a sunlit stone courtyard with a fountain, camera walking forward",
             "image_key": image_key, "pose_key": pose_key, "seed": 7, "fps": fps,
@@ -222,6 +222,13 @@ def run_local(*, model_dir: Optional[str] = None, num_latents: int = 4, fps: int
             target = Path(keep_dir) / "smoke.mp4"
             target.write_bytes(storage.get_bytes(output["minio_key"], 2 * 1024**3))
             report["saved"] = str(target)
+            # beside it, what went in: the input image and the camera path seen from above
+            from pipeline.camera_plot import plot_path
+
+            (Path(keep_dir) / "smoke_input.png").write_bytes(image_png)
+            plot_path(pose, Path(keep_dir) / "smoke_path.png", title="smoke test pose JSON")
+            report["saved_inputs"] = [str(Path(keep_dir) / "smoke_input.png"),
+                                      str(Path(keep_dir) / "smoke_path.png")]
         report.update(output=output, seconds=round(time.perf_counter() - t_start, 2))
         return report
 
@@ -319,7 +326,8 @@ def main(argv=None) -> int:
     parser.add_argument("--latents", type=int, default=4,
                         help="latents in the pose JSON (AR: a multiple of 4; default 4 = 13 frames)")
     parser.add_argument("--timeout", type=float, default=900.0, help="--endpoint: seconds to wait")
-    parser.add_argument("--save", metavar="DIR", help="--local: also save the MP4 into DIR")
+    parser.add_argument("--save", metavar="DIR", help="--local: also save the MP4 into DIR, beside "
+                                                      "the input image and a plot of the camera path")
     args = parser.parse_args(argv)
 
     from worker.job import configure_logging
@@ -348,6 +356,8 @@ def main(argv=None) -> int:
                      indent=2))
     if report.get("saved"):
         print(f"saved {report['saved']}")
+        for path in report.get("saved_inputs", []):
+            print(f"saved {path}")
     return 0
 
 

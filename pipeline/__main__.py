@@ -3,16 +3,20 @@
     python -m pipeline --tiny --image in.png --pose "w-3" --mode ar --out demo.mp4
     python -m pipeline --model-dir /models --image in.png --prompt "..." --pose "w-31" --out out.mp4
 
-World sessions (the worker's continue_from, same code path):
-
-    python -m pipeline --tiny --pose "w-15" --out part1.mp4 --state-out world.safetensors
-    python -m pipeline --tiny --continue-from world.safetensors --pose "right-8" --out part2.mp4 \
-        --state-out world2.safetensors
-
 ``--tiny`` writes tiny random-weight models (real architecture and on-disk layout) to a temporary
 folder and renders on the CPU in seconds: the frames are noise-like, the code path is the real one.
 Without ``--tiny`` the models are resolved like the worker does (WORLDPLAY_MODEL_DIR, RunPod cache,
 Hugging Face cache, download when allowed).
+
+The inputs (image, camera path, output folder) are checked before any model is built. Beside the
+MP4 it saves the input image (``<out>_input.png``) and the camera path seen from above
+(``<out>_path.png``, as ``python -m pipeline.camera --plot`` draws it).
+
+World sessions (the worker's continue_from, same code path; a continuation writes no side files):
+
+    python -m pipeline --tiny --pose "w-15" --out part1.mp4 --state-out world.safetensors
+    python -m pipeline --tiny --continue-from world.safetensors --pose "right-8" --out part2.mp4 \
+        --state-out world2.safetensors
 """
 
 from __future__ import annotations
@@ -28,7 +32,10 @@ from pathlib import Path
 from PIL import Image
 
 from .camera import parse_pose
-from .errors import PipelineError
+from .errors import ImageError, PipelineError
+
+
+DEMO_PROMPT = "A quiet street at dawn, trees and shops under a pale sky."
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,20 +54,34 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--fps", type=int, default=24)
     parser.add_argument("--out", type=Path, default=Path("demo.mp4"))
     parser.add_argument("--state-out", type=Path, default=None,
-                        help="write the world state (whole session so far) to this .safetensors file")
+                        help="write the world state (the whole session so far) to this .safetensors file")
     parser.add_argument("--continue-from", type=Path, default=None,
                         help="continue the world state in this file: --pose gives only the new latents")
     return parser
 
 
-DEMO_PROMPT = "A quiet street at dawn, trees and shops under a pale sky."
-
-
 def _camera_spec(value: str):
-    path = Path(value)
-    if value.endswith(".json") and path.is_file():
-        return json.loads(path.read_text())
-    return value
+    from .camera_plot import load_spec
+
+    return load_spec(value)
+
+
+def _open_image(path: Path) -> Image.Image:
+    """The --image file, fully decoded now, so a bad file fails before any model is built."""
+    if not path.is_file():
+        raise ImageError(f"--image {str(path)!r} does not exist or is not a file")
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"--image {str(path)!r} could not be read as an image: "
+                         f"{type(exc).__name__}: {exc}") from None
+    return image
+
+
+def side_files(out: Path) -> tuple[Path, Path]:
+    """Where the input image and the path plot go beside the MP4 ``out``."""
+    return out.with_name(f"{out.stem}_input.png"), out.with_name(f"{out.stem}_path.png")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,22 +92,26 @@ def main(argv: list[str] | None = None) -> int:
     from .world_state import WorldState, continuation_request
 
     try:
+        # every input first: a typo must not cost a model build
         spec = _camera_spec(args.pose)
         if args.continue_from is not None:  # a world session: the worker's continue_from, same code path
             if args.image:
-                print("error: INVALID_INPUT: --continue-from takes no --image (the state carries it)", file=sys.stderr)
-                return 1
+                raise ImageError("--continue-from takes no --image: the world state carries the image")
             request = continuation_request(
                 WorldState.load(args.continue_from), spec, prompt=args.prompt, negative_prompt=args.negative_prompt,
                 mode=args.mode, num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
             )
         else:
             request = GenerationRequest(
-                prompt=args.prompt or DEMO_PROMPT, negative_prompt=args.negative_prompt or "", image=None,
-                camera=parse_pose(spec), mode=args.mode or "ar", num_inference_steps=args.steps,
-                guidance_scale=args.guidance, seed=args.seed or 0,
+                prompt=args.prompt or DEMO_PROMPT, negative_prompt=args.negative_prompt or "",
+                image=_open_image(args.image) if args.image else None,
+                camera=parse_pose(spec, mode=args.mode or "ar"), mode=args.mode or "ar",
+                num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed or 0,
             )
         mode = request.mode
+        if not args.out.parent.is_dir():
+            raise PipelineError(f"--out {str(args.out)!r}: folder {str(args.out.parent)!r} "
+                                "does not exist")
         with tempfile.TemporaryDirectory() as tmp:
             if args.tiny:
                 from .resolve import layout_paths
@@ -99,9 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 kwargs = {"model_dir": args.model_dir} if args.model_dir else {}
                 pipe = WorldPlayPipeline.from_paths(resolve_models((mode,), **kwargs))
-            if request.history is None and args.image:
-                request.image = Image.open(args.image)
-            elif request.history is None:
+            if request.history is None and request.image is None:
                 from .bench import demo_image
 
                 request.image = demo_image(832, 480)
@@ -114,11 +137,20 @@ def main(argv: list[str] | None = None) -> int:
                     on_frames=writer.write,
                 )
         info = probe_mp4(args.out)
-        report = {
-            "out": str(args.out), "codec": info.codec, "width": info.width, "height": info.height,
+        report = {"out": str(args.out)}
+        if request.history is None:  # side files of a new world (a continuation has no image of its own)
+            input_png, path_png = side_files(args.out)
+            request.image.convert("RGB").save(input_png)
+            from .camera_plot import plot_path
+
+            plot_path(spec, path_png, mode=mode,
+                      title=args.pose if isinstance(spec, str) else Path(args.pose).name)
+            report.update(input_image=str(input_png), path_plot=str(path_png))
+        report.update({
+            "codec": info.codec, "width": info.width, "height": info.height,
             "num_frames": info.num_frames, "fps": float(info.fps), "seconds": round(time.perf_counter() - started, 2),
             "timings": result.timings, "session_latents": result.state.num_latents,
-        }
+        })
         if args.state_out is not None:
             report["state_out"] = str(args.state_out)
             report["state_bytes"] = result.state.save(args.state_out)

@@ -448,7 +448,14 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(row), flush=True)
         return 0
 
-    device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
+    if not args.tiny and not torch.cuda.is_available():
+        # the full-size build is 8.6e9 parameters: on a CPU it would fill the RAM for nothing
+        print("error: python -m pipeline.bench without --tiny builds the full-size models (8.6e9 "
+              "parameters, ~40 GB in bf16) and needs a CUDA GPU, but none is visible "
+              "(torch.cuda.is_available() is False). On this machine run: python -m pipeline.bench "
+              "--tiny", file=sys.stderr)
+        return 2
+    device = torch.device("cpu" if args.tiny else "cuda")
     modes = tuple(args.modes)
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)

@@ -6,17 +6,19 @@ the single conditioning frame), so ``num_frames = 4 * (num_latents - 1) + 1``.
 
 Accepted specs
 --------------
-1. Pose string, ``"w-10, right-6, a-4"``: comma separated ``KEY-COUNT`` segments, COUNT latents of
-   motion each. N motions give N + 1 poses (latent 0 is the identity camera), so ``"w-31"`` is 32
-   latents / 125 frames. Keys are case-insensitive, whitespace around keys, dashes and commas is
+1. Pose string, ``"w-10, right-6, a-4"``: comma separated ``KEY-COUNT`` segments, COUNT *moves*
+   each (one move = one latent of motion = 4 frames). N moves give N + 1 latents (latent 0 is the
+   start camera), so ``"w-31"`` is 32 latents / 125 frames. Keys are case-insensitive, whitespace around keys, dashes and commas is
    ignored; COUNT must be a positive whole number (``"w-3.5"``, ``"w-0"`` are rejected, as are
    empty strings, empty segments such as a trailing comma, and unknown keys).
 2. Upstream pose JSON, as a dict or a JSON text: ``{"0": {"extrinsic": 4x4 c2w, "K": 3x3 pixel
-   intrinsics}, "1": ...}``. Keys are the latent indices ``"0".."L-1"`` (any order, each exactly
+   intrinsics}, "1": ...}``. It counts *latents*, the start included: one entry per latent. Keys are
+   the latent indices ``"0".."L-1"`` (any order, each exactly
    once, canonical decimal); each entry has exactly the fields ``extrinsic`` and ``K``.
 3. Keyboard action list, as a list or a JSON text:
-   ``[{"key": "w", "latents": 8, "speed": 0.12}, {"key": "w+left", "latents": 4, "degrees": 5}]``.
-   ``key`` is one key or several joined with ``+`` (keys held together, e.g. a controller moving
+   ``[{"key": "w", "moves": 8, "speed": 0.12}, {"key": "w+left", "moves": 4, "degrees": 5}]``.
+   ``moves`` counts moves like the pose string (the start latent is extra); ``latents`` is accepted
+   as its deprecated old name (same meaning; giving both is an error). ``key`` is one key or several joined with ``+`` (keys held together, e.g. a controller moving
    and turning at once); opposite keys (w+s, a+d, up+down, left+right) and repeats are rejected.
    ``speed`` (scene units per latent, (0, 1], default 0.08) is allowed only when a w/s/a/d key is
    held; ``degrees`` (per latent, (0, 30], default 3) only when an up/down/left/right key is held,
@@ -43,7 +45,12 @@ normalised ``Ks``: ``fx / (2 cx)``, ``fy / (2 cy)``, ``cx = cy = 0.5`` (other en
 cameras exactly as the model's training data was labelled (see ``action_labels``).
 
 Everything is computed in float64 with numpy and returned as torch float32 (int64 for actions).
-Faults raise ``PoseSpecError`` / ``FrameCountError`` with a message naming the offending part.
+Faults raise ``PoseSpecError`` / ``FrameCountError`` with a message naming the offending part;
+with ``parse_pose(..., mode=...)`` a length the mode cannot render is reported in the units the spec
+was written in (moves for strings and action lists, entries for pose JSON).
+
+``python -m pipeline.camera --plot SPEC out.png`` draws any camera spec from above (see
+``pipeline.camera_plot``).
 """
 
 from __future__ import annotations
@@ -66,6 +73,8 @@ __all__ = [
     "latents_to_frames",
     "frames_to_latents",
     "check_latent_count",
+    "check_frame_count",
+    "spec_form",
     "MAX_LATENTS",
     "FRAMES_PER_LATENT",
     "DEFAULT_SPEED",
@@ -84,8 +93,7 @@ __all__ = [
 # Constants
 # --------------------------------------------------------------------------------------------
 
-MAX_LATENTS = 1024
-"""Upper bound on the latents of one trajectory (4093 frames), an abuse guard."""
+from pipeline.limits import MAX_LATENTS  # noqa: E402 - the one length limit (256 latents, 1021 frames)
 
 FRAMES_PER_LATENT = 4
 
@@ -125,7 +133,8 @@ MODE_LATENT_MULTIPLE = {"ar": 4, "bidirectional": 16}
 
 _MAX_JSON_CHARS = 4_000_000
 _MAX_ABS_VALUE = 1e6  # bound on matrix entries (scene units / pixels)
-_LIST_FIELDS = ("key", "latents", "speed", "degrees")
+_LIST_FIELDS = ("key", "moves", "latents", "speed", "degrees")
+_COUNT_FIELDS = ("moves", "latents")  # "latents": deprecated old name of "moves"
 _ENTRY_FIELDS = ("extrinsic", "K")
 
 # Action labelling thresholds (those used to label the training data).
@@ -248,6 +257,131 @@ def check_latent_count(num_latents: int, mode: str) -> None:
         f"{mode} needs a latent count divisible by {multiple}; {num_latents} latents "
         f"({latents_to_frames(num_latents)} frames) is not: {nearest}"
     )
+
+
+def _nearest(options: Sequence[int], unit: str) -> str:
+    if len(options) == 1:
+        return f"the nearest valid is {options[0]}{unit}"
+    return f"the nearest valid are {' or '.join(str(o) for o in options)}{unit}"
+
+
+def _mode_frames(multiple: int, k: int) -> int:
+    return latents_to_frames(multiple * k)
+
+
+def check_frame_count(num_frames: int, mode: str) -> int:
+    """Check a frame count a user typed (``num_frames``) against ``mode``; returns its latents.
+
+    The error names valid *frame* counts: ``4 * latents - 3`` with latents a multiple of 4 (ar:
+    13, 29, 45, 61, ...) or 16 (bidirectional: 61, 125, 189, ...).
+    """
+    if mode not in MODE_LATENT_MULTIPLE:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {sorted(MODE_LATENT_MULTIPLE)}")
+    if not _is_int(num_frames) or num_frames < 1:
+        raise FrameCountError(f"num_frames must be a positive integer, got {num_frames!r}")
+    multiple = MODE_LATENT_MULTIPLE[mode]
+    ok = (num_frames - 1) % FRAMES_PER_LATENT == 0 and (
+        (num_frames - 1) // FRAMES_PER_LATENT + 1) % multiple == 0
+    if not ok:
+        period = FRAMES_PER_LATENT * multiple
+        low = (int(num_frames) + FRAMES_PER_LATENT - 1) // period
+        options = [_mode_frames(multiple, k) for k in (low, low + 1)
+                   if k >= 1 and multiple * k <= MAX_LATENTS]
+        valid = ", ".join(str(_mode_frames(multiple, k)) for k in (1, 2, 3))
+        raise FrameCountError(
+            f"num_frames {num_frames} cannot be rendered in {mode} mode: frames are 4k+1 (k moves "
+            f"after the start frame) with k+1 latents a multiple of {multiple}, i.e. {valid}, ...; "
+            f"{_nearest(options, '')}"
+        )
+    num_latents = frames_to_latents(int(num_frames))
+    check_latent_count(num_latents, mode)
+    return num_latents
+
+
+def spec_form(spec: Any) -> str:
+    """How a camera spec counts its length: ``"pose string"`` and ``"action list"`` count moves
+    (the start latent is extra), ``"pose JSON"`` counts latents (one entry each)."""
+    if isinstance(spec, str):
+        stripped = spec.lstrip()
+        if stripped.startswith("{"):
+            return "pose JSON"
+        return "action list" if stripped.startswith("[") else "pose string"
+    if isinstance(spec, Mapping):
+        return "pose JSON"
+    return "action list"
+
+
+def _in_units(num_latents: int, form: str) -> str:
+    if form == "pose JSON":
+        return f"{num_latents} entries"
+    return f"{num_latents - 1} moves"
+
+
+def _length_words(num_latents: int, form: str) -> str:
+    frames = latents_to_frames(num_latents)
+    if form == "pose JSON":
+        return f"{num_latents} entries ({frames} frames)"
+    return f"{num_latents - 1} moves ({num_latents} latents with the start, {frames} frames)"
+
+
+def _mode_length_error(n: int, mode: str, form: str, fix: Any) -> FrameCountError:
+    """The mode's latent multiple, broken by a spec of ``n`` latents, worded in the spec's units.
+
+    ``fix(delta)`` (or None) returns the spec's last count changed by ``delta`` as the user
+    would write it, for an example."""
+    multiple = MODE_LATENT_MULTIPLE[mode]
+    lower = n - n % multiple
+    options = [m for m in (lower, lower + multiple) if 1 <= m <= MAX_LATENTS]
+    if form == "pose JSON":
+        valid = ", ".join(str(multiple * k) for k in (1, 2, 3))
+        return FrameCountError(
+            f"{mode} needs a multiple of {multiple} latents ({valid}, ... pose JSON entries); the "
+            f"pose JSON has {_length_words(n, form)}: {_nearest(options, ' entries')}"
+        )
+    valid = ", ".join(str(multiple * k - 1) for k in (1, 2, 3))
+    what = "the pose string's counts" if form == "pose string" else "the action list's moves"
+    message = (
+        f"{mode} needs a multiple of {multiple} latents, so {what} must add up to {valid}, ... "
+        f"(the start latent is extra); they add up to {_length_words(n, form)}: "
+        f"{_nearest([m - 1 for m in options], ' moves')}"
+    )
+    examples = [fix(m - n) for m in options] if fix is not None else []
+    examples = [e for e in examples if e is not None]
+    if examples and form == "pose string":
+        message += f", e.g. {' or '.join(examples)} instead of {fix(0)}"
+    elif examples:
+        field = examples[0].split(":")[0]
+        counts = " or ".join(e.split(": ")[1] for e in examples)
+        message += f", e.g. {field}: {counts} in the last action"
+    return FrameCountError(message)
+
+
+def _string_fix(text: str) -> Any:
+    segments = [segment.strip() for segment in text.split(",")]
+    match = _SEGMENT.match(segments[-1])
+    if match is None or len(text) > 80:
+        return None
+    key, count = match["key"].strip(), int(match["count"].strip())
+
+    def fix(delta: int) -> str | None:
+        if count + delta < 1:
+            return None
+        return repr(", ".join(segments[:-1] + [f"{key}-{count + delta}"]))
+
+    return fix
+
+
+def _actions_fix(items: Sequence[Any]) -> Any:
+    last = items[-1]
+    field = "latents" if "latents" in last else "moves"
+    count = last[field]
+
+    def fix(delta: int) -> str | None:
+        if count + delta < 1:
+            return None
+        return f"'{field}': {count + delta}"
+
+    return fix
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,17 +510,28 @@ def _normalise_intrinsics(k_pixels: np.ndarray) -> np.ndarray:
     return k
 
 
-def _build(c2w: np.ndarray, k_pixels: np.ndarray, num_latents: int | None) -> CameraTrajectory:
+def _build(c2w: np.ndarray, k_pixels: np.ndarray, num_latents: int | None, *,
+           form: str = "camera spec", mode: str | None = None, fix: Any = None) -> CameraTrajectory:
     n = len(c2w)
     if num_latents is not None:
         if not _is_int(num_latents) or num_latents < 1:
             raise FrameCountError(f"num_latents must be a positive integer, got {num_latents!r}")
         if num_latents != n:
-            raise FrameCountError(
-                f"the camera spec describes {n} latents ({latents_to_frames(n)} frames) but "
-                f"{num_latents} latents ({latents_to_frames(int(num_latents))} frames) "
-                "were requested"
+            wanted = latents_to_frames(int(num_latents))
+            message = (
+                f"the {form} has {_length_words(n, form)}, but {wanted} frames were requested "
+                f"(num_frames), which needs {_in_units(int(num_latents), form)}"
             )
+            if fix is not None and fix(num_latents - n) is not None and form == "pose string":
+                message += f", e.g. {fix(num_latents - n)}"
+            raise FrameCountError(message)
+    if mode is not None:
+        if mode not in MODE_LATENT_MULTIPLE:
+            raise ValueError(f"unknown mode {mode!r}; expected one of "
+                             f"{sorted(MODE_LATENT_MULTIPLE)}")
+        if n % MODE_LATENT_MULTIPLE[mode] != 0:
+            raise _mode_length_error(n, mode, form, fix)
+        check_latent_count(n, mode)
     return _trajectory(c2w, k_pixels, action_labels(c2w))
 
 
@@ -420,7 +565,7 @@ def _too_many(total_latents: int, where: str) -> FrameCountError:
 # --------------------------------------------------------------------------------------------
 
 _SEGMENT = re.compile(r"^(?P<key>[^-]*?)\s*-\s*(?P<count>.*)$", re.DOTALL)
-_DIGITS = re.compile(r"^\+?\d+$")
+_DIGITS = re.compile(r"\+?[0-9]+")  # ASCII digits only (\d also matches e.g. Arabic-Indic ones)
 
 
 def _parse_string(text: str) -> list[tuple[float, float, float, float]]:
@@ -433,7 +578,7 @@ def _parse_string(text: str) -> list[tuple[float, float, float, float]]:
             raise PoseSpecError(
                 f"pose string segment {index} is empty (stray comma?) in {text.strip()!r}"
             )
-        match = _SEGMENT.match(segment)
+        match = _SEGMENT.fullmatch(segment)
         if match is None:
             raise PoseSpecError(f"pose segment {segment!r} is not KEY-COUNT, e.g. 'w-8'")
         key = match["key"].strip().lower()
@@ -445,18 +590,18 @@ def _parse_string(text: str) -> list[tuple[float, float, float, float]]:
             )
         if re.fullmatch(r"-\s*\+?\d+", count_text):
             raise PoseSpecError(
-                f"pose segment {segment!r}: count must be a positive whole number of latents"
+                f"pose segment {segment!r}: count must be a positive whole number of moves"
             )
-        if not _DIGITS.match(count_text):
+        if not _DIGITS.fullmatch(count_text):
             raise PoseSpecError(
-                f"pose segment {segment!r}: count {count_text!r} is not a whole number of latents"
+                f"pose segment {segment!r}: count {count_text!r} is not a whole number of moves"
             )
         if len(count_text.lstrip("+").lstrip("0")) > 7:
             raise _too_many(MAX_LATENTS + 1, f"pose segment {segment!r}")
         count = int(count_text)
         if count < 1:
             raise PoseSpecError(
-                f"pose segment {segment!r}: count must be at least 1 latent, got {count}"
+                f"pose segment {segment!r}: count must be at least 1 move, got {count}"
             )
         if len(steps) + count + 1 > MAX_LATENTS:
             raise _too_many(len(steps) + count + 1, f"pose segment {segment!r}")
@@ -488,13 +633,13 @@ _OPPOSITES = ({"w", "s"}, {"a", "d"}, {"up", "down"}, {"left", "right"})
 
 def _parse_action_list(items: Sequence[Any]) -> list[tuple[float, float, float, float]]:
     if len(items) == 0:
-        raise PoseSpecError("action list is empty; expected e.g. [{'key': 'w', 'latents': 8}]")
+        raise PoseSpecError("action list is empty; expected e.g. [{'key': 'w', 'moves': 15}]")
     steps: list[tuple[float, float, float, float]] = []
     for index, item in enumerate(items):
         where = f"action {index}"
         if not isinstance(item, Mapping):
             raise PoseSpecError(
-                f"{where} must be an object like {{'key': 'w', 'latents': 8}}, "
+                f"{where} must be an object like {{'key': 'w', 'moves': 15}}, "
                 f"got {type(item).__name__}"
             )
         unknown = [str(f) for f in item if f not in _LIST_FIELDS]
@@ -524,11 +669,18 @@ def _parse_action_list(items: Sequence[Any]) -> list[tuple[float, float, float, 
                 raise PoseSpecError(
                     f"{where}: opposite keys {a!r} and {b!r} cannot be held together"
                 )
-        if "latents" not in item:
-            raise PoseSpecError(f"{where}: missing field 'latents'")
-        count = item["latents"]
+        given = [f for f in _COUNT_FIELDS if f in item]
+        if len(given) > 1:
+            raise PoseSpecError(
+                f"{where}: give 'moves' or its deprecated old name 'latents', not both"
+            )
+        if not given:
+            raise PoseSpecError(f"{where}: missing field 'moves' (how many moves, 4 frames each)")
+        count = item[given[0]]
         if not _is_int(count) or count < 1:
-            raise PoseSpecError(f"{where}: 'latents' must be a positive integer, got {count!r}")
+            raise PoseSpecError(
+                f"{where}: '{given[0]}' must be a positive whole number of moves, got {count!r}"
+            )
         moves = any(k in MOVE_KEYS for k in keys)
         turns = any(k in TURN_KEYS for k in keys)
         speed = _bounded(item, "speed", DEFAULT_SPEED, MAX_SPEED, allowed=moves, where=where,
@@ -687,10 +839,13 @@ def _check_intrinsics(k: np.ndarray, where: str) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def parse_pose(spec: Any, num_latents: int | None = None) -> CameraTrajectory:
+def parse_pose(spec: Any, num_latents: int | None = None, *, mode: str | None = None
+               ) -> CameraTrajectory:
     """Parse a camera spec (pose string, pose JSON dict/text, or action list/text).
 
     ``num_latents``, when given, must equal the spec's latent count (FrameCountError otherwise).
+    ``mode``, when given, checks the length against the mode (``check_latent_count``), with the
+    error worded in the spec's own units (moves or pose JSON entries).
     """
     if isinstance(spec, str):
         stripped = spec.lstrip()
@@ -710,13 +865,15 @@ def parse_pose(spec: Any, num_latents: int | None = None) -> CameraTrajectory:
                 raise PoseSpecError("camera JSON text is nested too deeply") from None
         else:
             c2w = _integrate(_parse_string(spec))
-            return _build(c2w, _default_k(len(c2w)), num_latents)
+            return _build(c2w, _default_k(len(c2w)), num_latents, form="pose string", mode=mode,
+                          fix=_string_fix(spec))
     if isinstance(spec, Mapping):
         c2w, k_pixels = _parse_pose_json(spec)
-        return _build(c2w, k_pixels, num_latents)
+        return _build(c2w, k_pixels, num_latents, form="pose JSON", mode=mode)
     if isinstance(spec, (list, tuple)):
         c2w = _integrate(_parse_action_list(spec))
-        return _build(c2w, _default_k(len(c2w)), num_latents)
+        return _build(c2w, _default_k(len(c2w)), num_latents, form="action list", mode=mode,
+                      fix=_actions_fix(spec))
     raise PoseSpecError(
         f"camera spec must be a pose string, a pose JSON object or an action list, "
         f"got {type(spec).__name__}"
@@ -782,3 +939,9 @@ def check_continuation_count(new_latents: int, mode: str, spec_text: str | None 
         f"frames), e.g. 'w-{multiple}'; {what} {new_latents} latents ({FRAMES_PER_LATENT * new_latents} "
         f"frames): nearest valid are {words}"
     )
+
+
+if __name__ == "__main__":  # python -m pipeline.camera --plot SPEC out.png
+    from pipeline.camera_plot import main
+
+    raise SystemExit(main())

@@ -8,9 +8,7 @@ every expected key present, no unexpected key, every shape equal, file not trunc
 
 from __future__ import annotations
 
-import json
 import logging
-import struct
 import time
 from pathlib import Path
 
@@ -20,37 +18,10 @@ from safetensors.torch import save_file
 
 from .config import WorldPlayConfig
 from .errors import CheckpointError
+from .safetensors_header import read_header
 from .transformer import WorldPlayTransformer
 
 logger = logging.getLogger("worldplay.checkpoint")
-
-_MAX_HEADER = 100 * 1024 * 1024
-
-
-def read_header(path: Path) -> dict:
-    """The JSON header of a safetensors file, after checking the file is not truncated."""
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as fh:
-            raw = fh.read(8)
-            if len(raw) < 8:
-                raise CheckpointError(f"{path} is too short to be a safetensors file ({size} bytes)")
-            (header_len,) = struct.unpack("<Q", raw)
-            if header_len > _MAX_HEADER or 8 + header_len > size:
-                raise CheckpointError(f"{path} has a corrupt or truncated safetensors header")
-            header = json.loads(fh.read(header_len))
-    except OSError as exc:
-        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path} has an unreadable safetensors header: {exc}") from exc
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + header_len + end > size:
-        raise CheckpointError(
-            f"{path} is truncated: the header describes {8 + header_len + end} bytes, the file has {size}"
-        )
-    return header
-
 
 def expected_shapes(config: WorldPlayConfig) -> dict[str, tuple[int, ...]]:
     """Every parameter name and shape of the architecture, computed on the meta device."""

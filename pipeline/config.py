@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError
+from .safetensors_header import read_header
 
 CONFIG_FILENAME = "config.json"
 
@@ -161,8 +162,6 @@ class WorldPlayConfig:
     @classmethod
     def from_checkpoint(cls, path: Path) -> "WorldPlayConfig":
         """Config of a checkpoint file: inferred from its header, overridden by a config.json beside it."""
-        from .checkpoint import read_header
-
         shapes = {k: tuple(v["shape"]) for k, v in read_header(Path(path)).items() if k != "__metadata__"}
         inferred = cls.from_shapes(shapes)
         config_file = Path(path).parent / CONFIG_FILENAME

@@ -394,7 +394,7 @@ class WorldPlayPipeline:
         need_text_encoder = any(not self.encoders.is_cached(p) for p in prompts)
         with timer.stage("encode_prompt"), self._text_encoder_on_device(need_text_encoder):
             positive = self._conditioning(request.prompt, vision)
-            negative = self._conditioning(request.negative_prompt, vision) if use_cfg else None
+            negative = self._conditioning(request.negative_prompt, vision, negative=True) if use_cfg else None
 
         past = history.num_latents if history is not None else 0
         num_latents = past + request.camera.num_latents
@@ -491,13 +491,18 @@ class WorldPlayPipeline:
             state=state,
         )
 
-    def _conditioning(self, prompt: str, vision: torch.Tensor) -> Conditioning:
+    def _conditioning(self, prompt: str, vision: torch.Tensor, *, negative: bool = False) -> Conditioning:
+        """The branch's conditioning. The negative (CFG) branch gets an empty byT5 input (zeros, mask 0)
+        whatever its prompt quotes, as upstream HY-WorldPlay does: glyph text only steers towards."""
         embeds = self.encoders.encode_prompt(prompt)
+        byt5, byt5_mask = embeds.byt5, embeds.byt5_mask
+        if negative:
+            byt5, byt5_mask = torch.zeros_like(byt5), torch.zeros_like(byt5_mask)
         return Conditioning(
             text=embeds.text,
             text_mask=embeds.text_mask,
-            byt5=embeds.byt5,
-            byt5_mask=embeds.byt5_mask,
+            byt5=byt5,
+            byt5_mask=byt5_mask,
             vision=vision,
         )
 

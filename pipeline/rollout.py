@@ -19,6 +19,7 @@ from typing import Callable, Protocol, Sequence
 
 import torch
 
+from .ar_cache import ARCacheLayout
 from .components import set_timesteps
 from .errors import GenerationCancelled
 from .transformer import ConditionTokens, WorldPlayTransformer
@@ -186,12 +187,13 @@ def _run_chunks(transformer: WorldPlayTransformer, scheduler, job: RolloutInputs
 def ar_rollout(transformer: WorldPlayTransformer, scheduler, job: RolloutInputs) -> torch.Tensor:
     """Denoise `job.latents` [1, C, L, h, w] in chunks of 4; returns the clean latents (same tensor)."""
     latents, trace = job.latents, job.trace
-    tokens_per_latent = latents.shape[3] * latents.shape[4]
-    # the largest context is memory_size (20) latents; size the cache for it plus one chunk
-    capacity = tokens_per_latent * (_max_context(job.select_context, latents.shape[2]) + AR_CHUNK_LATENTS)
+    # the largest context is memory_size (20) latents; the cache holds it plus one chunk
+    layout = ARCacheLayout(latent_grid=tuple(latents.shape[3:]),
+                           max_context_latents=_max_context(job.select_context, latents.shape[2]),
+                           chunk_latents=AR_CHUNK_LATENTS)
     branches = [job.positive] + ([job.negative] if job.use_cfg else [])
     caches = [
-        _traced(trace, "text", 0, 0, 0, lambda b=b: transformer.ar_start(b.tokens(transformer, 0.0), capacity))
+        _traced(trace, "text", 0, 0, 0, lambda b=b: transformer.ar_start(b.tokens(transformer, 0.0), layout))
         for b in branches
     ]
 
@@ -213,7 +215,7 @@ def ar_rollout(transformer: WorldPlayTransformer, scheduler, job: RolloutInputs)
             torch.cat([chunk_latents, job.cond_latents[:, :, start:end]], dim=1),
             torch.full((AR_CHUNK_LATENTS,), float(t)),
             *_camera_args(job.camera, slice(start, end)),
-            rope_start=len(context),
+            rope_start=caches[0].chunk_rope_start,
         )
         n_q = video.tokens.shape[1]
         n_k = caches[0].text_len + caches[0].context_len + n_q

@@ -15,10 +15,11 @@ Two ways to run it:
 
 * :meth:`WorldPlayTransformer.forward` -- bidirectional: image and text tokens attend jointly.
 * the AR passes -- :meth:`ar_start` runs the text stream alone and keeps its per-layer K/V in an
-  :class:`ARCache`; :meth:`ar_context_pass` runs the selected clean context latents (which attend to
-  text + themselves) and stores their K/V; :meth:`ar_chunk_pass` runs the current chunk against
-  [text K/V, context K/V, its own K/V]. The cache is one preallocated buffer per layer; nothing is
-  concatenated per step.
+  :class:`~pipeline.ar_cache.ARCache` sized from an :class:`~pipeline.ar_cache.ARCacheLayout`;
+  :meth:`ar_context_pass` runs the selected clean context latents (which attend to text + themselves)
+  and stores their K/V; :meth:`ar_chunk_pass` runs the current chunk against [text K/V, context K/V,
+  its own K/V]. The cache is one preallocated buffer per layer; nothing is concatenated per step. It
+  tracks what it holds and checks each pass's size and RoPE start (``cache.chunk_rope_start``).
 
 Padded text tokens are stripped before the blocks and no attention mask is ever built.
 """
@@ -33,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .ar_cache import ARCache, ARCacheLayout
 from .attention import attention
 from .config import WorldPlayConfig
 from .prope import CameraEncoding
@@ -193,31 +195,6 @@ class Rope:
         cos = self.cos[None, :, None, :]
         sin = self.sin[None, :, None, :]
         return torch.stack((a * cos - b * sin, b * cos + a * sin), dim=-1).flatten(-2).type_as(x)
-
-
-# ------------------------------------------------------------------------------------ the cache
-
-
-@dataclass
-class ARCache:
-    """Per-layer K/V for the AR rollout: [text | context | current chunk] along the sequence axis.
-
-    ``keys[i]`` / ``values[i]`` have shape [2, H, capacity, D]: index 0 holds the RoPE branch, index 1
-    the PRoPE branch (the text K/V, which carries no positional encoding, is stored in both).
-    """
-
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
-    text_len: int
-    context_len: int = 0  # tokens of context currently stored after the text
-    context_latents: int = 0
-
-    @property
-    def capacity(self) -> int:
-        return self.keys[0].shape[2]
-
-    def nbytes(self) -> int:
-        return sum(k.numel() * k.element_size() * 2 for k in self.keys)
 
 
 # ---------------------------------------------------------------------------------------- blocks
@@ -513,6 +490,7 @@ class VideoTokens:
     rope: Rope
     camera: CameraEncoding
     shape: tuple[int, int, int]  # (T, h, w)
+    rope_start: int  # temporal RoPE position of the first latent
 
 
 class WorldPlayTransformer(nn.Module):
@@ -569,17 +547,28 @@ class WorldPlayTransformer(nn.Module):
 
     def embed_video(
         self,
-        latents: torch.Tensor,
+        latent_model_input: torch.Tensor,
         timesteps: torch.Tensor,
         actions: torch.Tensor,
         viewmats: torch.Tensor,
         intrinsics: torch.Tensor,
         rope_start: int = 0,
     ) -> VideoTokens:
-        """latents [B, 2*latent+1, T, h, w]; timesteps/actions [B, T]; viewmats [B, T, 4, 4]; intrinsics [B, T, 3, 3]."""
-        b, _, t, h, w = latents.shape
+        """Image tokens and per-frame conditioning of T latent frames.
+
+        latent_model_input [B, 2*latent+1, T, h, w]: the noisy latents, the condition latents and the
+        condition mask, concatenated along channels; timesteps/actions [B, T]; viewmats [B, T, 4, 4];
+        intrinsics [B, T, 3, 3]; rope_start: temporal RoPE position of the first frame (0, except for
+        an AR chunk pass: ``cache.chunk_rope_start``).
+        """
+        b, channels, t, h, w = latent_model_input.shape
+        if channels != self.config.in_channels:
+            raise ValueError(
+                f"embed_video takes [noisy latents, condition latents, mask] = {self.config.in_channels} "
+                f"channels; got {channels}"
+            )
         dtype, device = self.dtype, self.device
-        tokens = self.img_in(latents.to(device, dtype))
+        tokens = self.img_in(latent_model_input.to(device, dtype))
         timesteps = torch.as_tensor(timesteps, device=device).float().expand(b, t)
         actions = torch.as_tensor(actions, device=device).float().expand(b, t)
         vec = self.time_in(timesteps.reshape(-1)) + self.action_in(actions.reshape(-1))
@@ -592,6 +581,7 @@ class WorldPlayTransformer(nn.Module):
                 self.config.head_dim,
             ),
             shape=(t, h, w),
+            rope_start=int(rope_start),
         )
 
     def _project_out(self, video: VideoTokens, img: torch.Tensor) -> torch.Tensor:
@@ -612,31 +602,23 @@ class WorldPlayTransformer(nn.Module):
 
     # -- autoregressive
 
-    def ar_start(self, condition: ConditionTokens, max_video_tokens: int) -> ARCache:
-        """Run the text stream alone (text attends to text) and keep every layer's text K/V."""
+    def ar_start(self, condition: ConditionTokens, layout: ARCacheLayout) -> ARCache:
+        """Run the text stream alone (text attends to text) and keep every layer's text K/V in a cache
+        sized for `layout` (its largest context and one chunk after the text)."""
         txt, vec_txt = condition.tokens, condition.vec
-        text_len = txt.shape[1]
-        capacity = text_len + max_video_tokens
-        cfg = self.config
-        keys, values = [], []
+        cache = ARCache(layout, text_len=txt.shape[1])
         last = len(self.double_blocks) - 1
         for index, block in enumerate(self.double_blocks):
             txt, k, v = block.forward_text(txt, vec_txt, outputs=index < last)
-            buf_k = torch.empty(2, cfg.num_heads, capacity, cfg.head_dim, dtype=self.dtype, device=self.device)
-            buf_v = torch.empty_like(buf_k)
-            buf_k[:, :, :text_len] = k[0]
-            buf_v[:, :, :text_len] = v[0]
-            keys.append(buf_k)
-            values.append(buf_v)
-        return ARCache(keys=keys, values=values, text_len=text_len)
+            cache.add_layer(k[0], v[0])
+        return cache
 
     def _run_cached(self, cache: ARCache, video: VideoTokens, offset: int, outputs: bool = True) -> torch.Tensor | None:
-        """Run `video` through every block against the cache. With `outputs=False` (a context pass:
-        only the K/V it leaves in the cache are used) the last block stops once its K/V are written."""
+        """Run `video` through every block against the cache, writing its K/V at `offset`. With
+        `outputs=False` (a context pass: only the K/V it leaves in the cache are used) the last block
+        stops once its K/V are written."""
         if video.tokens.shape[0] != 1:
             raise ValueError("the AR passes take one sample; run CFG branches with separate caches")
-        if offset + video.tokens.shape[1] > cache.capacity:
-            raise ValueError(f"AR cache holds {cache.capacity} tokens; {offset + video.tokens.shape[1]} needed")
         img = video.tokens
         last = len(self.double_blocks) - 1
         for index, (block, k, v) in enumerate(zip(self.double_blocks, cache.keys, cache.values)):
@@ -647,20 +629,22 @@ class WorldPlayTransformer(nn.Module):
     def ar_context_pass(self, cache: ARCache, video: VideoTokens) -> None:
         """Store the K/V of the selected clean context latents (they attend to text + themselves).
 
-        Replaces whatever context the cache held; `video` must use RoPE start 0.
+        Replaces whatever context the cache held; `video` must use RoPE start 0 (``ar_cache.CONTEXT_ROPE_START``)
+        and fit the cache's layout, or ValueError is raised before anything is written.
         """
-        self._run_cached(cache, video, cache.text_len, outputs=False)
-        cache.context_len = video.tokens.shape[1]
-        cache.context_latents = video.shape[0]
+        offset = cache.reserve_context(video.shape, video.rope_start)
+        self._run_cached(cache, video, offset, outputs=False)
+        cache.commit_context(video.shape)
 
     def ar_clear_context(self, cache: ARCache) -> None:
-        cache.context_len = 0
-        cache.context_latents = 0
+        """Forget the stored context (the next chunk attends to the text and itself only)."""
+        cache.clear_context()
 
     def ar_chunk_pass(self, cache: ARCache, video: VideoTokens) -> torch.Tensor:
         """Velocity of the current chunk, attending to [text, context, itself].
 
-        `video` must use RoPE start = cache.context_latents.
+        `video` must use RoPE start ``cache.chunk_rope_start`` (the stored context latents come first)
+        and fit the cache's layout, or ValueError is raised before anything is written.
         """
-        img = self._run_cached(cache, video, cache.text_len + cache.context_len)
+        img = self._run_cached(cache, video, cache.chunk_offset(video.shape, video.rope_start))
         return self._project_out(video, img)

@@ -20,6 +20,7 @@ Decisions:
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import queue
 import threading
@@ -96,6 +97,14 @@ class Mp4Writer:
     ...     w.write(chunk0); w.write(chunk1)
     >>> info = w.info
 
+    ``tap`` (optional) sees the encoded stream as it is muxed: ``tap.stream_opened(stream)`` once,
+    ``tap.packet(packet)`` for each packet before it goes into the MP4 (copy what you keep) and
+    ``tap.chunk_encoded(frames_so_far)`` after each ``write``'s frames went into the encoder and
+    ``tap.finished()`` after the encoder is drained on ``close`` (not on ``abort``). It runs on the
+    encoding thread; if it raises, it is logged and dropped and the MP4 goes on.
+    ``keyframe_each_write=True`` starts every ``write`` with an IDR frame (x264 ``forced-idr``) so
+    each chunk can be played on its own; without it the encoder settings are the plain ones.
+
     ``background=True`` moves colour conversion and encoding to one worker thread fed by a bounded
     queue (``write`` returns at once unless ``max_pending`` chunks are waiting); errors from the
     thread surface on the next ``write`` or on ``close``. Frames handed to ``write`` must not be
@@ -112,6 +121,9 @@ class Mp4Writer:
         threads: int = 0,
         background: bool = False,
         max_pending: int = 4,
+        tap=None,
+        keyframe_each_write: bool = False,
+        tune: Optional[str] = None,
     ):
         self.path = Path(path)
         self.fps = _check_fps(fps)
@@ -121,6 +133,7 @@ class Mp4Writer:
         self.preset = str(preset)
         self.threads = int(threads) if threads else (os.cpu_count() or 1)
         self._container = None
+        self._file = None  # the open output file: ours, so it is closed even if FFmpeg fails
         self._stream = None
         self._size: Optional[tuple] = None  # (width, height) as encoded
         self._src_size: Optional[tuple] = None
@@ -132,6 +145,11 @@ class Mp4Writer:
         self._queue: Optional[queue.Queue] = None
         self._thread: Optional[threading.Thread] = None
         self.encode_seconds = 0.0
+        # packet tap (live preview, see above); keyframe_each_write makes every write() start a
+        # closed GOP (an IDR frame), so the tap can cut independent segments at chunk boundaries
+        self._tap = tap
+        self.keyframe_each_write = bool(keyframe_each_write)
+        self.tune = tune  # x264 --tune (e.g. "zerolatency": no frame delay, a larger file)
         if background:
             self._queue = queue.Queue(maxsize=max(1, int(max_pending)))
             self._thread = threading.Thread(target=self._drain, name="mp4-writer", daemon=True)
@@ -179,9 +197,12 @@ class Mp4Writer:
                 raise ValueError("no frames were written")
             t0 = time.perf_counter()
             for packet in self._stream.encode(None):
-                self._container.mux(packet)
+                self._mux(packet)
+            self._tap_call("finished")
             self._container.close()
             self._container = None
+            self._file.close()
+            self._file = None
             self.encode_seconds += time.perf_counter() - t0
         except BaseException:
             self.abort()
@@ -217,6 +238,14 @@ class Mp4Writer:
             except Exception:  # noqa: BLE001 - best effort on an already failing path
                 pass
             self._container = None
+        if self._file is not None:
+            # PyAV leaves its own file handle open when the header write fails (disk full), so the
+            # writer opens the file itself and always closes it here.
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
         try:
             self.path.unlink()
         except FileNotFoundError:
@@ -253,7 +282,9 @@ class Mp4Writer:
         import av
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        container = av.open(str(self.path), mode="w", format="mp4",
+        # w+b: +faststart reads the file back to move the index in front
+        self._file = open(self.path, "w+b", buffering=0)  # AVIO buffers; a raw file never re-fails
+        container = av.open(self._file, mode="w", format="mp4",
                             options={"movflags": "+faststart"})
         try:
             stream = container.add_stream("libx264", rate=self.fps)
@@ -268,12 +299,33 @@ class Mp4Writer:
                 # BT.601 tags matching the OpenCV conversion
                 "x264-params": "colorprim=smpte170m:transfer=smpte170m:colormatrix=smpte170m",
             }
+            if self.keyframe_each_write:
+                stream.options = {**stream.options, "forced-idr": "1"}
+            if self.tune:
+                stream.options = {**stream.options, "tune": str(self.tune)}
         except BaseException:
             container.close()
             raise
         self._container, self._stream = container, stream
         self._frame_tb = 1 / self.fps
         self._size = (width, height)
+        self._tap_call("stream_opened", stream)
+
+    def _tap_call(self, method: str, *args) -> None:
+        """Hand something to the tap; a failing tap is dropped (it must never cost the MP4)."""
+        if self._tap is None:
+            return
+        try:
+            getattr(self._tap, method)(*args)
+        except Exception:  # noqa: BLE001
+            logging.getLogger("worldplay.video").warning("packet tap %s failed; tap removed",
+                                                         method, exc_info=True)
+            self._tap = None
+
+    def _mux(self, packet) -> None:
+        if self._tap is not None:  # before mux: muxing hands the packet's data to the container
+            self._tap_call("packet", packet)
+        self._container.mux(packet)
 
     def _encode(self, frames: np.ndarray) -> None:
         import av
@@ -282,13 +334,16 @@ class Mp4Writer:
         frames = _pad_even(frames)
         if self._container is None:
             self._open(frames.shape[2], frames.shape[1])
-        for frame in frames:
+        for index, frame in enumerate(frames):
             vf = av.VideoFrame.from_ndarray(_rgb_to_i420(frame), format="yuv420p")
             vf.pts = self._count
             vf.time_base = self._frame_tb
+            if index == 0 and self.keyframe_each_write:
+                vf.pict_type = av.video.frame.PictureType.I  # an IDR with forced-idr=1
             for packet in self._stream.encode(vf):
-                self._container.mux(packet)
+                self._mux(packet)
             self._count += 1
+        self._tap_call("chunk_encoded", self._count)
         self.encode_seconds += time.perf_counter() - t0
 
 

@@ -18,6 +18,7 @@ from schemas.job import (  # noqa: F401
     JobOutput,
     OutputOptions,
     Timings,
+    default_pose,
     format_validation_error,
     json_schemas,
     parse_input,

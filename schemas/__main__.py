@@ -1,13 +1,28 @@
-"""``python -m schemas``: print the input and output JSON Schemas as one JSON document."""
+"""``python -m schemas``: print the worker's JSON Schema (draft 2020-12), built by pydantic.
 
+By default the schema of a whole job, ``{"input": ...}`` (what test_input.json holds and /run takes),
+with ``#/$defs/Input`` (``job["input"]``) and ``#/$defs/Output`` (what a job returns); every ``$ref``
+resolves from the document's root, so validators such as ``jsonschema`` can use it as is.
+"""
+
+import argparse
 import json
 import sys
 
 from schemas.job import json_schemas
 
 
-def main() -> int:
-    json.dump(json_schemas(), sys.stdout, indent=2, sort_keys=False)
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m schemas", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example: python -m schemas > worldplay.schema.json; "
+               "python -m schemas --part input")
+    parser.add_argument("--part", choices=["job", "input", "output"], default="job",
+                        help="job: a whole {\"input\": ...} job (default); input: job[\"input\"] "
+                             "alone; output: a job's output alone")
+    args = parser.parse_args(argv)
+    json.dump(json_schemas(args.part), sys.stdout, indent=2, sort_keys=False)
     sys.stdout.write("\n")
     return 0
 

@@ -21,6 +21,8 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.limits import MAX_FRAMES, MAX_LATENTS
+
 # ---- limits ---------------------------------------------------------------------------------
 MAX_PROMPT_CHARS = 2000
 MAX_IMAGE_BYTES = 7 * 1024 * 1024  # decoded; keeps a /run payload (10 MB, base64) under the cap
@@ -30,15 +32,16 @@ MAX_BASE64_CHARS = math.ceil(MAX_IMAGE_BYTES / 3) * 4 + 256  # + room for a data
 MAX_KEY_CHARS = 1024
 MAX_URL_CHARS = 2048
 MAX_POSE_STRING_CHARS = 4000
-MAX_POSE_ENTRIES = 1024
-MAX_ACTIONS = 1024
+MAX_POSE_ENTRIES = MAX_LATENTS  # one pose per latent
+MAX_ACTIONS = MAX_LATENTS  # each action moves at least one latent
 MAX_POSE_JSON_BYTES = 2 * 1024 * 1024
-MAX_FRAMES = 1021  # 256 latents
+# MAX_FRAMES (1021 frames = MAX_LATENTS 256): pipeline.limits, shared with the camera parser
 MAX_STEPS = 100
 MAX_SEED = 2**32 - 1
 RANDOM_SEED_MAX = 2**31 - 1
 DEFAULT_POSE = "w-31"
 DEFAULT_KEY_PREFIX = "worldplay"
+CONTINUE_LATENTS = 32  # default camera of a continuation: "w-32", 128 new frames
 
 MODE_DEFAULTS = {
     "ar": {"num_inference_steps": 4, "guidance_scale": 1.0},
@@ -48,6 +51,28 @@ MODE_DEFAULTS = {
 _KEY_PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]*$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _DATA_URL_RE = re.compile(r"^data:image/(png|jpeg|jpg|webp);base64,", re.IGNORECASE)
+
+# JSON Schema of one action-list item (the camera parser, pipeline.camera, does the checking;
+# this documents it for `python -m schemas` users).
+ACTION_ITEM_SCHEMA: Dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["key"],
+    "oneOf": [{"required": ["moves"]}, {"required": ["latents"]}],
+    "properties": {
+        "key": {"type": "string", "description": "w, s, a, d, up, down, left, right; several "
+                                                 "held together joined with '+', e.g. 'w+left'"},
+        "moves": {"type": "integer", "minimum": 1,
+                  "description": "moves of this action, 1 latent (4 frames) each; the start latent "
+                                 "is extra, so moves adding up to 31 give 125 frames"},
+        "latents": {"type": "integer", "minimum": 1, "deprecated": True,
+                    "description": "deprecated old name of 'moves' (same meaning)"},
+        "speed": {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
+                  "description": "scene units per move for w/s/a/d (default 0.08)"},
+        "degrees": {"type": "number", "exclusiveMinimum": 0, "maximum": 30,
+                    "description": "degrees per move for up/down/left/right (default 3)"},
+    },
+}
 
 IMAGE_FIELDS = ("image_key", "image_url", "image_base64")
 CAMERA_FIELDS = ("pose", "pose_key", "pose_json", "actions")
@@ -65,6 +90,28 @@ def _check_object_key(value: str, what: str) -> str:
     return value
 
 
+def _check_url_syntax(url: str) -> None:
+    """A parsable URL with a host and a valid port (the fetch decides which hosts are allowed)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+        host = parts.hostname
+    except ValueError as exc:
+        raise ValueError(f"image_url is not a valid URL ({exc})") from None
+    if not host:
+        raise ValueError("image_url has no host")
+    hostport = parts.netloc.rsplit("@", 1)[-1]
+    if hostport.startswith("[") and not re.fullmatch(r"\[[^\]]*\](:[0-9]*)?", hostport):
+        raise ValueError("image_url is not a valid URL (text after the bracketed address)")
+    if not host.isascii():
+        try:
+            host.encode("idna")
+        except UnicodeError:
+            raise ValueError("image_url has an invalid host name") from None
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
@@ -78,6 +125,10 @@ class OutputOptions(_Strict):
                     "Letters, digits and . _ - / only; no '..' segments.")
     presign_expiry_seconds: int = Field(3600, ge=60, le=604800,
                                         description="Lifetime of the presigned URL (60 s .. 7 days).")
+    preview: bool = Field(True, description="Live preview: publish the video as an HLS stream "
+                                            "({key_prefix}/{job_id}/preview/index.m3u8) while it "
+                                            "is generated; progress updates carry preview_url. "
+                                            "Off on workers with WORLDPLAY_PREVIEW=0.")
     save_state: bool = Field(True, description="Save the world state at {key_prefix}/{job_id}/world.safetensors "
                                                "(returned as state_key) so a later job can continue it.")
 
@@ -85,7 +136,7 @@ class OutputOptions(_Strict):
     @classmethod
     def _prefix(cls, v: str) -> str:
         v = v.strip("/")
-        if not v or not _KEY_PREFIX_RE.match(v):
+        if not v or not _KEY_PREFIX_RE.fullmatch(v):  # fullmatch: '$' also matches before \n
             raise ValueError("key_prefix may only contain letters, digits and . _ - / "
                              "and must start with a letter or digit")
         if any(part in ("..", ".", "") for part in v.split("/")):
@@ -93,8 +144,19 @@ class OutputOptions(_Strict):
         return v
 
 
+def _legacy_alias_schema(schema: Dict[str, Any]) -> None:
+    # JSON Schema shows validation aliases only by their first name; keep the legacy one valid.
+    props = schema.get("properties", {})
+    if "image_key" in props:
+        props["input_image_minio_path"] = {**props["image_key"], "title": "Input Image Minio Path",
+                                           "description": "Legacy alias of image_key.",
+                                           "deprecated": True}
+
+
 class JobInput(_Strict):
     """A generation request: prompt + one image source + one camera source."""
+
+    model_config = ConfigDict(json_schema_extra=_legacy_alias_schema)
 
     prompt: Optional[str] = Field(None, max_length=MAX_PROMPT_CHARS,
                                   description="What the scene looks like (required, non-empty; with "
@@ -115,22 +177,31 @@ class JobInput(_Strict):
                     "decoded.")
 
     pose: Optional[str] = Field(None, max_length=MAX_POSE_STRING_CHARS,
-                                description='Pose string, e.g. "w-31" (default) or "w-15, right-16". '
-                                            "N counts latents (4 frames each).")
+                                description='Pose string, e.g. "w-31" or "w-15, right-16": '
+                                            "KEY-N moves N latents (4 frames each) after the "
+                                            'start latent, so "w-31" is 32 latents = 125 '
+                                            'frames. Default: "w-31", or forward for '
+                                            "num_frames when that is given.")
     pose_key: Optional[str] = Field(None, max_length=MAX_KEY_CHARS,
                                     description="Object key of a pose JSON in the bucket.")
     pose_json: Optional[Dict[str, Any]] = Field(
-        None, description='Inline pose JSON: {"0": {"extrinsic": 4x4 c2w, "K": 3x3}, ...}.')
+        None, description='Inline pose JSON: {"0": {"extrinsic": 4x4 c2w, "K": 3x3}, ...}, one '
+                          "entry per latent, the start included (32 entries = 125 frames).")
     actions: Optional[List[Dict[str, Any]]] = Field(
         None, min_length=1, max_length=MAX_ACTIONS,
-        description='Keyboard actions: [{"key": "w", "latents": 8, "speed": 0.12}, ...].')
+        description='Keyboard actions: [{"key": "w", "moves": 15, "speed": 0.12}, ...]; "moves" '
+                    "counts moves like the pose string (the start latent is extra); "
+                    '"latents" is its deprecated old name.',
+        json_schema_extra={"items": ACTION_ITEM_SCHEMA})
 
     mode: Literal["ar", "bidirectional"] = Field(
         "ar", description="ar: distilled autoregressive (4 steps); bidirectional: 30 steps + CFG.")
     num_frames: Optional[int] = Field(
         None, ge=1, le=MAX_FRAMES,
-        description="Optional check: must equal the frames the camera path gives "
-                    "(4*(latents-1)+1; ar needs latents % 4 == 0, bidirectional % 16 == 0).")
+        description="Frames of the video: must equal the frames the camera path gives "
+                    "(4*(latents-1)+1; ar needs latents % 4 == 0: 13, 29, 45, 61, ...; "
+                    "bidirectional % 16 == 0: 61, 125, ...). With no camera field the default "
+                    "path is straight forward for this many frames.")
     num_inference_steps: Optional[int] = Field(None, ge=1, le=MAX_STEPS,
                                                description="Default 4 (ar) / 30 (bidirectional).")
     guidance_scale: Optional[float] = Field(None, ge=1.0, le=20.0,
@@ -178,6 +249,7 @@ class JobInput(_Strict):
             raise ValueError("image_url must be an http:// or https:// URL")
         if _CONTROL_RE.search(v) or " " in v:
             raise ValueError("image_url must not contain spaces or control characters")
+        _check_url_syntax(v)
         return v
 
     @field_validator("image_base64")
@@ -230,8 +302,10 @@ class JobInput(_Strict):
         if len(cameras) > 1:
             raise ValueError("at most one of pose, pose_key, pose_json, actions may be given "
                              f"(given: {', '.join(cameras)})")
-        if not cameras:
-            self.pose = DEFAULT_POSE
+        if not cameras and self.continue_from is not None:  # a continuation adds 4 frames per latent
+            self.pose = f"w-{max(1, self.num_frames // 4) if self.num_frames else CONTINUE_LATENTS}"
+        elif not cameras:
+            self.pose = default_pose(self.num_frames)
         return self
 
     # ---- resolved values -------------------------------------------------------------------
@@ -299,12 +373,16 @@ class Timings(BaseModel):
 
 
 class JobOutput(BaseModel):
-    """A successful generation."""
+    """A successful generation. With a bucket configured: minio_key, bucket, presigned_url and
+    expires_at; with no storage (no MINIO_* set): video_base64 instead."""
 
-    minio_key: str = Field(..., description="Object key of the MP4 in the bucket.")
-    bucket: str
-    presigned_url: str = Field(..., description="Time-limited GET URL of the MP4.")
-    expires_at: str = Field(..., description="Expiry of presigned_url, ISO-8601 UTC.")
+    minio_key: Optional[str] = Field(None, description="Object key of the MP4 in the bucket.")
+    bucket: Optional[str] = None
+    presigned_url: Optional[str] = Field(None, description="Time-limited GET URL of the MP4.")
+    expires_at: Optional[str] = Field(None, description="Expiry of presigned_url, ISO-8601 UTC.")
+    video_base64: Optional[str] = Field(
+        None, description="The MP4 itself, base64, when the worker has no storage configured "
+                          "(at most WORLDPLAY_INLINE_MAX_BYTES before encoding, default 6 MiB).")
     num_frames: int
     fps: int
     width: int
@@ -316,6 +394,11 @@ class JobOutput(BaseModel):
     guidance_scale: float
     timings: Timings = Field(..., description="Seconds per stage.")
     generation_time_seconds: float = Field(..., description="Wall time of the whole job.")
+    preview_key: Optional[str] = Field(None, description="Object key of the live preview's HLS "
+                                                         "playlist (null when the preview is off).")
+    preview_url: Optional[str] = Field(None, description="Presigned URL of that playlist (same "
+                                                         "lifetime as presigned_url).")
+    preview_segments: Optional[int] = Field(None, description="Segments the playlist lists.")
     state_key: Optional[str] = Field(None, description="Object key of the world state (the whole session so "
                                                        "far); pass it as continue_from. null when not saved.")
     session_latents: Optional[int] = Field(None, description="Latents in the world session after this job "
@@ -338,6 +421,15 @@ class HealthOutput(BaseModel):
 class ErrorOutput(BaseModel):
     error: str = Field(..., description='"CODE: message"')
     refresh_worker: Optional[bool] = None
+
+
+def default_pose(num_frames: Optional[int] = None) -> str:
+    """The camera path of a request without a camera field: straight forward, ``num_frames`` long
+    when that is a ``4k+1`` count above 1 (``w-k``), else :data:`DEFAULT_POSE` (an invalid
+    ``num_frames`` is then reported by the frame-count check, in frames)."""
+    if num_frames is not None and num_frames > 1 and (num_frames - 1) % 4 == 0:
+        return f"w-{(num_frames - 1) // 4}"
+    return DEFAULT_POSE
 
 
 def strip_data_url(value: str) -> str:
@@ -375,15 +467,38 @@ def format_validation_error(exc: ValidationError, limit: int = 8) -> str:
     return "; ".join(parts) or "invalid input"
 
 
-def json_schemas() -> dict:
-    """Input and output JSON Schemas as one document."""
-    return {
-        "input": {
-            "oneOf": [JobInput.model_json_schema(), HealthInput.model_json_schema()],
-        },
-        "output": {
-            "oneOf": [JobOutput.model_json_schema(by_alias=True),
-                      HealthOutput.model_json_schema(),
-                      ErrorOutput.model_json_schema()],
-        },
-    }
+def json_schemas(part: str = "job") -> dict:
+    """JSON Schema (draft 2020-12) built by pydantic, every ``$ref`` resolvable from its root.
+
+    ``part="job"``: a whole job, ``{"input": ...}`` (e.g. test_input.json), with ``$defs/Input``
+    (``job["input"]``: a request or a health check) and ``$defs/Output`` (what a job returns);
+    ``"input"`` / ``"output"``: just that half, as a root schema.
+    """
+    from pydantic.json_schema import models_json_schema
+
+    inputs = [(JobInput, "validation"), (HealthInput, "validation")]
+    outputs = [(JobOutput, "serialization"), (HealthOutput, "serialization"),
+               (ErrorOutput, "serialization")]
+    if part not in ("job", "input", "output"):
+        raise ValueError(f"part must be job, input or output, got {part!r}")
+    chosen = {"job": inputs + outputs, "input": inputs, "output": outputs}[part]
+    refs, doc = models_json_schema(chosen, by_alias=True)
+    defs = doc["$defs"]
+    if part != "output":
+        defs["Input"] = {"title": "Input", "description": 'job["input"]: a generation request or '
+                                                         "a health check.",
+                         "anyOf": [refs[item] for item in inputs]}
+    if part != "input":
+        defs["Output"] = {"title": "Output", "description": "What a job returns.",
+                          "anyOf": [refs[item] for item in outputs]}
+    root: Dict[str, Any] = {"$schema": "https://json-schema.org/draft/2020-12/schema"}
+    if part == "job":
+        root.update(title="WorldPlay worker job",
+                    description='A job as sent to /run or /runsync: {"input": ...}. '
+                                "#/$defs/Input is job[\"input\"], #/$defs/Output the output.",
+                    type="object", properties={"input": {"$ref": "#/$defs/Input"}},
+                    required=["input"])
+    else:
+        root["$ref"] = f"#/$defs/{part.capitalize()}"
+    root["$defs"] = defs
+    return root

@@ -296,6 +296,12 @@ def http_stub():
 
 
 @pytest.fixture
+def allow_private_urls(monkeypatch):
+    """image_url may reach 127.0.0.1 (the test servers): the operator's WORLDPLAY_ALLOW_PRIVATE_URLS."""
+    monkeypatch.setenv("WORLDPLAY_ALLOW_PRIVATE_URLS", "1")
+
+
+@pytest.fixture
 def no_secret_in_logs(caplog):
     """Capture everything at DEBUG; after the test assert the secret key never appeared."""
     caplog.set_level(_logging.DEBUG)

@@ -387,7 +387,7 @@ def test_frame_helpers_reject_non_positive_ints(bad):
         latents_to_frames(bad)
 
 
-@pytest.mark.parametrize("mode, latents", [("ar", 4), ("ar", 32), ("ar", 1024),
+@pytest.mark.parametrize("mode, latents", [("ar", 4), ("ar", 32), ("ar", 256),
                                            ("bidirectional", 16), ("bidirectional", 64)])
 def test_check_latent_count_accepts(mode, latents):
     assert check_latent_count(latents, mode) is None
@@ -403,7 +403,7 @@ def test_check_latent_count_accepts(mode, latents):
         ("ar", 33, "nearest valid are 125 or 141 frames"),
         ("bidirectional", 5, "nearest valid is 61 frames"),
         ("ar", 1, "nearest valid is 13 frames"),
-        ("ar", 1028, "exceeds the maximum of 1024 latents"),
+        ("ar", 260, "exceeds the maximum of 256 latents (1021 frames)"),
         ("ar", 0, "positive integer"),
     ],
 )
@@ -422,21 +422,22 @@ def test_num_latents_must_match():
     assert parse_pose("w-31", num_latents=32).num_latents == 32
     with pytest.raises(FrameCountError) as exc:
         parse_pose("w-31", num_latents=29)
-    assert "32 latents (125 frames)" in str(exc.value)
-    assert "29 latents (113 frames)" in str(exc.value)
+    # worded in the spec's units (moves), with the frames on both sides
+    assert "31 moves (32 latents with the start, 125 frames)" in str(exc.value)
+    assert "113 frames were requested" in str(exc.value) and "needs 28 moves" in str(exc.value)
 
 
 def test_max_latents():
     assert parse_pose(f"w-{MAX_LATENTS - 1}").num_latents == MAX_LATENTS
-    with pytest.raises(FrameCountError, match="1024"):
+    with pytest.raises(FrameCountError, match=str(MAX_LATENTS)):
         parse_pose(f"w-{MAX_LATENTS}")
-    with pytest.raises(FrameCountError, match="'s-600'"):
-        parse_pose("w-500, s-600")
+    with pytest.raises(FrameCountError, match="'s-100'"):
+        parse_pose("w-200, s-100")
     with pytest.raises(FrameCountError, match="maximum"):
         parse_pose("w-" + "9" * 5000)
     with pytest.raises(FrameCountError, match="maximum"):
         parse_pose([{"key": "w", "latents": 10**12}])
-    with pytest.raises(FrameCountError, match="1025 entries"):
+    with pytest.raises(FrameCountError, match=f"{MAX_LATENTS + 1} entries"):
         parse_pose(pose_json([np.eye(4)] * (MAX_LATENTS + 1)))
 
 
@@ -474,13 +475,13 @@ LIST_ERRORS = [
     ([], "empty"),
     (["w"], "action 0 must be an object"),
     ([{"latents": 2}], "missing field 'key'"),
-    ([{"key": "w"}], "missing field 'latents'"),
+    ([{"key": "w"}], "missing field 'moves'"),
     ([{"key": 3, "latents": 2}], "'key' must be a string"),
     ([{"key": "w", "latents": 2}, {"key": "jump", "latents": 1}],
      "action 1 ('jump'): unknown key 'jump'"),
-    ([{"key": "w", "latents": 0}], "'latents' must be a positive integer"),
-    ([{"key": "w", "latents": 2.0}], "'latents' must be a positive integer"),
-    ([{"key": "w", "latents": True}], "'latents' must be a positive integer"),
+    ([{"key": "w", "latents": 0}], "'latents' must be a positive whole number of moves"),
+    ([{"key": "w", "latents": 2.0}], "'latents' must be a positive whole number of moves"),
+    ([{"key": "w", "latents": True}], "'latents' must be a positive whole number of moves"),
     ([{"key": "w", "latents": 2, "speed": 0}], "'speed' must be a number in (0, 1]"),
     ([{"key": "w", "latents": 2, "speed": 1.5}], "'speed' must be a number in (0, 1]"),
     ([{"key": "w", "latents": 2, "speed": float("nan")}], "'speed'"),

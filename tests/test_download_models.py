@@ -9,16 +9,15 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 from huggingface_hub import constants as hf_constants
-from huggingface_hub.hf_api import RepoFile, RepoFolder
 from safetensors.torch import save_file
 
+from fake_hub import FakeHubServer
+
 import download_models
-from pipeline import resolve
 from pipeline.resolve import COMPONENTS_DIRNAME, WORLDPLAY_DIRNAME, check_model_dir, resolve_models
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -83,35 +82,6 @@ def add_cache_repo(cache: Path, repo_id: str, files: dict[str, bytes], commit: s
     return snap
 
 
-class MiniHub:
-    """In-process stand-in for the Hub: HfApi listing calls and hf_hub_download into local_dir."""
-
-    commit = "f" * 40
-
-    def __init__(self, repos):
-        self.repos = repos
-        self.downloads: list[str] = []
-
-    def repo_info(self, repo_id, revision=None, repo_type=None):
-        return SimpleNamespace(sha=self.commit)
-
-    def list_repo_tree(self, repo_id, recursive=False, revision=None, repo_type=None):
-        files = self.repos[repo_id]
-        dirs = sorted({k.rsplit("/", 1)[0] for k in files if "/" in k})
-        return [RepoFolder(path=d, oid="0") for d in dirs] + [RepoFile(path=k, size=len(v), oid="1") for k, v in files.items()]
-
-    def get_paths_info(self, repo_id, paths, revision=None, repo_type=None):
-        return [RepoFile(path=p, size=len(self.repos[repo_id][p]), oid="1") for p in paths if p in self.repos[repo_id]]
-
-    def download(self, *, repo_id, filename, revision, local_dir=None, cache_dir=None, **_):
-        assert local_dir is not None, "download_models must download straight into --dest"
-        self.downloads.append(f"{repo_id}:{filename}")
-        out = Path(local_dir) / filename
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(self.repos[repo_id][filename])
-        return str(out)
-
-
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     for name in list(os.environ):
@@ -132,24 +102,23 @@ def no_network(monkeypatch):
         raise OSError("network access attempted")
 
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(resolve, "_hub_api", lambda: pytest.fail("the Hub API was called"))
-    monkeypatch.setattr(resolve, "hf_hub_download", lambda **k: pytest.fail("hf_hub_download was called"))
     return attempts
 
 
 @pytest.fixture
-def minihub(tmp_path, monkeypatch) -> MiniHub:
+def minihub(tmp_path, monkeypatch) -> FakeHubServer:
+    """The real huggingface_hub client against a fake Hub on 127.0.0.1."""
     comp = files_of(write_components(tmp_path / "remote-c"))
     comp["transformer/diffusion_pytorch_model.safetensors"] = b"never"
     wp_root = tmp_path / "remote-w"
     write_layout(wp_root)
     wp = files_of(wp_root / WORLDPLAY_DIRNAME)
     wp["ar_model/diffusion_pytorch_model.safetensors"] = b"never"
-    hub = MiniHub({COMP_REPO: comp, WP_REPO: wp})
-    monkeypatch.setattr(resolve, "_hub_api", lambda: hub)
-    monkeypatch.setattr(resolve, "hf_hub_download", hub.download)
-    return hub
+    hub = FakeHubServer({COMP_REPO: comp, WP_REPO: wp}).install(monkeypatch)
+    yield hub
+    hub.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,8 +191,9 @@ def test_fetch_downloads_only_needed_files(tmp_path, capsys, minihub):
     assert download_models.main(["--mode", "bidirectional", "--dest", str(dest), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert f"downloaded from https://huggingface.co/{WP_REPO}" in out
-    assert f"{WP_REPO}:{BI_REL}" in minihub.downloads
-    assert not any("transformer/" in d or "ar_" in d for d in minihub.downloads)
+    assert f"{WP_REPO}:{BI_REL}" in minihub.gets()
+    assert not any("transformer/" in d or "ar_" in d for d in minihub.gets())
+    assert not list((tmp_path / "hf").glob("models--*"))  # straight into --dest, not via the HF cache
     assert check_model_dir(dest, "bidirectional") == []
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file() and ".cache" not in p.parts)
     assert f"({size} bytes)" in out
@@ -232,6 +202,22 @@ def test_fetch_downloads_only_needed_files(tmp_path, capsys, minihub):
 def test_fetch_without_download_fails_cleanly(tmp_path, capsys, no_network):
     assert download_models.main(["--mode", "ar", "--dest", str(tmp_path / "d"), "--no-download"]) == 1
     assert "error [MODEL_NOT_FOUND]" in capsys.readouterr().err
+
+
+def test_no_download_on_a_truncated_file_names_dest_and_the_file(tmp_path, capsys, monkeypatch, no_network):
+    root = write_layout(tmp_path / "d", modes=("ar",))
+    ckpt = root / WORLDPLAY_DIRNAME / AR_REL
+    ckpt.write_bytes(ckpt.read_bytes()[:-10])
+    assert download_models.main(["--mode", "ar", "--dest", str(root), "--no-download"]) == 1
+    err = capsys.readouterr().err
+    assert f"error [MODEL_NOT_FOUND]: --dest {root}: ar missing or incomplete in {root}: {ckpt}: truncated" in err
+    assert "run without --no-download" in err
+    assert "WORLDPLAY_MODEL_DIR" not in err  # unset, and not what the user typed
+    # without --dest, the folder is named the way the user gave it
+    monkeypatch.setenv("WORLDPLAY_MODEL_DIR", str(root))
+    assert download_models.main(["--mode", "ar", "--no-download"]) == 1
+    assert f"error [MODEL_NOT_FOUND]: WORLDPLAY_MODEL_DIR={root}: ar missing or incomplete in {root}: {ckpt}: truncated" in capsys.readouterr().err
+    assert no_network == []
 
 
 def test_bundle_is_a_usable_runpod_cached_model(tmp_path, capsys, minihub, monkeypatch):

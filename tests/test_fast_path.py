@@ -7,6 +7,7 @@ import os
 import torch
 from torch import nn
 
+from pipeline.ar_cache import ARCacheLayout
 from pipeline.config import WorldPlayConfig
 from pipeline import engine
 from pipeline.engine import HostResident, _compile_with_cache
@@ -32,7 +33,7 @@ def _run_all(model: WorldPlayTransformer):
         torch.randn(1, 6, cfg.vision_dim, generator=g), 0.0,
     )
     bidirectional = model(_inputs(model, 4), cond)
-    cache = model.ar_start(cond, max_video_tokens=8 * 15)
+    cache = model.ar_start(cond, ARCacheLayout((3, 5), max_context_latents=4, chunk_latents=4))
     model.ar_context_pass(cache, _inputs(model, 4))
     chunk = model.ar_chunk_pass(cache, _inputs(model, 4, rope_start=4))
     return bidirectional, chunk

@@ -183,7 +183,7 @@ def test_random_seed_is_returned_and_used(fake_pipeline):
     assert a["seed"] != b["seed"]
 
 
-def test_image_url_and_jpeg_webp(fake_pipeline, http_stub):
+def test_image_url_and_jpeg_webp(fake_pipeline, http_stub, allow_private_urls):
     http_stub.route("/in.jpg", (200, {"Content-Type": "image/jpeg"}, png_bytes(fmt="JPEG")))
     out = run({"prompt": "p", "image_url": f"{http_stub.url}/in.jpg", "pose": "w-3"})
     assert "error" not in out, out
@@ -302,7 +302,7 @@ def test_upload_failure_is_reported(fake_pipeline, s3_env, monkeypatch):
     assert tmp_is_clean(s3_env)  # the encoded MP4 was removed anyway
 
 
-def test_image_url_download_failure(fake_pipeline, http_stub):
+def test_image_url_download_failure(fake_pipeline, http_stub, allow_private_urls):
     out = run({"prompt": "p", "image_url": f"{http_stub.url}/nothing.png"})
     assert code_of(out) == "IMAGE_DOWNLOAD_FAILED" and "HTTP 404" in out["error"]
 

@@ -203,22 +203,27 @@ def test_python_m_schemas_prints_both_schemas():
     out = subprocess.run([sys.executable, "-m", "schemas"], cwd=REPO, capture_output=True,
                          text=True, timeout=60, check=True).stdout
     doc = json.loads(out)
-    assert set(doc) == {"input", "output"}
-    job_schema, health_schema = doc["input"]["oneOf"]
+    # the root describes a whole job; the halves sit in the root's $defs (every $ref resolves)
+    assert doc["properties"]["input"] == {"$ref": "#/$defs/Input"} and doc["required"] == ["input"]
+    defs = doc["$defs"]
+    job_schema, health_schema = defs["JobInput"], defs["HealthInput"]
+    assert [r["$ref"] for r in defs["Input"]["anyOf"]] == ["#/$defs/JobInput", "#/$defs/HealthInput"]
     assert "prompt" in job_schema["properties"] and job_schema["additionalProperties"] is False
     # prompt is required unless continue_from names a world state (checked by the model, not the schema)
     assert "required" not in job_schema and "continue_from" in job_schema["properties"]
     assert "health" in health_schema["properties"]
-    outputs = {s["title"]: s for s in doc["output"]["oneOf"]}
-    assert {"JobOutput", "HealthOutput", "ErrorOutput"} <= set(outputs)
-    timings = outputs["JobOutput"]["$defs"]["Timings"]["properties"]
-    assert "validate" in timings and "presigned_url" in outputs["JobOutput"]["properties"]
+    assert {r["$ref"] for r in defs["Output"]["anyOf"]} == {
+        "#/$defs/JobOutput", "#/$defs/HealthOutput", "#/$defs/ErrorOutput"}
+    timings = defs["Timings"]["properties"]
+    assert "validate" in timings and "presigned_url" in defs["JobOutput"]["properties"]
 
 
 def test_continuation_requests():
     req = parse_input({"continue_from": "worldplay/job-1/world.safetensors", "pose": "w-8"})
     assert req.prompt is None and req.continue_from.endswith("world.safetensors")
     assert req.output.save_state is True
+    assert parse_input({"continue_from": "a/world.safetensors"}).pose == "w-32"
+    assert parse_input({"continue_from": "a/world.safetensors", "num_frames": 64}).pose == "w-16"
     assert "takes no image" in errors_of({"continue_from": "a/world.safetensors", **IMG})
     assert "'..'" in errors_of({"continue_from": "a/../b"})
     assert "prompt: field required" in errors_of({"pose": "w-8", **IMG})

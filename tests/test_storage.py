@@ -176,7 +176,7 @@ def test_public_endpoint_signs_for_public_host(storage, s3_env):
 
 
 # ---- fetch_url ---------------------------------------------------------------------------------
-def test_fetch_url_ok_and_errors(http_stub):
+def test_fetch_url_ok_and_errors(allow_private_urls, http_stub):
     http_stub.route("/img.png", (200, {"Content-Type": "image/png"}, b"\x89PNG" + b"x" * 100))
     assert fetch_url(f"{http_stub.url}/img.png", 1000) == b"\x89PNG" + b"x" * 100
     with pytest.raises(WorkerError) as info:
@@ -184,7 +184,7 @@ def test_fetch_url_ok_and_errors(http_stub):
     assert info.value.code == "IMAGE_DOWNLOAD_FAILED" and "HTTP 404" in info.value.message
 
 
-def test_fetch_url_byte_cap(http_stub):
+def test_fetch_url_byte_cap(allow_private_urls, http_stub):
     http_stub.route("/big.png", (200, {}, b"y" * 5000))
     with pytest.raises(WorkerError) as info:
         fetch_url(f"{http_stub.url}/big.png", 4000)
@@ -196,7 +196,7 @@ def test_fetch_url_byte_cap(http_stub):
     assert info.value.code == "INVALID_IMAGE" and "exceeds" in info.value.message
 
 
-def test_fetch_url_retries_5xx(http_stub):
+def test_fetch_url_retries_5xx(allow_private_urls, http_stub):
     http_stub.route("/flaky.png", (503, {}, b""), (200, {}, b"ok"))
     fast = RetryPolicy(attempts=3, initial=0.01, maximum=0.01)
     assert fetch_url(f"{http_stub.url}/flaky.png", 100, retry=fast) == b"ok"
@@ -207,7 +207,7 @@ def test_fetch_url_retries_5xx(http_stub):
     assert info.value.code == "IMAGE_DOWNLOAD_FAILED" and http_stub.hits["/down.png"] == 3
 
 
-def test_fetch_url_unreachable_and_scheme():
+def test_fetch_url_unreachable_and_scheme(allow_private_urls):
     fast = RetryPolicy(attempts=2, initial=0.01, maximum=0.01)
     with pytest.raises(WorkerError) as info:
         fetch_url("http://127.0.0.1:9/a.png", 100, retry=fast, connect_timeout=1)
@@ -217,12 +217,12 @@ def test_fetch_url_unreachable_and_scheme():
     assert info.value.code == "INVALID_INPUT"
 
 
-def test_fetch_url_hides_userinfo(http_stub):
+def test_fetch_url_hides_userinfo(allow_private_urls, http_stub):
     with pytest.raises(WorkerError) as info:
         fetch_url(f"http://user:{S3_SECRET_KEY}@127.0.0.1:{http_stub.port}/missing.png", 100)
     assert S3_SECRET_KEY not in str(info.value)
 
 
-def test_storage_method_fetch_url(storage, http_stub):
+def test_storage_method_fetch_url(allow_private_urls, storage, http_stub):
     http_stub.route("/a.png", (200, {}, b"abc"))
     assert storage.fetch_url(f"{http_stub.url}/a.png", 10) == b"abc"

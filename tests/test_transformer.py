@@ -12,7 +12,6 @@ import dataclasses
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from pipeline.ar_cache import ARCacheLayout
 from pipeline.checkpoint import expected_shapes, load_transformer, read_header, write_random_checkpoint
 from pipeline.config import WorldPlayConfig
 from pipeline.errors import CheckpointError
@@ -27,7 +27,7 @@ from pipeline.prope import CameraEncoding
 from pipeline.transformer import WorldPlayTransformer
 
 KEYS_TSV = "worldplay_checkpoint_keys.tsv"
-REFERENCE_ENV = "WORLDPLAY_REFERENCE_DIR"
+DATA_DIR = Path(__file__).resolve().parent / "data"  # reference data carried in the repository
 
 H, W = 2, 3  # latent grid of the tiny runs
 N_CTX = 3  # context latents in the AR tests
@@ -38,17 +38,10 @@ CHUNK = 4  # latents per AR chunk
 
 
 def reference_file(name: str) -> Path:
-    """A file of shared/reference: beside the clone, or in $WORLDPLAY_REFERENCE_DIR."""
-    candidates = [Path(__file__).resolve().parents[2] / "shared" / "reference" / name]
-    if os.environ.get(REFERENCE_ENV):
-        candidates.append(Path(os.environ[REFERENCE_ENV]) / name)
-    for path in candidates:
-        if path.is_file():
-            return path
-    pytest.fail(
-        f"{name} not found (looked in {', '.join(str(p) for p in candidates)}); check out shared/ beside "
-        f"the repository or set {REFERENCE_ENV} to the folder that holds it"
-    )
+    """A reference file about the official checkpoint, kept in tests/data/ (never outside the repository)."""
+    path = DATA_DIR / name
+    assert path.is_file(), f"{path} is missing: it is part of the repository"
+    return path
 
 
 def reference_shapes() -> dict[str, tuple[int, ...]]:
@@ -132,7 +125,7 @@ def ar_inputs(seed: int = 1):
 
 def run_ar(model, cond, ctx, chunk, t_chunk=700.0, t_ctx=14.0):
     condition = model.embed_condition(**cond, timestep_txt=0.0)
-    cache = model.ar_start(condition, max_video_tokens=(N_CTX + CHUNK) * H * W)
+    cache = model.ar_start(condition, ARCacheLayout((H, W), max_context_latents=N_CTX, chunk_latents=CHUNK))
     ctx_video = model.embed_video(ctx["latents"], torch.full((1, N_CTX), t_ctx), ctx["actions"],
                                   ctx["viewmats"], ctx["intrinsics"], rope_start=0)
     model.ar_context_pass(cache, ctx_video)
@@ -480,7 +473,8 @@ def test_ar_first_chunk_without_context_matches_reference():
     model = tiny_model()
     cond, _, chunk = ar_inputs()
     with torch.no_grad():
-        cache = model.ar_start(model.embed_condition(**cond, timestep_txt=0.0), max_video_tokens=CHUNK * H * W)
+        cache = model.ar_start(model.embed_condition(**cond, timestep_txt=0.0),
+                               ARCacheLayout((H, W), max_context_latents=0, chunk_latents=CHUNK))
         video = model.embed_video(chunk["latents"], torch.full((1, CHUNK), 500.0), chunk["actions"],
                                   chunk["viewmats"], chunk["intrinsics"], rope_start=cache.context_latents)
         out = model.ar_chunk_pass(cache, video)
@@ -531,7 +525,7 @@ def test_kv_only_last_layer_leaves_the_same_cache_as_a_full_pass():
     cond, ctx, _ = ar_inputs()
     with torch.no_grad():
         condition = model.embed_condition(**cond, timestep_txt=0.0)
-        cache = model.ar_start(condition, max_video_tokens=(N_CTX + CHUNK) * H * W)
+        cache = model.ar_start(condition, ARCacheLayout((H, W), max_context_latents=N_CTX, chunk_latents=CHUNK))
         txt, full_text_kv = condition.tokens, []
         for block in model.double_blocks:
             txt, k, v = block.forward_text(txt, condition.vec)

@@ -6,6 +6,7 @@ unexpected exceptions also set ``refresh_worker`` so RunPod replaces a possibly 
 
 from __future__ import annotations
 
+import errno
 import re
 from typing import Optional
 
@@ -21,8 +22,10 @@ ERROR_CODES = {
     "BUCKET_NOT_FOUND": (False, "MINIO_BUCKET does not exist"),
     "STORAGE_ACCESS_DENIED": (False, "MinIO rejected the credentials or the operation"),
     "STORAGE_UNAVAILABLE": (False, "MinIO unreachable or failing after retries"),
-    "STORAGE_NOT_CONFIGURED": (False, "MINIO_* environment variables missing or malformed"),
+    "STORAGE_NOT_CONFIGURED": (False, "MINIO_* incomplete or malformed, or a job needs storage the "
+                                      "worker does not have (keyed input, video over the inline cap)"),
     "IMAGE_DOWNLOAD_FAILED": (False, "image_url could not be fetched"),
+    "IMAGE_URL_FORBIDDEN": (False, "image_url (or a redirect) points at a non-public address"),
     "MODEL_NOT_FOUND": (False, "model weights missing and downloading disabled"),
     "MODEL_DOWNLOAD_FAILED": (False, "model download failed"),
     "CHECKPOINT_MISMATCH": (False, "a checkpoint does not match the architecture"),
@@ -31,6 +34,7 @@ ERROR_CODES = {
     "STATE_MISMATCH": (False, "the world state was made by another checkpoint, mode or size"),
     "SESSION_TOO_LONG": (False, "the world session exceeds the configured maximum (latents / bytes)"),
     "CANCELLED": (False, "the job was cancelled between denoising steps"),
+    "DISK_FULL": (True, "the temp filesystem ran out of space writing the video"),
     "GPU_OUT_OF_MEMORY": (True, "CUDA out of memory; the worker is replaced"),
     "GPU_ERROR": (True, "a CUDA fault; the worker is replaced"),
     "INTERNAL_ERROR": (True, "an unexpected bug; the worker is replaced"),
@@ -109,6 +113,13 @@ def _is_cuda_fault(exc: BaseException) -> bool:
     )
 
 
+def _where(exc: OSError) -> str:
+    import os
+
+    name = exc.filename if isinstance(exc.filename, str) else None
+    return f"in {os.path.dirname(name) or '.'}" if name else "a temporary file"
+
+
 def from_exception(exc: BaseException) -> WorkerError:
     """Map any exception to a WorkerError (pipeline errors keep their code)."""
     if isinstance(exc, WorkerError):
@@ -120,6 +131,9 @@ def from_exception(exc: BaseException) -> WorkerError:
         PipelineError = ()  # type: ignore[assignment]
     if PipelineError and isinstance(exc, PipelineError) and code in ERROR_CODES:
         return WorkerError(code, getattr(exc, "message", str(exc)))
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return WorkerError("DISK_FULL", f"no space left writing {_where(exc)}; free space "
+                                        "under WORLDPLAY_TMPDIR")
     if _is_cuda_oom(exc):
         first = str(exc).split(". ")[0]
         return WorkerError("GPU_OUT_OF_MEMORY", first or "CUDA out of memory")

@@ -191,6 +191,8 @@ class ProgressReporter:
         self._closed = False
         self._lock = threading.Lock()
         self.sent = 0
+        self.extra: Dict[str, Any] = {}  # fields every later update carries (live preview)
+        self._current = ("start", 0, 0)
 
     def _send(self, payload: dict) -> None:
         if self._sender is not None:
@@ -204,16 +206,25 @@ class ProgressReporter:
         with self._lock:
             if self._closed or not self.enabled:
                 return
+            self._current = (stage, step, total)
             now = time.monotonic()
             if not force and now - self._last < self.interval:
                 return
             self._last = now
-            payload = {"stage": stage, "step": int(step), "total": int(total)}
+            payload = {"stage": stage, "step": int(step), "total": int(total), **self.extra}
             try:
                 self._send(payload)
                 self.sent += 1
             except Exception as exc:  # noqa: BLE001 - progress must never fail a job
                 log.debug("progress update failed: %s", type(exc).__name__)
+
+    def attach(self, force: bool = False, **fields) -> None:
+        """Add ``fields`` to this and every later update; ``force``: send one now (same stage)."""
+        with self._lock:
+            self.extra.update(fields)
+            stage, step, total = self._current
+        if force:
+            self.update(stage, step, total, force=True)
 
     def close(self) -> None:
         """No update after this; give an in-flight update a moment to land before the result."""
@@ -304,13 +315,14 @@ def load_image(data: bytes, source: str = "image"):
                                            f"{type(exc).__name__}") from None
 
 
-def fetch_image(req: "schemas.JobInput"):
+def fetch_image(req: "schemas.JobInput", cancel_event: Optional[threading.Event] = None):
     if req.image_base64 is not None:
         return load_image(decode_base64_image(req.image_base64), "image_base64")
     if req.image_url is not None:
-        from worker.storage import fetch_url
+        from worker.fetch import fetch_url  # public addresses only, deadline, honours cancel
 
-        return load_image(fetch_url(req.image_url, schemas.MAX_IMAGE_BYTES), "image_url")
+        return load_image(fetch_url(req.image_url, schemas.MAX_IMAGE_BYTES,
+                                    cancel_event=cancel_event), "image_url")
     data = get_storage().get_bytes(req.image_key, schemas.MAX_IMAGE_BYTES)
     return load_image(data, f"image_key {req.image_key!r}")
 
@@ -340,9 +352,10 @@ def camera_spec(req: "schemas.JobInput") -> Any:
 def parse_camera(req: "schemas.JobInput", spec: Any):
     camera = _camera_api()
     num_latents = None
-    if req.num_frames is not None:
-        num_latents = camera.frames_to_latents(req.num_frames)
-    traj = camera.parse_pose(spec, num_latents=num_latents)
+    if req.num_frames is not None:  # checked first, so its error speaks in frames
+        num_latents = camera.check_frame_count(req.num_frames, req.mode)
+    # errors in the units the spec was written in (pose string / action moves, pose JSON entries)
+    traj = camera.parse_pose(spec, num_latents=num_latents, mode=req.mode)
     if num_latents is not None and traj.num_latents != num_latents:  # defensive
         raise WorkerError("INVALID_FRAME_COUNT",
                           f"num_frames {req.num_frames} does not match the camera path "
@@ -382,6 +395,7 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
     progress = progress or ProgressReporter(job)
     stages = _Stages()
     workdir = None
+    preview = None
     try:
         # -- validate
         t0 = time.perf_counter()
@@ -400,6 +414,10 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
                               f"mode {req.mode!r} is not served by this worker "
                               f"(WORLDPLAY_MODES={','.join(modes)}); send it to an endpoint "
                               f"started with WORLDPLAY_MODES including {req.mode}")
+        # where the video will go, checked now (not after paid GPU time); None: inline result
+        from worker import delivery
+
+        storage = delivery.preflight(req, get_storage)
         seed = req.seed if req.seed is not None else random.SystemRandom().randint(
             0, schemas.RANDOM_SEED_MAX)
         log.info("job %s: %s", job_id, json.dumps({**req.summary(), "seed": seed}))
@@ -411,11 +429,11 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
         spec = camera_spec(req)
         world = None
         if req.continue_from is not None:  # a world session: no image, new latents only
-            world = session.open_world(req, spec, get_storage(), modes)
+            world = session.open_world(req, spec, storage, modes)
             req, seed, trajectory, image = world.req, world.seed, world.request.camera, None
         else:
             trajectory = parse_camera(req, spec)
-            image = fetch_image(req)
+            image = fetch_image(req, cancel_event)
         stages.add("fetch", time.perf_counter() - t0)
         _check_cancel(cancel_event, "loading")
 
@@ -447,8 +465,12 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
             writer.write(chunk)
             streamed += len(chunk)
 
+        from worker import preview as live_preview
+
+        preview = live_preview.start(req, job_id, lambda: storage, progress)  # None when off
         # on any failure the writer aborts: queued chunks dropped, thread joined, partial file removed
-        with Mp4Writer(path, req.fps, background=True) as writer:
+        with Mp4Writer(path, req.fps, background=True,
+                       **live_preview.writer_options(preview)) as writer:
             should_cancel = cancel_event.is_set if cancel_event is not None else None
             result = pipe.generate(request, callback=_callback, should_cancel=should_cancel,
                                    on_frames=_on_frames)
@@ -473,27 +495,38 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
                 writer.write(frames)
             info = writer.close()
         stages.add("encode", time.perf_counter() - t0)
+        if preview is not None:
+            preview.end()  # the last segment and #EXT-X-ENDLIST upload beside the MP4
 
-        # -- upload
+        # -- upload (or, with no storage configured, the MP4 inline as base64)
         t0 = time.perf_counter()
-        storage = get_storage()
-        key = f"{req.output.key_prefix}/{job_id}/video.mp4"
-        storage.put_file(key, path, content_type="video/mp4")
-        url, expires_at = storage.presigned_get(key, req.output.presign_expiry_seconds)
+        if storage is None:
+            delivered = delivery.inline_video(path)
+            where = "inline video_base64"
+        else:
+            key = f"{req.output.key_prefix}/{job_id}/video.mp4"
+            storage.put_file(key, path, content_type="video/mp4")
+            url, expires_at = storage.presigned_get(key, req.output.presign_expiry_seconds)
+            delivered = dict(minio_key=key, bucket=storage.bucket, presigned_url=url,
+                             expires_at=expires_at)
+            where = f"s3://{storage.bucket}/{key}"
+        if preview is not None and not preview.wait():
+            log.warning("job %s: live preview still uploading; not waiting for it", job_id)
         state_key, session_latents = session.save_world(storage, req, job_id, result)
         stages.add("upload", time.perf_counter() - t0)
 
         total = round(time.perf_counter() - started, 4)
         out = schemas.JobOutput(
-            minio_key=key, bucket=storage.bucket, presigned_url=url, expires_at=expires_at,
+            **delivered,
             num_frames=info.num_frames, fps=req.fps, width=info.width, height=info.height,
             duration_seconds=round(info.duration, 4), seed=seed, mode=req.mode,
             num_inference_steps=req.steps, guidance_scale=req.guidance,
             timings=schemas.Timings(**stages.timings), generation_time_seconds=total,
             state_key=state_key, session_latents=session_latents,
-        ).model_dump(by_alias=True)
-        log.info("job %s: done in %.2f s (%s) -> s3://%s/%s", job_id, total,
-                 ", ".join(f"{k} {v:.2f}" for k, v in stages.timings.items()), storage.bucket, key)
+            **(preview.result() if preview is not None else {}),
+        ).model_dump(by_alias=True, exclude=delivery.left_out(delivered))
+        log.info("job %s: done in %.2f s (%s) -> %s", job_id, total,
+                 ", ".join(f"{k} {v:.2f}" for k, v in stages.timings.items()), where)
         return out
     except BaseException as exc:  # noqa: BLE001 - every failure becomes an error dict
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
@@ -508,6 +541,9 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
         return err.to_dict()
     finally:
         progress.close()
+        if preview is not None:  # failed or cancelled: the playlist still gets #EXT-X-ENDLIST
+            preview.end()
+            preview.wait(live_preview.FINISH_TIMEOUT)
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -558,19 +594,10 @@ def health_report() -> dict:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         except Exception:  # noqa: BLE001
             device = None
-    storage: Dict[str, Any] = {"reachable": False, "bucket_exists": False}
-    try:
-        st = get_storage()
-        storage.update(endpoint=st.endpoint, bucket=st.bucket, secure=st.secure)
-        from worker.storage import RetryPolicy
+    from worker.delivery import storage_health
 
-        # same client, one attempt: a health check must answer fast
-        storage["bucket_exists"] = st.with_retry(RetryPolicy(attempts=1)).bucket_exists()
-        storage["reachable"] = True
-    except WorkerError as exc:
-        storage["error"] = f"{exc.code}: {exc.message}"
-        storage["reachable"] = exc.code not in ("STORAGE_UNAVAILABLE", "STORAGE_NOT_CONFIGURED")
-    ok = storage["bucket_exists"] and mode_error is None and MODELS.last_error is None
+    storage, storage_ok = storage_health(get_storage)  # mode bucket / inline / incomplete
+    ok = storage_ok and mode_error is None and MODELS.last_error is None
     report = schemas.HealthOutput(
         status="ok" if ok else "degraded",
         models_loaded=pipe is not None,

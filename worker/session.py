@@ -45,6 +45,9 @@ def open_world(req, spec: Any, storage, modes: Tuple[str, ...]) -> ContinuedWorl
 
     started = time.perf_counter()
     key = req.continue_from
+    if storage is None:
+        raise WorkerError("STORAGE_NOT_CONFIGURED", "continue_from reads the world state from the bucket: "
+                                                    "this worker has no storage configured (MINIO_*)")
     limits = SessionLimits.from_env()
     try:
         size = storage.stat_size(key)

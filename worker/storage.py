@@ -10,6 +10,8 @@ Configuration (environment):
   MINIO_PUBLIC_ENDPOINT  optional host:port or URL used only to sign presigned URLs, for when
                          clients reach MinIO under another name than the worker does
   MINIO_RETRY_ATTEMPTS   attempts per operation for transient failures (default 4)
+  MINIO_UPLOAD_RETRY_SECONDS  how long the upload of a finished video keeps retrying transient
+                         failures (default 120, exponential backoff with jitter)
 
 Transient failures (connection errors, timeouts, HTTP 5xx, SlowDown) are retried with a short
 exponential backoff; NoSuchKey, NoSuchBucket and AccessDenied fail at once with a clear code.
@@ -20,6 +22,8 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import random
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple, TypeVar
 from urllib.parse import urlparse
@@ -92,6 +96,28 @@ def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, InvalidResponseError):
         return (getattr(exc, "_code", 0) or 0) >= 500
     return isinstance(exc, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError))
+
+
+UPLOAD_RETRY_ENV = "MINIO_UPLOAD_RETRY_SECONDS"
+DEFAULT_UPLOAD_WINDOW = 120.0
+UPLOAD_BACKOFF_INITIAL = 1.0
+UPLOAD_BACKOFF_MAX = 15.0
+
+
+def upload_window(env=None) -> float:
+    """Seconds an upload keeps retrying (``MINIO_UPLOAD_RETRY_SECONDS``; default 120, 0 = one try)."""
+    env = os.environ if env is None else env
+    raw = (env.get(UPLOAD_RETRY_ENV) or "").strip()
+    if not raw:
+        return DEFAULT_UPLOAD_WINDOW
+    try:
+        value = float(raw)
+        if not 0 <= value <= 3600:
+            raise ValueError
+    except ValueError:
+        raise WorkerError("STORAGE_NOT_CONFIGURED",
+                          f"{UPLOAD_RETRY_ENV} must be a number of seconds in 0..3600") from None
+    return value
 
 
 class Storage:
@@ -277,15 +303,57 @@ class Storage:
 
         return self._call("get", key, _read)
 
-    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream"):
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream",
+                  headers: Optional[dict] = None):
+        """``headers``: extra standard headers stored with the object (e.g. Cache-Control)."""
         import io
 
         self._call("put", key, lambda: self._client.put_object(
-            self.bucket, key, io.BytesIO(data), len(data), content_type=content_type))
+            self.bucket, key, io.BytesIO(data), len(data), content_type=content_type,
+            metadata=headers))
 
-    def put_file(self, key: str, path, content_type: str = "application/octet-stream") -> None:
-        self._call("put", key, lambda: self._client.fput_object(
-            self.bucket, key, str(path), content_type=content_type))
+    # the upload of a finished video: minutes of GPU work stand behind it
+    _sleep = staticmethod(time.sleep)
+    _clock = staticmethod(time.monotonic)
+
+    def put_file(self, key: str, path, content_type: str = "application/octet-stream", *,
+                 window: Optional[float] = None) -> None:
+        """Store a local file as one object with a single PUT (S3 makes it visible whole or not at
+        all, so a failed attempt never leaves a partial object). Transient failures are retried for
+        ``window`` seconds (default ``MINIO_UPLOAD_RETRY_SECONDS``) with exponential backoff and
+        jitter; the caller keeps the file until this returns."""
+        from minio.helpers import MAX_PART_SIZE, MIN_PART_SIZE
+
+        size = os.path.getsize(path)
+        # one part up to 5 GiB: a single PUT; above that minio's multipart upload aborts on failure
+        part_size = max(size, MIN_PART_SIZE) if size <= MAX_PART_SIZE else 0
+        window = upload_window() if window is None else float(window)
+        self._call_window("put", key, lambda: self._client.fput_object(
+            self.bucket, key, str(path), content_type=content_type, part_size=part_size), window)
+
+    def _call_window(self, what: str, key: str, fn: Callable[[], T], window: float) -> T:
+        start = self._clock()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return fn()
+            except WorkerError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - mapped to a code below
+                if not _is_transient(exc):
+                    raise self._map(exc, what, key) from None
+                left = window - (self._clock() - start)
+                if left <= 0:
+                    where = f"s3://{self.bucket}/{key}"
+                    raise WorkerError("STORAGE_UNAVAILABLE",
+                                      f"{what} {where} failed after {attempt} attempts over "
+                                      f"{window:g} s: {_describe(exc)}") from None
+                backoff = min(UPLOAD_BACKOFF_MAX, UPLOAD_BACKOFF_INITIAL * 2 ** (attempt - 1))
+                delay = min(left, backoff / 2 + random.uniform(0, backoff / 2))  # equal jitter
+                log.warning("storage %s failed (attempt %d, %.0f s of %g s left): %s; retrying in "
+                            "%.1f s", what, attempt, left, window, _describe(exc), delay)
+                self._sleep(delay)
 
     def remove(self, key: str) -> None:
         self._call("remove", key, lambda: self._client.remove_object(self.bucket, key))
@@ -318,72 +386,11 @@ def _describe(exc: Optional[BaseException]) -> str:
 
 
 # ---- image_url fetch --------------------------------------------------------------------------
-def fetch_url(url: str, max_bytes: int, *, retry: RetryPolicy = RetryPolicy(attempts=3),
-              connect_timeout: float = 5.0, read_timeout: float = 30.0,
-              max_redirects: int = 5) -> bytes:
-    """GET an http(s) URL with timeouts, streaming, a byte cap and bounded retries on
-    connection errors / 5xx. Errors: IMAGE_DOWNLOAD_FAILED, INVALID_IMAGE (too large)."""
-    import requests
-    from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+def fetch_url(url: str, max_bytes: int, **kwargs) -> bytes:
+    """The SSRF-safe, bounded ``image_url`` download; it lives in :mod:`worker.fetch`."""
+    from worker.fetch import fetch_url as _fetch
 
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise WorkerError("INVALID_INPUT", "image_url must be an http:// or https:// URL")
-    shown = f"{parsed.scheme}://{parsed.netloc.rsplit('@', 1)[-1]}{parsed.path}"[:200]
-
-    class _Transient(Exception):
-        pass
-
-    def _once() -> bytes:
-        with requests.Session() as session:
-            session.max_redirects = max_redirects
-            try:
-                resp = session.get(url, stream=True, timeout=(connect_timeout, read_timeout),
-                                   headers={"User-Agent": "worldplay-worker"})
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                raise _Transient(type(exc).__name__) from None
-            except requests.TooManyRedirects:
-                raise WorkerError("IMAGE_DOWNLOAD_FAILED",
-                                  f"{shown}: more than {max_redirects} redirects") from None
-            except requests.RequestException as exc:
-                raise WorkerError("IMAGE_DOWNLOAD_FAILED",
-                                  f"{shown}: {type(exc).__name__}") from None
-            with resp:
-                final = urlparse(resp.url)
-                if final.scheme not in ("http", "https"):
-                    raise WorkerError("IMAGE_DOWNLOAD_FAILED", f"{shown}: redirected off http(s)")
-                if resp.status_code >= 500 or resp.status_code in (408, 429):
-                    raise _Transient(f"HTTP {resp.status_code}")
-                if resp.status_code != 200:
-                    raise WorkerError("IMAGE_DOWNLOAD_FAILED",
-                                      f"{shown} answered HTTP {resp.status_code}")
-                declared = resp.headers.get("Content-Length")
-                if declared and declared.isdigit() and int(declared) > max_bytes:
-                    raise WorkerError("INVALID_IMAGE", f"image at {shown} is {int(declared)} "
-                                                       f"bytes; the limit is {max_bytes} bytes")
-                chunks, total = [], 0
-                try:
-                    for chunk in resp.iter_content(64 * 1024):
-                        total += len(chunk)
-                        if total > max_bytes:
-                            raise WorkerError("INVALID_IMAGE", f"image at {shown} exceeds the "
-                                                               f"limit of {max_bytes} bytes")
-                        chunks.append(chunk)
-                except (requests.ConnectionError, requests.Timeout) as exc:
-                    raise _Transient(type(exc).__name__) from None
-                return b"".join(chunks)
-
-    try:
-        for attempt in Retrying(stop=stop_after_attempt(max(1, retry.attempts)),
-                                wait=wait_exponential(multiplier=retry.initial, max=retry.maximum),
-                                retry=retry_if_exception(lambda e: isinstance(e, _Transient)),
-                                reraise=True):
-            with attempt:
-                return _once()
-    except _Transient as exc:
-        raise WorkerError("IMAGE_DOWNLOAD_FAILED",
-                          f"{shown} failed after {retry.attempts} attempts: {exc}") from None
-    raise AssertionError("unreachable")  # pragma: no cover
+    return _fetch(url, max_bytes, **kwargs)
 
 
 def _fetch_url_method(self, url: str, max_bytes: int) -> bytes:

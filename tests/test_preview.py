@@ -1,0 +1,399 @@
+"""Live preview (HLS) through the real handler: progress carries preview_url while the job still
+generates; the finished playlist is valid HLS closed by #EXT-X-ENDLIST whose segments decode to the
+job's frames (the very pictures of the MP4: one encode); failure, cancellation and upload errors
+close it without touching the job's result; request and env switches turn it off."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import threading
+import time
+
+import numpy as np
+import pytest
+import requests
+from conftest import b64, decode_rgb, png_bytes
+
+from worker import job as worker_job
+from worker import preview as live_preview
+
+WAIT = 60  # bound on every wait in this file (seconds); normally far less
+
+
+def run(job_input, job_id):
+    return asyncio.run(worker_job.handler({"id": job_id, "input": job_input}))
+
+
+def job_input(**extra):
+    return {"prompt": "a quiet harbour at dawn", "image_base64": b64(png_bytes(128, 72)),
+            "pose": "w-15", "seed": 7, **extra}
+
+
+class _Recorded(list):
+    """A list with helpers attached by the fixtures below."""
+
+
+@pytest.fixture
+def updates(monkeypatch):
+    """Progress updates as the platform would receive them (payloads, in order)."""
+    import runpod
+
+    sent = _Recorded()
+    arrived = threading.Condition()
+
+    def progress_update(job, payload):
+        with arrived:
+            sent.append(payload)
+            arrived.notify_all()
+
+    monkeypatch.setenv("RUNPOD_WEBHOOK_GET_JOB", "http://127.0.0.1:9/job-take/$ID")
+    monkeypatch.setattr(runpod.serverless, "progress_update", progress_update)
+
+    def wait_for(predicate, timeout=WAIT):
+        with arrived:
+            arrived.wait_for(lambda: any(predicate(p) for p in sent), timeout)
+        return next((p for p in sent if predicate(p)), None)
+
+    sent.wait_for = wait_for
+    return sent
+
+
+@pytest.fixture
+def chunks(monkeypatch):
+    """Records each chunk handed to the MP4 writer; ``chunks.before(i, fn)`` runs ``fn`` in the
+    job thread just before chunk ``i`` is handed over (to look at the world mid-job)."""
+    from pipeline import video
+
+    seen, hooks = _Recorded(), {}
+    real_write = video.Mp4Writer.write
+
+    def write(self, frames):
+        index = len(seen)
+        if index in hooks:
+            hooks[index]()
+        seen.append(len(frames))
+        return real_write(self, frames)
+
+    monkeypatch.setattr(video.Mp4Writer, "write", write)
+    seen.before = lambda index, fn: hooks.__setitem__(index, fn)
+    return seen
+
+
+def parse_playlist(text):
+    """Structural HLS checks; returns [(duration, uri)] and whether it is closed."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert lines[0] == "#EXTM3U"
+    assert "#EXT-X-PLAYLIST-TYPE:EVENT" in lines
+    target = int(next(line for line in lines if line.startswith("#EXT-X-TARGETDURATION:"))
+                 .split(":")[1])
+    entries = []
+    for i, line in enumerate(lines):
+        if line.startswith("#EXTINF:"):
+            duration = float(line[len("#EXTINF:"):].rstrip(",").split(",")[0])
+            assert 0 < duration <= target + 0.5
+            uri = lines[i + 1]
+            assert not uri.startswith("#") and uri.startswith("http")
+            entries.append((duration, uri))
+    ended = lines[-1] == "#EXT-X-ENDLIST"
+    assert lines.count("#EXT-X-ENDLIST") == int(ended)
+    return entries, ended
+
+
+def decode_segments(entries):
+    import av
+
+    frames = []
+    for _, uri in entries:
+        got = requests.get(uri, timeout=10)
+        assert got.status_code == 200 and got.headers["Content-Type"] == "video/mp2t"
+        with av.open(io.BytesIO(got.content), format="mpegts") as container:
+            pictures = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        assert pictures, "a segment without pictures"
+        frames.extend(pictures)
+    return np.stack(frames)
+
+
+def playlist(url):
+    got = requests.get(url, timeout=10)
+    assert got.status_code == 200, got.text[:200]
+    assert got.headers["Content-Type"] == live_preview.PLAYLIST_TYPE
+    return got.text
+
+
+# ---- the whole flow with the REAL tiny pipeline ------------------------------------------------
+def test_live_preview_through_the_real_handler(real_pipeline, storage, updates, chunks, tmp_path):
+    seen_mid_job = {}
+
+    def before_last_chunk():
+        # a client polling /status gets the playlist while the last chunk is still to come
+        first = updates.wait_for(lambda p: "preview_url" in p)
+        assert first is not None, "no progress update with preview_url before the last chunk"
+        seen_mid_job["update"] = first
+        seen_mid_job["playlist"] = playlist(first["preview_url"])
+
+    chunks.before(3, before_last_chunk)  # w-15: 16 latents -> chunks of 13, 16, 16, 16 frames
+    t0 = time.perf_counter()
+    out = run(job_input(), "live-1")
+    assert "error" not in out, out
+    assert chunks == [13, 16, 16, 16]
+
+    first = seen_mid_job["update"]
+    assert first["preview_segments"] == 1 and first["stage"]  # sent on the first segment itself
+    entries, ended = parse_playlist(seen_mid_job["playlist"])
+    assert not ended and len(entries) >= 1  # live: players keep polling
+
+    # the final output names the playlist; it is closed and lists every frame of the video
+    assert out["preview_key"] == "worldplay/live-1/preview/index.m3u8"
+    assert out["preview_url"] == first["preview_url"]
+    text = playlist(out["preview_url"])
+    entries, ended = parse_playlist(text)
+    assert ended and len(entries) == out["preview_segments"] == 4
+    assert sum(d for d, _ in entries) == pytest.approx(out["num_frames"] / out["fps"], abs=1e-3)
+    assert [round(d * out["fps"]) for d, _ in entries] == [13, 16, 16, 16]
+
+    # the segments decode to exactly the job's frames, the same pictures as the MP4 (one encode)
+    preview_frames = decode_segments(entries)
+    mp4 = tmp_path / "video.mp4"
+    mp4.write_bytes(storage.get_bytes(out["minio_key"], 2**26))
+    mp4_frames = decode_rgb(mp4)
+    assert preview_frames.shape[0] == out["num_frames"] == 61
+    assert np.array_equal(preview_frames, mp4_frames)
+    assert time.perf_counter() - t0 < WAIT
+
+
+def test_playlist_plays_in_ffmpeg_hls_demuxer(fake_pipeline, storage):
+    """An independent HLS reader (FFmpeg's) follows the presigned playlist to every frame."""
+    import av
+
+    out = run(job_input(pose="w-11"), "ff-1")
+    assert "error" not in out, out
+    try:
+        container = av.open(out["preview_url"], format="hls")
+    except av.error.ProtocolNotFoundError:  # pragma: no cover - a PyAV build without http
+        pytest.skip("this PyAV build has no http protocol")
+    with container:
+        count = sum(1 for _ in container.decode(video=0))
+    assert count == out["num_frames"] == 45
+
+
+# ---- the job ends badly: the playlist is still closed -------------------------------------------
+def _wrap_frames(pipe, monkeypatch, after_chunks, action):
+    """Make ``pipe.generate`` call ``action()`` once ``after_chunks`` chunks were handed over."""
+    real_generate = pipe.generate
+
+    def generate(request, callback=None, should_cancel=None, on_frames=None, **kw):
+        count = {"n": 0}
+
+        def frames_then_act(frames):
+            on_frames(frames)
+            count["n"] += 1
+            if count["n"] == after_chunks:
+                action()
+
+        return real_generate(request, callback=callback, should_cancel=should_cancel,
+                             on_frames=frames_then_act, **kw)
+
+    monkeypatch.setattr(pipe, "generate", generate)
+
+
+@pytest.mark.parametrize("how, code", [("fail", "GPU_ERROR"), ("cancel", "CANCELLED")])
+def test_failed_or_cancelled_job_closes_the_playlist(real_pipeline, storage, updates,
+                                                     monkeypatch, how, code):
+    cancel = threading.Event()
+
+    def act():
+        assert updates.wait_for(lambda p: "preview_url" in p) is not None
+        if how == "fail":
+            raise RuntimeError("CUDA error: an illegal memory access")
+        cancel.set()  # what the platform's stop signal does; the pipeline stops at the next step
+
+    _wrap_frames(real_pipeline, monkeypatch, 3, act)
+    out = worker_job.run_job({"id": f"end-{how}", "input": job_input()}, cancel_event=cancel)
+    assert out["error"].startswith(code + ":"), out
+    key = f"worldplay/end-{how}/preview/index.m3u8"
+    url, _ = storage.presigned_get(key)
+    entries, ended = parse_playlist(playlist(url))
+    assert ended, "players would wait forever"
+    # what was made before the end is listed and plays: whole chunks only
+    assert 1 <= len(entries) <= 3
+    frames = decode_segments(entries)
+    assert frames.shape[0] in (13, 29, 45)
+    assert not [t for t in threading.enumerate() if t.name == "hls-preview" and t.is_alive()]
+
+
+def test_upload_failure_ends_the_preview_not_the_job(fake_pipeline, storage, monkeypatch, caplog):
+    from worker.storage import Storage
+
+    real_put = Storage.put_bytes
+
+    def put_bytes(self, key, data, *args, **kwargs):
+        if key.endswith(".ts"):
+            raise ConnectionResetError("peer went away")
+        return real_put(self, key, data, *args, **kwargs)
+
+    monkeypatch.setattr(Storage, "put_bytes", put_bytes)
+    caplog.set_level(logging.WARNING, "worldplay.preview")
+    out = run(job_input(pose="w-11"), "upl-1")
+    assert "error" not in out, out  # the job and its MP4 are untouched
+    assert out["num_frames"] == 45 and storage.stat_size(out["minio_key"]) > 0
+    assert out["preview_segments"] == 0
+    entries, ended = parse_playlist(playlist(out["preview_url"]))
+    assert ended and entries == []
+    assert "ended early" in caplog.text and "segment 0" in caplog.text
+
+
+# ---- switches -----------------------------------------------------------------------------------
+def _objects(storage, prefix):
+    return [o.object_name for o in storage._client.list_objects(storage.bucket, prefix=prefix,
+                                                                recursive=True)]
+
+
+def test_preview_off_by_request_and_by_env(fake_pipeline, storage, monkeypatch, updates):
+    out = run(job_input(pose="w-11", output={"preview": False}), "off-1")
+    assert "error" not in out, out
+    assert (out["preview_url"], out["preview_key"], out["preview_segments"]) == (None, None, None)
+    assert _objects(storage, "worldplay/off-1/") == ["worldplay/off-1/video.mp4"]
+    assert not any("preview_url" in p for p in updates)
+
+    monkeypatch.setenv("WORLDPLAY_PREVIEW", "0")
+    out = run(job_input(pose="w-11"), "off-2")
+    assert "error" not in out and out["preview_url"] is None
+    assert _objects(storage, "worldplay/off-2/") == ["worldplay/off-2/video.mp4"]
+
+
+def test_mp4_is_unchanged_when_the_preview_is_off(fake_pipeline, storage, tmp_path):
+    """Off: the MP4 is byte for byte what the plain writer makes. On: the same pictures, with an
+    IDR frame at each chunk start (segments must start on one)."""
+    from pipeline.video import Mp4Writer, ar_chunks
+
+    off = run(job_input(pose="w-11", output={"preview": False}), "mp4-off")
+    on = run(job_input(pose="w-11"), "mp4-on")
+    data = {name: storage.get_bytes(o["minio_key"], 2**24)
+            for name, o in (("off", off), ("on", on))}
+
+    request = fake_pipeline.calls[-1]
+    frames = fake_pipeline.generate(request).frames
+    plain = tmp_path / "plain.mp4"
+    with Mp4Writer(plain, 24) as writer:
+        for chunk in ar_chunks(frames):
+            writer.write(chunk)
+    assert data["off"] == plain.read_bytes()
+
+    import av
+
+    for name, blob in data.items():
+        (tmp_path / f"{name}.mp4").write_bytes(blob)
+        with av.open(str(tmp_path / f"{name}.mp4")) as container:
+            keys = [round(p.pts * p.time_base * 24) for p in container.demux(video=0)
+                    if p.size and p.is_keyframe]
+        assert keys == ([0] if name == "off" else [0, 13, 29])
+    # CRF keeps the quality: both are as close to the source frames (the IDRs cost bytes instead)
+    errors = {name: np.abs(decode_rgb(tmp_path / f"{name}.mp4").astype(int) - frames).mean()
+              for name in data}
+    assert errors["on"] <= errors["off"] * 1.25 + 0.25, errors
+
+
+# ---- units -------------------------------------------------------------------------------------
+def test_playlist_text():
+    text = live_preview.playlist_text([(13 / 24, "http://s/a.ts?x=1"), (16 / 24, "http://s/b.ts")],
+                                      ended=False)
+    assert text.splitlines() == [
+        "#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-PLAYLIST-TYPE:EVENT", "#EXT-X-TARGETDURATION:1",
+        "#EXT-X-MEDIA-SEQUENCE:0", "#EXT-X-INDEPENDENT-SEGMENTS",
+        "#EXTINF:0.541667,", "http://s/a.ts?x=1", "#EXTINF:0.666667,", "http://s/b.ts"]
+    closed = live_preview.playlist_text([(64 / 24, "u")], ended=True)
+    assert "#EXT-X-TARGETDURATION:3" in closed and closed.endswith("#EXT-X-ENDLIST\n")
+
+
+def test_full_queue_ends_the_preview_instead_of_blocking(storage, monkeypatch, caplog):
+    """A store slower than the encoder: segments beyond the bound are dropped and the preview ends
+    early (what was queued still goes up, so the listed segments have no gap), and the producer
+    (the encoding thread) never waits."""
+    release = threading.Event()
+    preview = live_preview.LivePreview(storage, "q/job/preview", max_pending=2)
+    real_publish = preview._publish
+    monkeypatch.setattr(preview, "_publish", lambda seg: (release.wait(WAIT), real_publish(seg)))
+    caplog.set_level(logging.WARNING, "worldplay.preview")
+    t0 = time.perf_counter()
+    for index in range(6):
+        preview._segment_made(live_preview.Segment(index, b"\x47" * 188, 16, 16 / 24))
+    assert time.perf_counter() - t0 < 0.5
+    assert preview.stopped and "waiting for upload" in caplog.text
+    release.set()
+    preview.end()
+    assert preview.wait(WAIT)
+    entries, ended = parse_playlist(playlist(preview.playlist_url))
+    assert ended and not preview.complete
+    assert 2 <= len(entries) <= 3  # 0, 1 (and 2 when the uploader had taken 0 already)
+    assert [uri.split("?")[0].rsplit("/", 1)[1] for _, uri in entries] == [
+        f"segment{i:05d}.ts" for i in range(len(entries))]
+
+
+def test_low_latency_lists_a_chunk_before_the_next_one_arrives(fake_pipeline, storage, updates,
+                                                               chunks, monkeypatch, tmp_path):
+    """WORLDPLAY_PREVIEW_LOW_LATENCY=1 (x264 zerolatency): the first chunk is playable before the
+    second is handed over (by default x264's look-ahead holds its last frames until the next)."""
+    monkeypatch.setenv("WORLDPLAY_PREVIEW_LOW_LATENCY", "1")
+    seen = {}
+
+    def before_second_chunk():
+        seen["update"] = updates.wait_for(lambda p: "preview_url" in p)
+
+    chunks.before(1, before_second_chunk)
+    out = run(job_input(pose="w-11"), "ll-1")
+    assert "error" not in out, out
+    assert seen["update"] is not None and seen["update"]["preview_segments"] == 1
+    entries, ended = parse_playlist(playlist(out["preview_url"]))
+    assert ended and [round(d * 24) for d, _ in entries] == [13, 16, 16]
+    frames = decode_segments(entries)
+    mp4 = tmp_path / "ll.mp4"
+    mp4.write_bytes(storage.get_bytes(out["minio_key"], 2**24))
+    assert np.array_equal(frames, decode_rgb(mp4)) and frames.shape[0] == 45
+
+
+def test_bidirectional_job_gets_a_preview_per_chunk(fake_pipeline, storage, monkeypatch):
+    """Bidirectional jobs finish chunks of 16 latents (61 frames, then 64): one segment each."""
+    monkeypatch.setenv("WORLDPLAY_MODES", "ar,bidirectional")
+    fake_pipeline._modes = ("ar", "bidirectional")
+    fake_pipeline.stream = False
+    plain_generate = fake_pipeline.generate
+
+    def generate(request, callback=None, should_cancel=None, on_frames=None):
+        result = plain_generate(request, callback, should_cancel, on_frames)
+        for start, end in ((0, 61), (61, 125)):  # what the bidirectional rollout hands over
+            on_frames(result.frames[start:end])
+        return result
+
+    monkeypatch.setattr(fake_pipeline, "generate", generate)
+    out = run(job_input(pose="w-31", mode="bidirectional"), "bidi-1")
+    assert "error" not in out, out
+    entries, ended = parse_playlist(playlist(out["preview_url"]))
+    assert ended and [round(d * 24) for d, _ in entries] == [61, 64]
+    assert "#EXT-X-TARGETDURATION:3" in playlist(out["preview_url"])
+    assert decode_segments(entries).shape[0] == out["num_frames"] == 125
+
+
+def test_first_segment_update_is_not_throttled_away(monkeypatch):
+    """The first segment's update goes out inside the throttle window; later counts ride along."""
+    sent = []
+    clock = {"t": 100.0}
+    monkeypatch.setattr(worker_job.time, "monotonic", lambda: clock["t"])
+    rep = worker_job.ProgressReporter({"id": "j"}, interval=1.0, enabled=True,
+                                      sender=lambda job, payload: sent.append(payload))
+    rep.update("denoising", 3, 16)
+    clock["t"] = 100.1
+    rep.attach(force=True, preview_url="https://s/p.m3u8", preview_segments=1)
+    clock["t"] = 100.2
+    rep.attach(preview_url="https://s/p.m3u8", preview_segments=2)  # throttled, kept for later
+    rep.update("denoising", 4, 16)
+    clock["t"] = 101.3
+    rep.update("denoising", 5, 16)
+    assert sent == [
+        {"stage": "denoising", "step": 3, "total": 16},
+        {"stage": "denoising", "step": 3, "total": 16, "preview_url": "https://s/p.m3u8",
+         "preview_segments": 1},
+        {"stage": "denoising", "step": 5, "total": 16, "preview_url": "https://s/p.m3u8",
+         "preview_segments": 2},
+    ]
