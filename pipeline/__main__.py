@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from .engine import GenerationRequest, WorldPlayPipeline
     from .video import Mp4Writer, probe_mp4
-    from .world_state import WorldState, continuation_request
+    from .continuation import continuation_request
+    from .world_state import WorldState
 
     try:
         # every input first: a typo must not cost a model build

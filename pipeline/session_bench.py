@@ -68,7 +68,8 @@ def continuation_overhead(a: str = "w-15", b: str = "right-16", steps: int = 4, 
     from .engine import GenerationRequest, WorldPlayPipeline
     from .resolve import layout_paths
     from .tiny import write_tiny_models
-    from .world_state import WorldState, continuation_request
+    from .continuation import continuation_request
+    from .world_state import WorldState
 
     with tempfile.TemporaryDirectory() as tmp:
         root = write_tiny_models(Path(tmp), modes=("ar",))

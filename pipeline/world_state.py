@@ -23,8 +23,8 @@ Reading is strict (:meth:`WorldState.from_bytes`): the size is bounded before an
 the header length is bounded before the header is read, every tensor's name, dtype, shape and byte
 range is checked against the others before any tensor is built, then values (NaN, infinity,
 action range, camera matrices) are checked. Every fault is a coded :class:`pipeline.errors.StateError`.
-:func:`continuation_request` turns a state plus a new camera path into a ``GenerationRequest``;
-the worker and ``python -m pipeline --continue-from`` both use it.
+:func:`pipeline.continuation.continuation_request` turns a state plus a new camera path into a
+``GenerationRequest``; the worker and ``python -m pipeline --continue-from`` both use it.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .camera import MODE_LATENT_MULTIPLE, MAX_LATENTS, check_continuation_count, continue_pose
-from .errors import SessionTooLongError, StateError, StateMismatchError
+from .camera import MODE_LATENT_MULTIPLE, MAX_LATENTS
+from .errors import SessionTooLongError, StateError
 from .settings import env_number
 
 __all__ = [
@@ -51,7 +51,6 @@ __all__ = [
     "SessionLimits",
     "WorldState",
     "checkpoint_fingerprint",
-    "continuation_request",
 ]
 
 FORMAT = "worldplay-world-state"
@@ -372,41 +371,6 @@ def checkpoint_fingerprint(path: str | os.PathLike, samples: int = 16, block: in
             fh.seek(max(data_start, offset))
             digest.update(fh.read(block))
     return "sha256:" + digest.hexdigest()[:32]
-
-
-# ------------------------------------------------------------------------------- continuation
-def continuation_request(state: WorldState, camera_spec: Any, *, prompt: str | None = None,
-                         negative_prompt: str | None = None, mode: str | None = None,
-                         num_inference_steps: int | None = None, guidance_scale: float | None = None,
-                         seed: int | None = None, spec_text: str | None = None):
-    """The ``GenerationRequest`` that continues ``state`` along ``camera_spec`` (new latents only).
-
-    Pose strings and action lists move on from the state's last camera; a pose JSON gives absolute
-    poses in the session's world frame, one per new latent. Anything not given (prompt, negative
-    prompt, mode, steps, guidance, seed) is the state's. Another mode than the state's is refused.
-    """
-    from .engine import GenerationRequest
-
-    if mode is not None and mode != state.mode:
-        raise StateMismatchError(
-            f"the world state was made in {state.mode} mode and can only be continued in {state.mode} mode "
-            f"(the request asks for {mode})"
-        )
-    camera = continue_pose(camera_spec, state.c2w[-1].numpy())
-    if spec_text is None and isinstance(camera_spec, str) and len(camera_spec) <= 80:
-        spec_text = camera_spec
-    check_continuation_count(camera.num_latents, state.mode, spec_text)
-    return GenerationRequest(
-        prompt=state.prompt if prompt is None else prompt,
-        negative_prompt=state.negative_prompt if negative_prompt is None else negative_prompt,
-        image=None,
-        camera=camera,
-        mode=state.mode,
-        num_inference_steps=state.num_inference_steps if num_inference_steps is None else num_inference_steps,
-        guidance_scale=state.guidance_scale if guidance_scale is None else guidance_scale,
-        seed=state.seed if seed is None else int(seed),
-        history=state,
-    )
 
 
 def c2w64_of(camera) -> np.ndarray:

@@ -153,10 +153,16 @@ def _legacy_alias_schema(schema: Dict[str, Any]) -> None:
                                            "deprecated": True}
 
 
+def _job_input_schema(schema: Dict[str, Any]) -> None:
+    _legacy_alias_schema(schema)
+    # prompt is required unless the job continues a world state (which carries its prompt)
+    schema["anyOf"] = [{"required": ["prompt"]}, {"required": ["continue_from"]}]
+
+
 class JobInput(_Strict):
     """A generation request: prompt + one image source + one camera source."""
 
-    model_config = ConfigDict(json_schema_extra=_legacy_alias_schema)
+    model_config = ConfigDict(json_schema_extra=_job_input_schema)
 
     prompt: Optional[str] = Field(None, max_length=MAX_PROMPT_CHARS,
                                   description="What the scene looks like (required, non-empty; with "

@@ -211,6 +211,7 @@ def test_python_m_schemas_prints_both_schemas():
     assert "prompt" in job_schema["properties"] and job_schema["additionalProperties"] is False
     # prompt is required unless continue_from names a world state (checked by the model, not the schema)
     assert "required" not in job_schema and "continue_from" in job_schema["properties"]
+    assert job_schema["anyOf"] == [{"required": ["prompt"]}, {"required": ["continue_from"]}]
     assert "health" in health_schema["properties"]
     assert {r["$ref"] for r in defs["Output"]["anyOf"]} == {
         "#/$defs/JobOutput", "#/$defs/HealthOutput", "#/$defs/ErrorOutput"}

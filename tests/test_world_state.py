@@ -17,7 +17,8 @@ from pipeline.engine import GenerationRequest, WorldPlayPipeline
 from pipeline.errors import FrameCountError, SessionTooLongError, StateError, StateMismatchError
 from pipeline.resolve import resolve_models
 from pipeline.seeding import chunk_noise, chunk_seed
-from pipeline.world_state import SessionLimits, WorldState, checkpoint_fingerprint, continuation_request
+from pipeline.continuation import continuation_request
+from pipeline.world_state import SessionLimits, WorldState, checkpoint_fingerprint
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,8 @@ class ContinuedWorld:
 
 def open_world(req, spec: Any, storage, modes: Tuple[str, ...]) -> ContinuedWorld:
     """Load and check the state ``req.continue_from`` and build the continuation request."""
-    from pipeline.world_state import SessionLimits, WorldState, check_state_size, continuation_request
+    from pipeline.continuation import continuation_request
+    from pipeline.world_state import SessionLimits, WorldState, check_state_size
 
     started = time.perf_counter()
     key = req.continue_from
