@@ -6,8 +6,9 @@
 
 Both modes upload an input image and a pose JSON, run a job that reads them by key, then download
 the MP4 from the bucket AND through the presigned URL and check: H.264, yuv420p, width x height,
-fps, frame count, faststart. Exit status 0 on success, 1 with a one-line reason on failure.
-``run_local()`` / ``run_endpoint()`` are importable (the test-suite calls ``run_local``).
+fps, frame count, faststart. ``--local`` then continues the world of that job (a second job with
+``continue_from: <state_key>``, 4 new latents = 16 frames) and checks its video and new state.
+Exit status 0 on success, 1 with a one-line reason on failure. ``run_local()`` / ``run_endpoint()`` are importable (the test-suite calls ``run_local``).
 """
 
 from __future__ import annotations
@@ -215,6 +216,7 @@ def run_local(*, model_dir: Optional[str] = None, num_latents: int = 4, fps: int
             "output": {"key_prefix": "smoke-out"}}}
         output = asyncio.run(worker_job.handler(job))
         report = verify_output(output, storage, fps=fps, num_frames=expected_frames(num_latents))
+        report["continuation"] = continue_world(output, storage, fps=fps, run_id=run_id)
         if keep_dir:
             Path(keep_dir).mkdir(parents=True, exist_ok=True)
             target = Path(keep_dir) / "smoke.mp4"
@@ -229,6 +231,29 @@ def run_local(*, model_dir: Optional[str] = None, num_latents: int = 4, fps: int
                                       str(Path(keep_dir) / "smoke_path.png")]
         report.update(output=output, seconds=round(time.perf_counter() - t_start, 2))
         return report
+
+
+def continue_world(output: Dict, storage, *, fps: int, run_id: str, new_latents: int = 4) -> Dict:
+    """A world session: continue the first job's state by `new_latents` latents (4 frames each) and
+    check the video, the new state_key and the session length."""
+    import asyncio
+
+    from worker import job as worker_job
+
+    state_key = output.get("state_key")
+    if not state_key:
+        raise SmokeFailure("job output has no state_key (world state not saved)")
+    job = {"id": f"smoke-{run_id}-2", "input": {"continue_from": state_key, "pose": f"right-{new_latents}",
+                                                "fps": fps, "output": {"key_prefix": "smoke-out"}}}
+    second = asyncio.run(worker_job.handler(job))
+    report = verify_output(second, storage, fps=fps, num_frames=4 * new_latents)
+    if not second.get("state_key") or second.get("session_latents") != output["session_latents"] + new_latents:
+        raise SmokeFailure(f"continuation reports session_latents {second.get('session_latents')}, expected "
+                           f"{output['session_latents'] + new_latents}")
+    if second["seed"] != output["seed"]:
+        raise SmokeFailure("continuation did not keep the session's seed")
+    report["state_key"] = second["state_key"]
+    return report
 
 
 # ---- endpoint mode ----------------------------------------------------------------------------

@@ -85,6 +85,8 @@ __all__ = [
     "MOVE_KEYS",
     "TURN_KEYS",
     "MODE_LATENT_MULTIPLE",
+    "continue_pose",
+    "check_continuation_count",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -175,9 +177,13 @@ class CameraTrajectory:
     actions: torch.Tensor
     num_latents: int
     num_frames: int
+    # the float64 c2w the float32 tensors were made from (what a world session continues from exactly)
+    c2w64: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = self.num_latents
+        if self.c2w64 is not None and (self.c2w64.shape != (n, 4, 4) or self.c2w64.dtype != np.float64):
+            raise ValueError(f"CameraTrajectory.c2w64 must be float64 [{n}, 4, 4]")
         shapes = {
             "c2w": (self.c2w, (n, 4, 4), torch.float32),
             "w2c": (self.w2c, (n, 4, 4), torch.float32),
@@ -393,13 +399,14 @@ def _rot_y(theta: float) -> np.ndarray:
     return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
 
 
-def _integrate(steps: Sequence[tuple[float, float, float, float]]) -> np.ndarray:
-    """Chain per-latent motions (yaw rad, pitch rad, forward, right) from the identity camera.
+def _integrate(steps: Sequence[tuple[float, float, float, float]], start: np.ndarray | None = None) -> np.ndarray:
+    """Chain per-latent motions (yaw rad, pitch rad, forward, right) from the identity camera
+    (or from ``start``, a float64 c2w [4, 4]).
 
-    Returns float64 c2w [len(steps) + 1, 4, 4].
+    Returns float64 c2w [len(steps) + 1, 4, 4] (the first one is the start camera).
     """
     out = np.empty((len(steps) + 1, 4, 4))
-    pose = np.eye(4)
+    pose = np.eye(4) if start is None else np.array(start, dtype=np.float64, copy=True)
     out[0] = pose
     for i, (yaw, pitch, forward, right) in enumerate(steps, start=1):
         if yaw:
@@ -525,14 +532,20 @@ def _build(c2w: np.ndarray, k_pixels: np.ndarray, num_latents: int | None, *,
         if n % MODE_LATENT_MULTIPLE[mode] != 0:
             raise _mode_length_error(n, mode, form, fix)
         check_latent_count(n, mode)
+    return _trajectory(c2w, k_pixels, action_labels(c2w))
+
+
+def _trajectory(c2w: np.ndarray, k_pixels: np.ndarray, actions: torch.Tensor) -> CameraTrajectory:
+    n = len(c2w)
     w2c = np.linalg.inv(c2w)
     return CameraTrajectory(
         c2w=torch.from_numpy(c2w.astype(np.float32)),
         w2c=torch.from_numpy(w2c.astype(np.float32)),
         intrinsics=torch.from_numpy(_normalise_intrinsics(k_pixels).astype(np.float32)),
-        actions=action_labels(c2w),
+        actions=actions,
         num_latents=n,
         num_frames=latents_to_frames(n),
+        c2w64=np.ascontiguousarray(c2w, dtype=np.float64),
     )
 
 
@@ -864,6 +877,67 @@ def parse_pose(spec: Any, num_latents: int | None = None, *, mode: str | None = 
     raise PoseSpecError(
         f"camera spec must be a pose string, a pose JSON object or an action list, "
         f"got {type(spec).__name__}"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Continuing a trajectory (world sessions)
+# --------------------------------------------------------------------------------------------
+
+
+def continue_pose(spec: Any, last_c2w: np.ndarray) -> CameraTrajectory:
+    """The cameras of the *new* latents that continue a trajectory whose last camera is ``last_c2w``.
+
+    A pose string or action list moves on from ``last_c2w`` (float64 c2w [4, 4]): ``"w-8"`` is 8 new
+    latents, one per motion step, since there is no new start camera. A pose JSON gives the new
+    latents' absolute cameras in the session's world frame, keys ``"0".."B-1"``. The action label of
+    the first new latent is taken from the motion out of ``last_c2w``, exactly as inside one long
+    trajectory. ``num_frames`` of the result counts 4 frames per new latent plus one, like any
+    trajectory; a continuation's video holds ``4 * num_latents`` frames.
+    """
+    last = np.asarray(last_c2w, dtype=np.float64)
+    if last.shape != (4, 4) or not np.all(np.isfinite(last)):
+        raise ValueError("last_c2w must be a finite float64 [4, 4] camera-to-world matrix")
+    if isinstance(spec, str) and spec.lstrip().startswith(("{", "[")):
+        if len(spec) > _MAX_JSON_CHARS:
+            raise PoseSpecError(f"camera JSON text is {len(spec)} characters; at most {_MAX_JSON_CHARS} allowed")
+        try:
+            spec = json.loads(spec)
+        except json.JSONDecodeError as exc:
+            raise PoseSpecError(f"camera JSON text is not valid JSON: {exc.msg} (line {exc.lineno}, "
+                                f"column {exc.colno})") from None
+        except RecursionError:
+            raise PoseSpecError("camera JSON text is nested too deeply") from None
+    if isinstance(spec, str):
+        c2w = _integrate(_parse_string(spec), start=last)[1:]
+        k_pixels = _default_k(len(c2w))
+    elif isinstance(spec, Mapping):
+        c2w, k_pixels = _parse_pose_json(spec)
+    elif isinstance(spec, (list, tuple)):
+        c2w = _integrate(_parse_action_list(spec), start=last)[1:]
+        k_pixels = _default_k(len(c2w))
+    else:
+        raise PoseSpecError(
+            f"camera spec must be a pose string, a pose JSON object or an action list, got {type(spec).__name__}"
+        )
+    actions = action_labels(np.concatenate([last[None], c2w]))[1:].clone()
+    return _trajectory(c2w, k_pixels, actions)
+
+
+def check_continuation_count(new_latents: int, mode: str, spec_text: str | None = None) -> None:
+    """Raise FrameCountError unless ``new_latents`` suits a continuation in ``mode`` (a whole number of
+    chunks: 4 latents = 16 frames for "ar", 16 latents = 64 frames for "bidirectional")."""
+    multiple = MODE_LATENT_MULTIPLE[mode]
+    if new_latents >= 1 and new_latents % multiple == 0:
+        return
+    lower = new_latents - new_latents % multiple
+    options = [m for m in (lower, lower + multiple) if m >= 1]
+    words = " or ".join(f"{m} latents ({FRAMES_PER_LATENT * m} frames)" for m in options)
+    what = f"{spec_text!r} adds" if spec_text else "the camera path adds"
+    raise FrameCountError(
+        f"a continuation in {mode} mode adds latents in steps of {multiple} ({FRAMES_PER_LATENT * multiple} "
+        f"frames), e.g. 'w-{multiple}'; {what} {new_latents} latents ({FRAMES_PER_LATENT * new_latents} "
+        f"frames): nearest valid are {words}"
     )
 
 

@@ -35,6 +35,8 @@ and chunkings.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -84,6 +86,70 @@ class CausalVAEDecoder:
         self._keys_values: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
         self.latents_decoded = 0
 
+    def _walk(self):
+        """The decoder's blocks in call order: (module, causal past frames it reads, frame rate at its
+        input in frames per latent); the rate doubles after each temporal upsampler."""
+        d, rate, out = self.decoder, 1, []
+
+        def past(*convs) -> int:
+            return sum(conv.time_causal_padding[4] for conv in convs)
+
+        out.append((d.conv_in, past(d.conv_in), rate))
+        for resnet in d.mid_block.resnets:
+            out.append((resnet, past(resnet.conv1, resnet.conv2), rate))
+        for block in d.up_blocks:
+            for resnet in block.resnets:
+                out.append((resnet, past(resnet.conv1, resnet.conv2), rate))
+            for upsampler in block.upsamplers or ():
+                out.append((upsampler, past(upsampler.conv), rate))
+                if upsampler.add_temporal_upsample:
+                    rate *= 2
+        out.append((d.conv_out, past(d.conv_out), rate))
+        return out
+
+    def history_latents(self) -> int:
+        """How many latents back the decoder's carried state reaches (its temporal receptive field).
+
+        Each causal convolution looks ``kernel_t - 1`` frames into the past at its own frame rate (one
+        frame per latent before the first temporal upsampler, two after it, ...); the sum over the
+        decoder, in latents, rounded up, bounds how far back any carried frame depends on the input.
+        """
+        return math.ceil(sum(past / rate for _, past, rate in self._walk()))
+
+    def _trim_plan(self) -> dict:
+        """Per block: how many of its input frames can still reach the carried state at the end (the
+        rest of the blocks' receptive field), so a resume drops the others before the block."""
+        plan, remaining = {}, 0.0
+        for module, past, rate in reversed(self._walk()):
+            remaining += past / rate
+            plan[module] = math.ceil(remaining * rate)
+        return plan
+
+    @torch.inference_mode()
+    def resume(self, latents: torch.Tensor, start: int) -> None:
+        """Rebuild the state of a decoder that has decoded a video's latents up to ``start + t``, given
+        only its last ``t`` latents ``[B, C, t, h, w]``; nothing is returned.
+
+        With ``start == 0`` the latents are the video's first ones (exact for any length). Otherwise the
+        first of them is treated as a mid-video latent whose unknown past is the replicated first
+        frame; when ``t >= history_latents()`` that guess no longer reaches the carried state, so the
+        next :meth:`decode` returns exactly the frames of a decoder that saw the whole video. The
+        latents go through the decoder in one pass and every block only gets the input frames that
+        can still reach the state (with per-frame attention): the full-resolution blocks see about
+        one latent's frames, so a resume costs a fraction of decoding ``t`` latents.
+        """
+        if latents.ndim != 5 or latents.shape[2] == 0:
+            raise ValueError(f"expected latents [B, C, t>0, h, w], got {tuple(latents.shape)}")
+        self.reset()
+        self.latents_decoded = int(start)
+        param = next(self.decoder.parameters())
+        z = latents.to(device=param.device, dtype=param.dtype) / self.vae.config.scaling_factor
+        if self.attention != "frame":  # frame-causal attention keeps every frame's keys: no trimming
+            for piece in z.split(self.latents_per_step, dim=2):
+                self._pass(piece)
+        else:
+            self._pass(z, trim=self._trim_plan())
+
     @property
     def frames_decoded(self) -> int:
         ratio = self.vae.temporal_compression_ratio
@@ -104,23 +170,34 @@ class CausalVAEDecoder:
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
     # -- the decoder, walked ------------------------------------------------------------------------
-    def _pass(self, z: torch.Tensor) -> torch.Tensor:
+    def _pass(self, z: torch.Tensor, trim: dict | None = None) -> torch.Tensor:
         d = self.decoder
         first = self.latents_decoded == 0
+
+        def keep(module, x: torch.Tensor) -> torch.Tensor:  # resume: drop frames that cannot matter
+            nonlocal first
+            n = trim.get(module) if trim else None
+            if not n or x.shape[2] <= n:
+                return x
+            first = False  # the video's first frame is gone: no first-frame rule further on
+            return x[:, :, -n:]
+
+        count = z.shape[2]
+        z = keep(d.conv_in, z)
         h = self._conv(d.conv_in, z) + z.repeat_interleave(repeats=d.repeat, dim=1)
         mid = d.mid_block
-        h = self._resnet(mid.resnets[0], h)
+        h = self._resnet(mid.resnets[0], keep(mid.resnets[0], h))
         for attention, resnet in zip(mid.attentions, mid.resnets[1:]):
             if attention is not None:
                 h = self._attention(attention, h)
-            h = self._resnet(resnet, h)
+            h = self._resnet(resnet, keep(resnet, h))
         for block in d.up_blocks:
             for resnet in block.resnets:
-                h = self._resnet(resnet, h)
+                h = self._resnet(resnet, keep(resnet, h))
             for upsampler in block.upsamplers or ():
-                h = self._upsample(upsampler, h, first)
-        h = self._conv(d.conv_out, d.conv_act(d.norm_out(h)))
-        self.latents_decoded += z.shape[2]
+                h = self._upsample(upsampler, keep(upsampler, h), first)
+        h = self._conv(d.conv_out, d.conv_act(d.norm_out(keep(d.conv_out, h))))
+        self.latents_decoded += count
         return h
 
     def _conv(self, module, x: torch.Tensor) -> torch.Tensor:

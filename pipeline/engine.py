@@ -22,13 +22,14 @@ from PIL import Image
 
 from . import components as comp
 from .attention import prepare as prepare_attention
-from .camera import CameraTrajectory, check_latent_count, parse_pose
+from .camera import MAX_LATENTS, CameraTrajectory, check_latent_count, parse_pose
 from .causal_decode import CausalVAEDecoder
 from .checkpoint import load_transformer
-from .errors import ImageError, PipelineError
-from .memory import MEMORY_SIZE, sample_memory_points, select_context_latents
+from .errors import ImageError, PipelineError, SessionTooLongError, StateMismatchError
+from .memory import MEMORY_SIZE, select_context_latents
 from .rollout import (
     AR_CHUNK_LATENTS,
+    BIDIRECTIONAL_CHUNK_LATENTS,
     Camera,
     Conditioning,
     RolloutInputs,
@@ -37,8 +38,10 @@ from .rollout import (
     bidirectional_rollout,
     fresh_scheduler,
 )
+from .seeding import MemoryPoints, chunk_noise
 from .settings import env_flag
 from .transformer import WorldPlayTransformer, disable_compile, enable_compile
+from .world_state import SessionLimits, WorldState, c2w64_of, checkpoint_fingerprint
 
 logger = logging.getLogger("worldplay.engine")
 
@@ -46,18 +49,24 @@ Mode = Literal["ar", "bidirectional"]
 MODES: tuple[str, ...] = ("ar", "bidirectional")
 DEFAULTS = {"ar": {"steps": 4, "guidance": 1.0}, "bidirectional": {"steps": 30, "guidance": 6.0}}
 FPS = 24
+CHUNK_LATENTS = {"ar": AR_CHUNK_LATENTS, "bidirectional": BIDIRECTIONAL_CHUNK_LATENTS}
 
 
 @dataclass
 class GenerationRequest:
+    """One video. With ``history`` (a world session, :mod:`pipeline.world_state`) ``camera`` holds only
+    the new latents' cameras, ``image`` is None (the state carries the image's latent and embedding)
+    and the rollout resumes after the state's latents."""
+
     prompt: str
-    image: Image.Image
+    image: Image.Image | None
     camera: CameraTrajectory
     mode: Mode = "ar"
     negative_prompt: str = ""
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     seed: int = 0
+    history: WorldState | None = None
 
     @property
     def steps(self) -> int:
@@ -80,7 +89,7 @@ class GenerationResult:
     num_inference_steps: int
     guidance_scale: float
     timings: dict[str, float] = field(default_factory=dict)
-    latents: torch.Tensor | None = None  # the clean latents [1, C, L, h, w] (float32, on the CPU)
+    state: WorldState | None = None  # the whole session after this video (history + new latents)
 
 
 class _Timer:
@@ -132,6 +141,7 @@ class WorldPlayPipeline:
         dtype: torch.dtype,
         offload_encoders: bool,
         load_info: dict | None = None,
+        checkpoint_ids: dict[str, str] | None = None,
     ):
         self.transformers = transformers
         self.encoders = encoders
@@ -141,6 +151,10 @@ class WorldPlayPipeline:
         self.dtype = dtype
         self.offload_encoders = offload_encoders
         self.load_info = load_info or {}
+        # what a world state records to refuse continuing on another checkpoint
+        self.checkpoint_ids = dict(checkpoint_ids or {})
+        for mode, transformer in transformers.items():
+            self.checkpoint_ids.setdefault(mode, _config_fingerprint(transformer))
         self.compiled = env_flag("WORLDPLAY_COMPILE", False) and _compile_with_cache()
         # Decode each chunk while later ones denoise (default), or all of them after the rollout, when
         # the DiT's K/V cache is gone: the decoder's carried state (~2.8 GB at 832x480 in bf16) and one
@@ -197,6 +211,7 @@ class WorldPlayPipeline:
         scheduler = comp.load_scheduler(paths.components)
         timings["vae_scheduler"] = round(time.perf_counter() - t0, 3)
         timings["total"] = round(time.perf_counter() - started, 3)
+        checkpoint_ids = {mode: checkpoint_fingerprint(paths.transformer[mode]) for mode in modes}
         info = {
             "load_seconds": timings,
             "sources": dict(getattr(paths, "sources", {}) or {}),
@@ -212,6 +227,7 @@ class WorldPlayPipeline:
             dtype=dtype,
             offload_encoders=offload,
             load_info=info,
+            checkpoint_ids=checkpoint_ids,
         )
 
     @property
@@ -312,9 +328,45 @@ class WorldPlayPipeline:
         """Every cheap check, before any heavy work."""
         if request.mode not in self.transformers:
             raise PipelineError(f"mode {request.mode!r} is not loaded on this worker (loaded: {list(self.modes)})")
-        check_latent_count(request.camera.num_latents, request.mode)
+        if request.history is None:
+            check_latent_count(request.camera.num_latents, request.mode)
+        else:
+            self._validate_continuation(request)
         if request.steps < 1:
             raise PipelineError("num_inference_steps must be at least 1")
+
+    def _validate_continuation(self, request: GenerationRequest) -> None:
+        """A world state fits this model, this mode and the session limits; the new part is whole chunks."""
+        from .camera import check_continuation_count
+        from .components import bucket_sizes
+
+        state = request.history
+        transformer = self.transformers[request.mode]
+        if state.mode != request.mode:
+            raise StateMismatchError(f"the world state was made in {state.mode} mode; this request is {request.mode}")
+        if state.checkpoint != self.checkpoint_ids[request.mode]:
+            raise StateMismatchError(
+                f"the world state was made with another {request.mode} checkpoint ({state.checkpoint}); this "
+                f"worker runs {self.checkpoint_ids[request.mode]}"
+            )
+        channels, h, w = state.latents.shape[1:]
+        buckets = bucket_sizes(transformer.config.resolution_base)
+        if channels != transformer.config.latent_channels or (state.height, state.width) not in buckets:
+            raise StateMismatchError(
+                f"the world state is {state.width}x{state.height} with {channels} latent channels, a size this "
+                f"model does not generate"
+            )
+        if state.vision.shape[1] != transformer.config.vision_dim:
+            raise StateMismatchError(f"the world state's image embedding {list(state.vision.shape)} does not fit "
+                                     f"this model's image encoder")
+        check_continuation_count(request.camera.num_latents, request.mode)
+        limits = SessionLimits.from_env()
+        total = state.num_latents + request.camera.num_latents
+        if total > min(limits.max_latents, MAX_LATENTS):
+            raise SessionTooLongError(
+                f"the session would reach {total} latents ({4 * (total - 1) + 1} frames); this worker allows at "
+                f"most {min(limits.max_latents, MAX_LATENTS)} latents per session (WORLDPLAY_MAX_SESSION_LATENTS)"
+            )
 
     @torch.inference_mode()
     def generate(
@@ -340,27 +392,42 @@ class WorldPlayPipeline:
         steps, guidance = request.steps, request.guidance
         use_cfg = guidance > 1.0
 
-        with timer.stage("prepare_image"):
-            image = _as_rgb(request.image)
-            width, height = comp.select_bucket(image.width, image.height, transformer.config.resolution_base)
-            pixels = comp.prepare_image(image, width, height).to(self.device, self.dtype)
-            image_latent = comp.encode_condition_latents(self.vae, pixels)  # [1, C, 1, h, w]
+        history = request.history
+        if history is None:
+            with timer.stage("prepare_image"):
+                image = _as_rgb(request.image)
+                width, height = comp.select_bucket(image.width, image.height, transformer.config.resolution_base)
+                pixels = comp.prepare_image(image, width, height).to(self.device, self.dtype)
+                image_latent = comp.encode_condition_latents(self.vae, pixels)  # [1, C, 1, h, w]
+                vision = self.encoders.encode_image(image, width, height)
+        else:  # a world session: the image's latent and embedding come from the state
+            width, height = history.width, history.height
+            image_latent = history.image_latent[None, :, None].to(self.device, self.dtype)
+            vision = history.vision[None].to(self.device, self.dtype)
 
         prompts = [request.prompt] + ([request.negative_prompt] if use_cfg else [])
         need_text_encoder = any(not self.encoders.is_cached(p) for p in prompts)
         with timer.stage("encode_prompt"), self._text_encoder_on_device(need_text_encoder):
-            positive = self._conditioning(request.prompt, image, width, height)
-            negative = (self._conditioning(request.negative_prompt, image, width, height, negative=True)
-                        if use_cfg else None)
+            positive = self._conditioning(request.prompt, vision)
+            negative = self._conditioning(request.negative_prompt, vision, negative=True) if use_cfg else None
 
-        num_latents = request.camera.num_latents
+        past = history.num_latents if history is not None else 0
+        num_latents = past + request.camera.num_latents
         _, channels, _, h, w = image_latent.shape
         cond_latents = torch.zeros(1, channels + 1, num_latents, h, w, device=self.device, dtype=torch.float32)
         cond_latents[:, :channels, 0] = image_latent[:, :, 0].float()
         cond_latents[:, channels, 0] = 1.0
 
-        generator = torch.Generator("cpu").manual_seed(int(request.seed))
-        latents = torch.randn((1, channels, num_latents, h, w), generator=generator, dtype=torch.float32)
+        # the seed scheme (pipeline.seeding): noise and memory points per chunk from (seed, chunk index),
+        # so a session continued after `past` latents draws what one long generation draws
+        chunk_size = CHUNK_LATENTS[request.mode]
+        seed = int(request.seed)
+        latents = torch.empty((1, channels, num_latents, h, w), dtype=torch.float32)
+        if history is not None:
+            latents[:, :, :past] = history.latents.permute(1, 0, 2, 3).unsqueeze(0)
+        for chunk in range(past // chunk_size, num_latents // chunk_size):
+            start = chunk * chunk_size
+            latents[:, :, start:start + chunk_size] = chunk_noise(seed, chunk, (1, channels, chunk_size, h, w))
         latents = latents.to(self.device)
         sp = self.sequence_parallel
         if sp is not None:
@@ -368,20 +435,29 @@ class WorldPlayPipeline:
             # the same step
             sp.broadcast([latents, cond_latents, *positive.tensors(), *(negative.tensors() if negative else ())])
             should_cancel = sp.agreed(should_cancel, self.device)
-        points = sample_memory_points(generator)
-        w2c = request.camera.w2c
+        cameras = _session_cameras(history, request.camera)
+        w2c = cameras["w2c"]
+        points_of = MemoryPoints(seed, num_latents // chunk_size)  # the same on every rank: from the seed
+        cached: dict[int, torch.Tensor] = {}
 
-        def select(chunk_start: int, chunk_size: int):
-            return select_context_latents(w2c, chunk_start, chunk_size, points=points)
+        def select(chunk_start: int, chunk_size_: int):
+            if chunk_start <= MEMORY_SIZE:  # every earlier latent is context: no points needed
+                return select_context_latents(w2c, chunk_start, chunk_size_, points=torch.zeros(0, 3))
+            chunk = chunk_start // chunk_size
+            if chunk not in cached:
+                cached.clear()
+                cached[chunk] = points_of(chunk)
+            return select_context_latents(w2c, chunk_start, chunk_size_, points=cached[chunk])
 
         select.memory_size = MEMORY_SIZE  # type: ignore[attr-defined]
         camera = Camera(
-            viewmats=request.camera.w2c.unsqueeze(0).to(self.device),
-            intrinsics=request.camera.intrinsics.unsqueeze(0).to(self.device),
-            actions=request.camera.actions.unsqueeze(0).to(self.device),
+            viewmats=w2c.unsqueeze(0).to(self.device),
+            intrinsics=cameras["intrinsics"].unsqueeze(0).to(self.device),
+            actions=cameras["actions"].unsqueeze(0).to(self.device),
         )
         rollout = ar_rollout if request.mode == "ar" else bidirectional_rollout
-        chunks = ChunkFrames(self.vae, timer, on_frames, during_denoise=self.decode_during_denoise)
+        chunks = ChunkFrames(self.vae, timer, on_frames, during_denoise=self.decode_during_denoise,
+                             history_latents=past)
 
         with timer.stage("denoise"):
             latents = rollout(
@@ -400,6 +476,7 @@ class WorldPlayPipeline:
                     should_cancel=should_cancel,
                     on_chunk=chunks.chunk_done,
                     trace=trace,
+                    first_latent=past,
                 ),
             )
         if chunks.fell_back:
@@ -411,6 +488,17 @@ class WorldPlayPipeline:
             raise RuntimeError(f"decoded {chunks.latents_decoded} of {num_latents} latents")
         if callback is not None:
             callback("decoded", 1, 1)
+        state = WorldState(
+            latents=latents[0].permute(1, 0, 2, 3).float().cpu().contiguous(),
+            c2w=torch.from_numpy(cameras["c2w64"]),
+            intrinsics=cameras["intrinsics"].cpu(),
+            actions=cameras["actions"].cpu(),
+            image_latent=image_latent[0, :, 0].float().cpu(),
+            vision=vision[0].float().cpu(),
+            prompt=request.prompt, negative_prompt=request.negative_prompt, seed=seed, mode=request.mode,
+            num_inference_steps=steps, guidance_scale=guidance, width=width, height=height,
+            checkpoint=self.checkpoint_ids[request.mode],
+        )
         return GenerationResult(
             frames=frames,
             width=frames.shape[2],
@@ -421,16 +509,13 @@ class WorldPlayPipeline:
             num_inference_steps=steps,
             guidance_scale=guidance,
             timings=timer.timings,
-            latents=latents.detach().to("cpu", torch.float32),
+            state=state,
         )
 
-    def _conditioning(
-        self, prompt: str, image: Image.Image, width: int, height: int, *, negative: bool = False
-    ) -> Conditioning:
+    def _conditioning(self, prompt: str, vision: torch.Tensor, *, negative: bool = False) -> Conditioning:
         """The branch's conditioning. The negative (CFG) branch gets an empty byT5 input (zeros, mask 0)
         whatever its prompt quotes, as upstream HY-WorldPlay does: glyph text only steers towards."""
         embeds = self.encoders.encode_prompt(prompt)
-        vision = self.encoders.encode_image(image, width, height)
         byt5, byt5_mask = embeds.byt5, embeds.byt5_mask
         if negative:
             byt5, byt5_mask = torch.zeros_like(byt5), torch.zeros_like(byt5_mask)
@@ -462,12 +547,16 @@ class ChunkFrames:
     over twice), then decodes the rest. The frames are the same; only the overlap is lost.
     """
 
-    def __init__(self, vae, timer: _Timer, on_frames: Callable[[np.ndarray], None] | None, *, during_denoise: bool):
+    def __init__(self, vae, timer: _Timer, on_frames: Callable[[np.ndarray], None] | None, *, during_denoise: bool,
+                 history_latents: int = 0):
         self.vae = vae
         self.timer = timer
         self.on_frames = on_frames
         self.during_denoise = during_denoise
-        self.decoder: CausalVAEDecoder | None = CausalVAEDecoder(vae)
+        # a world session resumes after `history_latents` clean latents: the decoder's causal state is
+        # rebuilt from the last of them before the first new chunk (see _new_decoder)
+        self.history_latents = history_latents
+        self.decoder: CausalVAEDecoder | None = None
         self.pieces: list[np.ndarray] = []
         self.handed_over: list[tuple[int, int]] = []  # chunks whose frames are in `pieces`
         self.waiting: list[tuple[int, int]] = []  # chunks denoised but not decoded yet
@@ -475,7 +564,18 @@ class ChunkFrames:
 
     @property
     def latents_decoded(self) -> int:
-        return self.handed_over[-1][1] if self.handed_over else 0
+        return self.handed_over[-1][1] if self.handed_over else self.history_latents
+
+    def _new_decoder(self, latents: torch.Tensor) -> CausalVAEDecoder:
+        """A decoder ready for latent `history_latents`: after a session's history, its state is rebuilt
+        by re-reading the history's last latents as far back as the decoder's receptive field reaches
+        (frames dropped), which makes the next frames exactly those of one long decode."""
+        decoder = CausalVAEDecoder(self.vae)
+        if self.history_latents:
+            start = max(0, self.history_latents - decoder.history_latents())
+            with self.timer.stage("decode_resume"):
+                decoder.resume(latents[:, :, start:self.history_latents], start)
+        return decoder
 
     def chunk_done(self, start: int, end: int, latents: torch.Tensor) -> None:
         """The rollout's ``on_chunk``: latents[:, :, start:end] are final."""
@@ -483,6 +583,8 @@ class ChunkFrames:
             self.waiting.append((start, end))
             return
         try:
+            if self.decoder is None:
+                self.decoder = self._new_decoder(latents)
             self._decode_and_hand_over(start, end, latents)
             return
         except torch.OutOfMemoryError:
@@ -501,7 +603,7 @@ class ChunkFrames:
     def finish(self, latents: torch.Tensor) -> np.ndarray:
         """Decode whatever is still waiting and return all the frames [T, H, W, 3]."""
         if self.decoder is None:
-            self.decoder = CausalVAEDecoder(self.vae)
+            self.decoder = self._new_decoder(latents)
             with self.timer.stage("decode"):
                 for start, end in self.handed_over:
                     self.decoder.decode(latents[:, :, start:end])
@@ -552,6 +654,31 @@ class HostResident:
         finally:
             for name, tensor in self._tensors():
                 tensor.data = self.host[name]
+
+
+def _session_cameras(history: WorldState | None, camera: CameraTrajectory) -> dict[str, torch.Tensor]:
+    """Per-latent cameras of the whole session: the state's, then the request's new ones."""
+    c2w64 = c2w64_of(camera)
+    if history is None:
+        return {"c2w64": c2w64, "w2c": camera.w2c, "intrinsics": camera.intrinsics, "actions": camera.actions}
+    old64 = history.c2w.numpy()
+    return {
+        "c2w64": np.concatenate([old64, c2w64]),
+        # the inverse per matrix, as a one-shot trajectory computes it
+        "w2c": torch.cat([torch.from_numpy(np.linalg.inv(old64).astype(np.float32)), camera.w2c]),
+        "intrinsics": torch.cat([history.intrinsics.float(), camera.intrinsics]),
+        "actions": torch.cat([history.actions.long(), camera.actions]),
+    }
+
+
+def _config_fingerprint(transformer: WorldPlayTransformer) -> str:
+    """Identity of a transformer built without a checkpoint path (its config only)."""
+    import dataclasses
+    import hashlib
+    import json
+
+    config = {k: v for k, v in dataclasses.asdict(transformer.config).items() if k != "extra"}
+    return "config-sha256:" + hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def _as_rgb(image: Image.Image) -> Image.Image:

@@ -70,3 +70,27 @@ class RankFailedError(PipelineError):
     """A sequence-parallel rank died, failed or stopped answering; the worker must be replaced."""
 
     code = "RANK_FAILED"
+
+
+class StateError(PipelineError):
+    """A world state (``continue_from``) is not a valid state object: header, tensors, metadata."""
+
+    code = "INVALID_STATE"
+
+
+class StateNotFoundError(StateError):
+    """The world state object named by ``continue_from`` does not exist."""
+
+    code = "STATE_NOT_FOUND"
+
+
+class StateMismatchError(StateError):
+    """A valid world state made by another checkpoint, mode or size than this request can continue."""
+
+    code = "STATE_MISMATCH"
+
+
+class SessionTooLongError(StateError):
+    """A world session would exceed the configured maximum (latents or state bytes)."""
+
+    code = "SESSION_TOO_LONG"

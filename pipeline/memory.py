@@ -33,7 +33,9 @@ Randomness: the reference draws its 50 000 points once per generation from the *
 that RNG, so its context choice is not reproducible. Here the points come from an explicit generator
 (:func:`sample_memory_points`), drawn with the same calls in the same order, so
 ``sample_memory_points(torch.Generator().manual_seed(s))`` is bit-identical to what the reference gets
-after ``torch.manual_seed(s)``. Draw them once per request and pass them to every chunk.
+after ``torch.manual_seed(s)``. The engine draws a fresh set per chunk from (seed, chunk index)
+(:mod:`pipeline.seeding`), so that a world session continued later selects exactly what one long
+generation would.
 
 Everything is computed on the CPU in float64 (the reference works on float64 numpy poses); inputs may
 live on any device. A call costs about 5 ms of CPU time with 32 latents (125 frames) and about 25 ms

@@ -113,6 +113,9 @@ class RolloutInputs:
     should_cancel: Callable[[], bool] | None = None
     on_chunk: ChunkCallback | None = None
     trace: "Trace | None" = None
+    # a resumed rollout (world session): latents[:, :, :first_latent] are the clean history, and the
+    # rollout starts at the chunk holding latent first_latent (a multiple of the chunk size)
+    first_latent: int = 0
 
     @property
     def use_cfg(self) -> bool:
@@ -163,8 +166,11 @@ def _run_chunks(transformer: WorldPlayTransformer, scheduler, job: RolloutInputs
     """
     latents = job.latents
     chunks = latents.shape[2] // size
-    progress = Progress(chunks * job.num_steps, job.callback, job.should_cancel)
-    for chunk in range(chunks):
+    if job.first_latent % size or not 0 <= job.first_latent < latents.shape[2]:
+        raise ValueError(f"first_latent {job.first_latent} is not a chunk start below {latents.shape[2]}")
+    first_chunk = job.first_latent // size
+    progress = Progress((chunks - first_chunk) * job.num_steps, job.callback, job.should_cancel)
+    for chunk in range(first_chunk, chunks):
         start, end = chunk * size, (chunk + 1) * size
         context = _context_indices(job.select_context, start, size) if chunk else []
         begin_chunk(chunk, context)

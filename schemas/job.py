@@ -41,6 +41,7 @@ MAX_SEED = 2**32 - 1
 RANDOM_SEED_MAX = 2**31 - 1
 DEFAULT_POSE = "w-31"
 DEFAULT_KEY_PREFIX = "worldplay"
+CONTINUE_LATENTS = 32  # default camera of a continuation: "w-32", 128 new frames
 
 MODE_DEFAULTS = {
     "ar": {"num_inference_steps": 4, "guidance_scale": 1.0},
@@ -128,6 +129,8 @@ class OutputOptions(_Strict):
                                             "({key_prefix}/{job_id}/preview/index.m3u8) while it "
                                             "is generated; progress updates carry preview_url. "
                                             "Off on workers with WORLDPLAY_PREVIEW=0.")
+    save_state: bool = Field(True, description="Save the world state at {key_prefix}/{job_id}/world.safetensors "
+                                               "(returned as state_key) so a later job can continue it.")
 
     @field_validator("key_prefix")
     @classmethod
@@ -150,13 +153,20 @@ def _legacy_alias_schema(schema: Dict[str, Any]) -> None:
                                            "deprecated": True}
 
 
+def _job_input_schema(schema: Dict[str, Any]) -> None:
+    _legacy_alias_schema(schema)
+    # prompt is required unless the job continues a world state (which carries its prompt)
+    schema["anyOf"] = [{"required": ["prompt"]}, {"required": ["continue_from"]}]
+
+
 class JobInput(_Strict):
     """A generation request: prompt + one image source + one camera source."""
 
-    model_config = ConfigDict(json_schema_extra=_legacy_alias_schema)
+    model_config = ConfigDict(json_schema_extra=_job_input_schema)
 
-    prompt: str = Field(..., max_length=MAX_PROMPT_CHARS,
-                        description="What the scene looks like (required, non-empty).")
+    prompt: Optional[str] = Field(None, max_length=MAX_PROMPT_CHARS,
+                                  description="What the scene looks like (required, non-empty; with "
+                                              "continue_from it defaults to the state's prompt).")
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS,
                                  description="Used only when guidance_scale > 1.")
 
@@ -206,6 +216,11 @@ class JobInput(_Strict):
                                 description="null: random in 0..2^31-1 (returned in the output).")
     fps: int = Field(24, ge=1, le=60, description="Frame rate of the MP4.")
     output: OutputOptions = Field(default_factory=OutputOptions)
+    continue_from: Optional[str] = Field(
+        None, max_length=MAX_KEY_CHARS,
+        description="state_key of an earlier job: continue its world. The camera path then gives only the "
+                    "new latents, no image is sent, and prompt, negative_prompt, mode, steps, guidance and "
+                    "seed default to the state's.")
 
     @model_validator(mode="before")
     @classmethod
@@ -216,13 +231,15 @@ class JobInput(_Strict):
 
     @field_validator("prompt")
     @classmethod
-    def _prompt(cls, v: str) -> str:
+    def _prompt(cls, v: Optional[str]) -> Optional[str]:
+        if v is None:
+            return v
         v = v.strip()
         if not v:
             raise ValueError("prompt must not be empty")
         return v
 
-    @field_validator("image_key", "pose_key")
+    @field_validator("image_key", "pose_key", "continue_from")
     @classmethod
     def _key(cls, v: Optional[str], info) -> Optional[str]:
         return None if v is None else _check_object_key(v, info.field_name)
@@ -277,7 +294,13 @@ class JobInput(_Strict):
     @model_validator(mode="after")
     def _exactly_one(self) -> "JobInput":
         images = [name for name in IMAGE_FIELDS if getattr(self, name) is not None]
-        if len(images) != 1:
+        if self.continue_from is not None:
+            if images:
+                raise ValueError(f"continue_from takes no image ({', '.join(images)} given): the world state "
+                                 "carries the image")
+        elif self.prompt is None:
+            raise ValueError("prompt: field required")
+        elif len(images) != 1:
             given = ", ".join(images) if images else "none"
             raise ValueError("exactly one of image_key (alias input_image_minio_path), image_url, "
                              f"image_base64 is required (given: {given})")
@@ -285,14 +308,16 @@ class JobInput(_Strict):
         if len(cameras) > 1:
             raise ValueError("at most one of pose, pose_key, pose_json, actions may be given "
                              f"(given: {', '.join(cameras)})")
-        if not cameras:
+        if not cameras and self.continue_from is not None:  # a continuation adds 4 frames per latent
+            self.pose = f"w-{max(1, self.num_frames // 4) if self.num_frames else CONTINUE_LATENTS}"
+        elif not cameras:
             self.pose = default_pose(self.num_frames)
         return self
 
     # ---- resolved values -------------------------------------------------------------------
     @property
     def image_source(self) -> str:
-        return next(name for name in IMAGE_FIELDS if getattr(self, name) is not None)
+        return next((name for name in IMAGE_FIELDS if getattr(self, name) is not None), "continue_from")
 
     @property
     def camera_source(self) -> str:
@@ -320,7 +345,8 @@ class JobInput(_Strict):
             "guidance": self.guidance,
             "seed": self.seed,
             "fps": self.fps,
-            "prompt_chars": len(self.prompt),
+            "prompt_chars": len(self.prompt or ""),
+            "continue_from": self.continue_from is not None,
         }
 
 
@@ -379,6 +405,10 @@ class JobOutput(BaseModel):
     preview_url: Optional[str] = Field(None, description="Presigned URL of that playlist (same "
                                                          "lifetime as presigned_url).")
     preview_segments: Optional[int] = Field(None, description="Segments the playlist lists.")
+    state_key: Optional[str] = Field(None, description="Object key of the world state (the whole session so "
+                                                       "far); pass it as continue_from. null when not saved.")
+    session_latents: Optional[int] = Field(None, description="Latents in the world session after this job "
+                                                             "(the video holds only this job's part).")
 
 
 class HealthOutput(BaseModel):

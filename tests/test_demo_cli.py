@@ -41,3 +41,26 @@ def test_demo_removes_a_partial_file_when_generation_fails(tmp_path, capsys, mon
     assert main(["--tiny", "--pose", "w-7", "--out", str(out)]) == 1
     assert "stopped after the first chunk" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_state_out_and_continue_from_match_one_long_run(tmp_path, capsys):
+    """--state-out / --continue-from: the worker's world sessions from the command line."""
+    import torch
+
+    from pipeline.world_state import WorldState
+
+    assert main(["--tiny", "--pose", "w-7, a-4", "--steps", "1", "--out", str(tmp_path / "one.mp4"),
+                 "--state-out", str(tmp_path / "one.safetensors")]) == 0
+    assert main(["--tiny", "--pose", "w-7", "--steps", "1", "--out", str(tmp_path / "a.mp4"),
+                 "--state-out", str(tmp_path / "a.safetensors")]) == 0
+    capsys.readouterr()
+    assert main(["--tiny", "--continue-from", str(tmp_path / "a.safetensors"), "--pose", "a-4",
+                 "--out", str(tmp_path / "b.mp4"), "--state-out", str(tmp_path / "b.safetensors")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["num_frames"] == 16 and report["session_latents"] == 12
+    one = WorldState.load(tmp_path / "one.safetensors")
+    split = WorldState.load(tmp_path / "b.safetensors")
+    assert split.num_inference_steps == 1 and torch.equal(split.latents, one.latents)
+    assert main(["--tiny", "--continue-from", str(tmp_path / "missing.safetensors"), "--pose", "w-4",
+                 "--out", str(tmp_path / "c.mp4")]) == 1
+    assert "error: STATE_NOT_FOUND" in capsys.readouterr().err

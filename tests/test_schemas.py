@@ -209,9 +209,25 @@ def test_python_m_schemas_prints_both_schemas():
     job_schema, health_schema = defs["JobInput"], defs["HealthInput"]
     assert [r["$ref"] for r in defs["Input"]["anyOf"]] == ["#/$defs/JobInput", "#/$defs/HealthInput"]
     assert "prompt" in job_schema["properties"] and job_schema["additionalProperties"] is False
-    assert job_schema["required"] == ["prompt"]
+    # prompt is required unless continue_from names a world state (checked by the model, not the schema)
+    assert "required" not in job_schema and "continue_from" in job_schema["properties"]
+    assert job_schema["anyOf"] == [{"required": ["prompt"]}, {"required": ["continue_from"]}]
     assert "health" in health_schema["properties"]
     assert {r["$ref"] for r in defs["Output"]["anyOf"]} == {
         "#/$defs/JobOutput", "#/$defs/HealthOutput", "#/$defs/ErrorOutput"}
     timings = defs["Timings"]["properties"]
     assert "validate" in timings and "presigned_url" in defs["JobOutput"]["properties"]
+
+
+def test_continuation_requests():
+    req = parse_input({"continue_from": "worldplay/job-1/world.safetensors", "pose": "w-8"})
+    assert req.prompt is None and req.continue_from.endswith("world.safetensors")
+    assert req.output.save_state is True
+    assert parse_input({"continue_from": "a/world.safetensors"}).pose == "w-32"
+    assert parse_input({"continue_from": "a/world.safetensors", "num_frames": 64}).pose == "w-16"
+    assert "takes no image" in errors_of({"continue_from": "a/world.safetensors", **IMG})
+    assert "'..'" in errors_of({"continue_from": "a/../b"})
+    assert "prompt: field required" in errors_of({"pose": "w-8", **IMG})
+    off = parse_input({"prompt": "p", **IMG, "output": {"save_state": False}})
+    assert off.output.save_state is False
+    assert "save_state" in errors_of({"prompt": "p", **IMG, "output": {"save_state": "no"}})

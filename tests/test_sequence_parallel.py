@@ -95,7 +95,7 @@ def test_cli_two_ranks_give_the_latents_of_one(mode, pose, tmp_path, capsys):
     for ranks in (1, 2):
         path = tmp_path / f"latents-{ranks}.safetensors"
         code = cli(["--tiny", "--mode", mode, "--pose", pose, "--steps", "2", "--guidance", "3", "--seed", "7",
-                    "--sp", str(ranks), "--out", str(tmp_path / f"{ranks}.mp4"), "--latents-out", str(path)])
+                    "--sp", str(ranks), "--out", str(tmp_path / f"{ranks}.mp4"), "--state-out", str(path)])
         assert code == 0
         assert json.loads(capsys.readouterr().out)["ranks"] == ranks
         latents[ranks] = load_file(str(path))["latents"]
@@ -139,7 +139,7 @@ def worker_env(s3_env, tiny_models, monkeypatch):
 
             def generate(request, *args, **kwargs):
                 result = real(request, *args, **kwargs)
-                captured.append(result.latents)
+                captured.append(result.state.latents)
                 return result
 
             pipe.generate = generate

@@ -16,6 +16,10 @@ def test_run_local_passes(tiny_models, tmp_path):
     assert (video["width"], video["height"]) == (report["output"]["width"],
                                                  report["output"]["height"])
     assert (tmp_path / "smoke.mp4").stat().st_size == report["bytes"]
+    # the world session: the state of the first job continued by 4 latents = 16 new frames
+    assert report["output"]["state_key"].endswith("/world.safetensors")
+    assert report["continuation"]["video"]["num_frames"] == 16
+    assert report["continuation"]["state_key"] != report["output"]["state_key"]
 
 
 def test_check_mp4_reports_each_mismatch(tmp_path):

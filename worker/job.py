@@ -32,6 +32,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from pydantic import ValidationError
 
 import schemas
+from worker import session
 from worker.errors import WorkerError, clean_message, from_exception
 
 log = logging.getLogger("worldplay.job")
@@ -408,7 +409,8 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
         if isinstance(req, schemas.HealthInput):
             return health_report()
         modes = configured_modes()
-        if req.mode not in modes:
+        # a continuation's mode defaults to its state's: checked once the state is read
+        if req.mode not in modes and (req.continue_from is None or "mode" in req.model_fields_set):
             raise WorkerError("MODE_UNAVAILABLE",
                               f"mode {req.mode!r} is not served by this worker "
                               f"(WORLDPLAY_MODES={','.join(modes)}); send it to an endpoint "
@@ -426,8 +428,13 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
         t0 = time.perf_counter()
         progress.update("fetch", force=True)
         spec = camera_spec(req)
-        trajectory = parse_camera(req, spec)
-        image = fetch_image(req, cancel_event)
+        world = None
+        if req.continue_from is not None:  # a world session: no image, new latents only
+            world = session.open_world(req, spec, storage, modes)
+            req, seed, trajectory, image = world.req, world.seed, world.request.camera, None
+        else:
+            trajectory = parse_camera(req, spec)
+            image = fetch_image(req, cancel_event)
         stages.add("fetch", time.perf_counter() - t0)
         _check_cancel(cancel_event, "loading")
 
@@ -440,7 +447,7 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
 
         # -- generate, with H.264 encoding of each finished chunk on a background thread
         t0 = time.perf_counter()
-        request = _request_class()(
+        request = world.request if world is not None else _request_class()(
             prompt=req.prompt, negative_prompt=req.negative_prompt, image=image,
             camera=trajectory, mode=req.mode, num_inference_steps=req.steps,
             guidance_scale=req.guidance, seed=seed)
@@ -475,9 +482,10 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
             if streamed not in (0, frames.shape[0]):
                 raise WorkerError("INTERNAL_ERROR", f"pipeline handed over {streamed} frames but "
                                                     f"returned {frames.shape[0]}")
-            if frames.shape[0] != trajectory.num_frames:
+            expected = world.num_frames if world is not None else trajectory.num_frames
+            if frames.shape[0] != expected:
                 log.warning("job %s: pipeline returned %d frames, camera path has %d", job_id,
-                            frames.shape[0], trajectory.num_frames)
+                            frames.shape[0], expected)
             _check_cancel(cancel_event, "encoding")
 
             # -- encode: what is left of it (the last chunk, the container's index)
@@ -505,6 +513,7 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
             where = f"s3://{storage.bucket}/{key}"
         if preview is not None and not preview.wait():
             log.warning("job %s: live preview still uploading; not waiting for it", job_id)
+        state_key, session_latents = session.save_world(storage, req, job_id, result)
         stages.add("upload", time.perf_counter() - t0)
 
         total = round(time.perf_counter() - started, 4)
@@ -514,6 +523,7 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
             duration_seconds=round(info.duration, 4), seed=seed, mode=req.mode,
             num_inference_steps=req.steps, guidance_scale=req.guidance,
             timings=schemas.Timings(**stages.timings), generation_time_seconds=total,
+            state_key=state_key, session_latents=session_latents,
             **(preview.result() if preview is not None else {}),
         ).model_dump(by_alias=True, exclude=delivery.left_out(delivered))
         log.info("job %s: done in %.2f s (%s) -> %s", job_id, total,

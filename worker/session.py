@@ -1,0 +1,110 @@
+"""World sessions in the job flow: continue a job's world from its saved state, and save the new one.
+
+``open_world`` reads the state named by ``continue_from`` from the bucket (size checked before the
+download), parses it strictly (:mod:`pipeline.world_state`) and builds the continuation's
+``GenerationRequest`` with :func:`pipeline.world_state.continuation_request` — the same code path as
+``python -m pipeline --continue-from``. ``save_world`` writes ``{key_prefix}/{job_id}/world.safetensors``
+after the video, unless the request (``output.save_state: false``) or ``WORLDPLAY_SAVE_STATE=0`` turns
+it off, no storage is configured, or the pipeline returned no state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple
+
+from worker.errors import WorkerError
+
+log = logging.getLogger("worldplay.session")
+
+STATE_FILE = "world.safetensors"
+
+
+@dataclass
+class ContinuedWorld:
+    """A continuation ready to generate: the request, the resolved job input and the state's size."""
+
+    request: Any  # pipeline.engine.GenerationRequest with history
+    req: Any  # schemas.JobInput with mode / steps / guidance / seed / prompts filled from the state
+    seed: int
+    new_latents: int
+    state_bytes: int
+    load_seconds: float
+
+    @property
+    def num_frames(self) -> int:
+        """Frames of the continuation's video: 4 per new latent (no new start frame)."""
+        return 4 * self.new_latents
+
+
+def open_world(req, spec: Any, storage, modes: Tuple[str, ...]) -> ContinuedWorld:
+    """Load and check the state ``req.continue_from`` and build the continuation request."""
+    from pipeline.continuation import continuation_request
+    from pipeline.world_state import SessionLimits, WorldState, check_state_size
+
+    started = time.perf_counter()
+    key = req.continue_from
+    if storage is None:
+        raise WorkerError("STORAGE_NOT_CONFIGURED", "continue_from reads the world state from the bucket: "
+                                                    "this worker has no storage configured (MINIO_*)")
+    limits = SessionLimits.from_env()
+    try:
+        size = storage.stat_size(key)
+    except WorkerError as exc:
+        if exc.code == "OBJECT_NOT_FOUND":
+            raise WorkerError("STATE_NOT_FOUND", f"world state {key!r} does not exist in bucket "
+                                                 f"{storage.bucket!r} (continue_from takes the state_key "
+                                                 "of an earlier job)") from None
+        raise
+    check_state_size(size, limits)
+    state = WorldState.from_bytes(storage.get_bytes(key, limits.max_bytes), limits)
+    fields = req.model_fields_set
+    mode = req.mode if "mode" in fields else state.mode  # another mode than the state's: STATE_MISMATCH
+    request = continuation_request(
+        state, spec,
+        prompt=req.prompt,
+        negative_prompt=req.negative_prompt if "negative_prompt" in fields else None,
+        mode=mode,
+        num_inference_steps=req.num_inference_steps,
+        guidance_scale=req.guidance_scale,
+        seed=req.seed,
+        spec_text=req.pose if req.pose is not None and len(req.pose) <= 80 else None,
+    )
+    if request.mode not in modes:
+        raise WorkerError("MODE_UNAVAILABLE", f"the world state is in {request.mode} mode, which this worker "
+                                              f"does not serve (WORLDPLAY_MODES={','.join(modes)})")
+    new_latents = request.camera.num_latents
+    if req.num_frames is not None and req.num_frames != 4 * new_latents:
+        raise WorkerError("INVALID_FRAME_COUNT",
+                          f"num_frames {req.num_frames} does not match the continuation: {new_latents} new "
+                          f"latents render {4 * new_latents} new frames")
+    resolved = req.model_copy(update={
+        "prompt": request.prompt, "negative_prompt": request.negative_prompt, "mode": request.mode,
+        "num_inference_steps": request.num_inference_steps, "guidance_scale": request.guidance_scale,
+    })
+    log.info("continuing world %s: %d latents + %d new (%d bytes)", key, state.num_latents, new_latents, size)
+    return ContinuedWorld(request=request, req=resolved, seed=int(request.seed), new_latents=new_latents,
+                          state_bytes=size, load_seconds=round(time.perf_counter() - started, 4))
+
+
+def save_enabled(req) -> bool:
+    from pipeline.settings import env_flag
+
+    return bool(req.output.save_state) and bool(env_flag("WORLDPLAY_SAVE_STATE", True))
+
+
+def save_world(storage, req, job_id: str, result) -> Tuple[Optional[str], Optional[int]]:
+    """Upload the session's state after this job; returns (state_key, session latents) or (None, None)."""
+    state = getattr(result, "state", None)
+    if state is None or storage is None or not save_enabled(req):
+        return None, None
+    import worker
+
+    state.worker_version = worker.__version__
+    key = f"{req.output.key_prefix}/{job_id}/{STATE_FILE}"
+    data = state.to_bytes()
+    storage.put_bytes(key, data, content_type="application/octet-stream")
+    log.info("saved world state (%d latents, %d bytes) -> %s", state.num_latents, len(data), key)
+    return key, state.num_latents
