@@ -133,19 +133,19 @@ def run_fetch(dest: Path, mode: str, *, allow_download: bool, dest_label: str | 
     """``dest_label``: how the user named ``dest`` (``--dest D`` or ``WORLDPLAY_MODEL_DIR=D``), for errors."""
     t0 = time.perf_counter()
     try:
-        report = prefetch(mode, dest, allow_download=allow_download)
+        paths, origins = prefetch(mode, dest, allow_download=allow_download)
     except ModelNotFoundError as exc:
         if allow_download:
             raise
         raise ModelNotFoundError(f"{dest_label or f'--dest {dest}'}: {exc.message}; run without --no-download to fetch "
                                  "only the missing files") from None
-    for key, origin in report.origins.items():
-        path = report.paths.components if key == "components" else report.paths.transformer[key]
+    for key, origin in origins.items():
+        path = paths.components if key == "components" else paths.transformer[key]
         print(f"{key:<14} {origin}\n{'':<14} -> {path}")
-    folders = [report.paths.components] + [p.parent for p in report.paths.transformer.values()]
-    total = sum(f.stat().st_size for d in folders for f in d.rglob("*") if f.is_file() and ".cache" not in f.relative_to(d).parts)
-    print(f"total size: {fmt_bytes(total)} ({total} bytes) in {dest} "
-          f"[{time.perf_counter() - t0:.1f}s]")
+    folders = [paths.components] + [p.parent for p in paths.transformer.values()]  # checkpoints with their configs
+    total = sum(f.stat().st_size for d in folders for f in d.rglob("*")
+                if f.is_file() and ".cache" not in f.relative_to(d).parts)
+    print(f"total size: {fmt_bytes(total)} ({total} bytes) in {dest} [{time.perf_counter() - t0:.1f}s]")
     return 0
 
 

@@ -1,11 +1,11 @@
 """Model resolution: find, fetch and verify exactly the files the worker needs.
 
-The one home of model location logic, for the handler's cold start and ``download_models.py``.
-Components (``ModelPaths``): ``components``, the diffusers repo ``hunyuanvideo-community/HunyuanVideo-1.5-480p_i2v``
-without ``transformer/``; ``ar`` and ``bidirectional``, a checkpoint each (and its ``config.json``) from
+The one home of model location logic, for the handler's cold start and ``download_models.py``. Components
+(``ModelPaths``): ``components``, the diffusers repo ``hunyuanvideo-community/HunyuanVideo-1.5-480p_i2v`` without
+``transformer/``; ``ar`` and ``bidirectional``, a checkpoint each (and its ``config.json``) from
 ``tencent/HY-WorldPlay``. Each comes from the first place holding it complete (:mod:`pipeline.resolve_verify`):
 
-1. ``WORLDPLAY_MODEL_DIR`` in the local layout: ``<dir>/HunyuanVideo-1.5-480p_i2v/``, ``<dir>/HY-WorldPlay/<sub>/<file>``;
+1. ``WORLDPLAY_MODEL_DIR`` in the local layout, ``<dir>/HunyuanVideo-1.5-480p_i2v/`` and ``<dir>/HY-WorldPlay/<sub>/``;
 2. the RunPod model cache (``RUNPOD_HF_CACHE``), then 3. the Hugging Face cache: in each, a bundle repo in the
    local layout first, then the official repos; in each repo the snapshot ``refs/<revision>`` names, then the newest;
 4. ``WORLDPLAY_DOWNLOAD_DIR`` (local layout);
@@ -82,7 +82,8 @@ class Settings:
         hf_cache = env("HF_HUB_CACHE") or env("HUGGINGFACE_HUB_CACHE") or os.path.join(hf_home, "hub")
         worldplay = (env("WORLDPLAY_REPO", DEFAULT_WORLDPLAY_REPO), env("WORLDPLAY_REVISION", "main"))
         return cls(
-            model_dir=path(model_dir or env("WORLDPLAY_MODEL_DIR")), download_dir=path(download_dir or env("WORLDPLAY_DOWNLOAD_DIR")),
+            model_dir=path(model_dir or env("WORLDPLAY_MODEL_DIR")),
+            download_dir=path(download_dir or env("WORLDPLAY_DOWNLOAD_DIR")),
             allow_download=bool(env_flag("WORLDPLAY_ALLOW_DOWNLOAD", False) if allow_download is None else allow_download),
             runpod_cache=Path(env("RUNPOD_HF_CACHE", DEFAULT_RUNPOD_CACHE)),
             hf_cache=Path(os.path.expandvars(hf_cache)).expanduser(),  # huggingface_hub's rules, but read now
@@ -107,16 +108,14 @@ def set_hub_offline(offline: bool = True) -> None:
     constants.HF_HUB_OFFLINE = bool(offline)
 
 
-def _keys(modes: str | Sequence[str]) -> tuple[str, ...]:
-    """``components`` and the modes asked for (``all``: every mode), in canonical order."""
+def _keys(modes: str | Sequence[str]) -> tuple[str, ...]:  # "components" and the modes asked for, in order
     modes = (modes,) if isinstance(modes, str) else tuple(modes)
     if not modes or any(m != "all" and m not in MODES for m in modes):
         raise ValueError(f"modes {modes!r}: expected one or more of {', '.join(MODES)} or 'all'")
     return ("components",) + tuple(m for m in MODES if m in modes or "all" in modes)
 
 
-def _rel(key: str) -> str:
-    """Path of a component inside its repo ("" for the components repo itself)."""
+def _rel(key: str) -> str:  # path of a component inside its repo
     return "" if key == "components" else "/".join(TRANSFORMER_FILES[key])
 
 
@@ -137,11 +136,10 @@ def check_model_dir(root: str | os.PathLike, modes: str | Sequence[str] = MODES)
 
 
 def snapshot_dirs(repo_folder: str | os.PathLike, revision: str = "main") -> list[Path]:
-    """Snapshots of a cached repo, best first: the one ``revision`` names (``refs/<revision>`` or a commit), then newest.
+    """Snapshots of a cached repo, best first: the one ``revision`` names (``refs/<revision>``, a commit), then newest.
 
-    huggingface_hub's cache readers (``try_to_load_from_cache``, ``scan_cache_dir``, ``snapshot_download`` with
-    ``local_files_only``) read a ref verbatim (one ending in a newline misses) and never fall back to the newest
-    snapshot, which RunPod's own resolver does.
+    huggingface_hub's cache readers (``scan_cache_dir``, ``try_to_load_from_cache``) read a ref verbatim (one ending
+    in a newline misses) and never fall back to the newest snapshot, which RunPod's own resolver does.
     """
     snaps, ref = Path(repo_folder) / "snapshots", Path(repo_folder) / "refs" / revision
     if not snaps.is_dir():
@@ -151,8 +149,8 @@ def snapshot_dirs(repo_folder: str | os.PathLike, revision: str = "main") -> lis
     except OSError:
         named = revision
     first = [snaps / named] if named and (snaps / named).is_dir() else []
-    others = sorted(((d.stat().st_mtime, d.name, d) for d in snaps.iterdir() if d.is_dir() and d not in first), reverse=True)
-    return first + [d for _, _, d in others]
+    others = sorted(((d.stat().st_mtime, d.name, d) for d in snaps.iterdir() if d.is_dir() and d not in first))
+    return first + [d for _, _, d in reversed(others)]
 
 
 def _candidates(key: str, s: Settings) -> Iterator[tuple[str, str, Path]]:
@@ -199,7 +197,6 @@ def _locate(keys: Sequence[str], s: Settings) -> tuple[dict[str, tuple[str, str,
 
 
 def _not_found(missing: dict[str, list[str]], s: Settings, unset: str = "WORLDPLAY_MODEL_DIR (unset)") -> str:
-    """What was wrong where, and the places searched."""
     looked = [f"WORLDPLAY_MODEL_DIR={s.model_dir}" if s.model_dir else unset, f"RunPod cache {s.runpod_cache}",
               f"HF cache {s.hf_cache}", f"WORLDPLAY_DOWNLOAD_DIR={s.download_dir}" if s.download_dir else ""]
     detail = " | ".join(f"{k}: {'; '.join(p) if p else 'not found'}" for k, p in missing.items())
@@ -207,8 +204,8 @@ def _not_found(missing: dict[str, list[str]], s: Settings, unset: str = "WORLDPL
 
 
 def _download(keys: Sequence[str], s: Settings, layout_root: Path | None) -> dict[str, tuple[Path, int, float]]:
-    """Plan each component (Hub metadata), check the disk once for the total, then fetch into ``layout_root``
-    (local layout) or else the HF cache. Returns key -> (path, bytes fetched, seconds)."""
+    """Plan each component, check the disk once for the total, then fetch into ``layout_root`` (local layout)
+    or else the HF cache. Returns key -> (path, bytes fetched, seconds)."""
     root = layout_root or s.hf_cache
     with contextlib.suppress(OSError):
         root.mkdir(parents=True, exist_ok=True)
@@ -224,15 +221,15 @@ def _download(keys: Sequence[str], s: Settings, layout_root: Path | None) -> dic
                  else [_rel(key), f"{TRANSFORMER_FILES[key][0]}/config.json"])
         plans[key] = RepoFetch(*s.repos[key], where).plan(allow, allow[0], s.retry), time.perf_counter() - t0
     if (needed := sum(sum(f.todo.values()) for f, _ in plans.values())) > (free := shutil.disk_usage(root).free):
-        raise ModelDownloadError(f"not enough disk space in {root}: need {needed} bytes ({fmt_bytes(needed)}), {free} bytes "
-                                 f"free ({fmt_bytes(free)}); free space, enlarge the container disk, or point "
-                                 "WORLDPLAY_DOWNLOAD_DIR / HF_HUB_CACHE elsewhere")
+        raise ModelDownloadError(f"not enough disk space in {root}: need {needed} bytes ({fmt_bytes(needed)}), "
+                                 f"{free} bytes free ({fmt_bytes(free)}); free space, enlarge the container disk, "
+                                 "or point WORLDPLAY_DOWNLOAD_DIR / HF_HUB_CACHE elsewhere")
     out: dict[str, tuple[Path, int, float]] = {}
     for key, (fetch, seconds) in plans.items():
         t0 = time.perf_counter()
         fetched, path = fetch.fetch(s.retry), fetch.folder / _rel(key)
         if bad := _check(key, path):
-            raise ModelDownloadError(f"{key} from {fetch.repo} is still incomplete after downloading: " + "; ".join(bad))
+            raise ModelDownloadError(f"{key} from {fetch.repo} is still incomplete after downloading: {'; '.join(bad)}")
         out[key] = (path, fetched, seconds + time.perf_counter() - t0)
     return out
 
@@ -248,8 +245,8 @@ def resolve_models(
     """Find (or fetch) the components for ``modes`` and return their paths.
 
     The arguments override ``WORLDPLAY_ALLOW_DOWNLOAD`` (default off), ``WORLDPLAY_MODEL_DIR`` and
-    ``WORLDPLAY_DOWNLOAD_DIR``. With ``set_offline``, huggingface_hub goes offline once all is on disk. An
-    offline mode the entrypoint chose (``WORLDPLAY_AUTO_OFFLINE=1``) is lifted to download, one the user chose is not.
+    ``WORLDPLAY_DOWNLOAD_DIR``. With ``set_offline``, huggingface_hub goes offline once all is on disk. An offline
+    mode the entrypoint chose (``WORLDPLAY_AUTO_OFFLINE=1``) is lifted to download; one the user chose is not.
     """
     from huggingface_hub import constants
 
@@ -264,7 +261,8 @@ def resolve_models(
         if not s.allow_download or (offline and not env_flag("WORLDPLAY_AUTO_OFFLINE", False)):
             fix = ("HF_HUB_OFFLINE=1 forbids downloading: unset it, or provide the files locally" if s.allow_download
                    else "set WORLDPLAY_ALLOW_DOWNLOAD=1 to fetch only the needed files, or pre-fetch them with `python "
-                   f"download_models.py --mode {'all' if len(keys) > 2 else keys[1]} --dest DIR` and set WORLDPLAY_MODEL_DIR=DIR")
+                   f"download_models.py --mode {'all' if len(keys) > 2 else keys[1]} --dest DIR` and set "
+                   "WORLDPLAY_MODEL_DIR=DIR")
             raise ModelNotFoundError(f"model files missing or incomplete for mode(s) {', '.join(keys[1:])} "
                                      f"({_not_found(missing, s)}); {fix}")
         if offline:
@@ -281,20 +279,12 @@ def resolve_models(
         set_hub_offline(True)
     paths = ModelPaths(found["components"][0], {m: found[m][0] for m in keys[1:]}, {k: found[k][1] for k in keys},
                        {**{k: found[k][2] for k in keys}, "total": time.perf_counter() - t_start})
-    logger.info("models resolved in %.2fs: %s", paths.timings["total"], ", ".join(f"{k}={v}" for k, v in paths.sources.items()))
+    logger.info("models resolved in %.2fs: %s", paths.timings["total"],
+                ", ".join(f"{k}={v}" for k, v in paths.sources.items()))
     return paths
 
 
-@dataclass
-class FetchReport:
-    """What :func:`prefetch` did: ``origins`` maps each key to already present / copied from X / downloaded from R."""
-
-    paths: ModelPaths
-    origins: dict[str, str]
-
-
-def _link_or_copy(src: str | Path, dst: str | Path) -> None:
-    """Hard link (same filesystem: no copy at all) or copy, through a temporary name."""
+def _link_or_copy(src: str | Path, dst: str | Path) -> None:  # through a temporary name
     tmp = Path(f"{dst}.partial")
     tmp.unlink(missing_ok=True)
     try:
@@ -304,10 +294,12 @@ def _link_or_copy(src: str | Path, dst: str | Path) -> None:
     os.replace(tmp, dst)
 
 
-def prefetch(modes: str | Sequence[str], dest: str | os.PathLike, *, allow_download: bool = True) -> FetchReport:
-    """Make ``dest`` a complete local-layout folder for ``modes``: keep what is complete there, else copy (hard-link)
-    it from the first complete place (``WORLDPLAY_MODEL_DIR``, RunPod cache, HF cache), else download only the
-    missing files into ``dest``; without downloads, ModelNotFoundError names ``dest``'s bad files and the places searched.
+def prefetch(modes: str | Sequence[str], dest: str | os.PathLike, *, allow_download: bool = True
+             ) -> tuple[ModelPaths, dict[str, str]]:
+    """Make ``dest`` a complete local-layout folder for ``modes``; return its paths and where each component came from.
+
+    What is complete there is kept; the rest is copied (hard-linked) from the first complete place (not
+    ``WORLDPLAY_DOWNLOAD_DIR``), else its needed files are downloaded into ``dest`` when allowed.
     """
     keys, dest, s = _keys(modes), Path(dest), Settings.from_env(allow_download=allow_download)
     s.download_dir, s.model_dir = None, None if s.model_dir == dest else s.model_dir  # dest is the target, not a source
@@ -318,7 +310,8 @@ def prefetch(modes: str | Sequence[str], dest: str | os.PathLike, *, allow_downl
         if bad := _check(key, want[key]):
             own[key] = bad
         else:
-            origins[key], layout.sources[key], layout.timings[key] = f"already present in {dest}", "local", time.perf_counter() - t0
+            origins[key], layout.sources[key] = f"already present in {dest}", "local"
+            layout.timings[key] = time.perf_counter() - t0
     found, missing = _locate(list(own), s)
     if missing and not allow_download:
         key = next(iter(missing))
@@ -326,15 +319,14 @@ def prefetch(modes: str | Sequence[str], dest: str | os.PathLike, *, allow_downl
                                  f"no complete copy elsewhere ({_not_found({key: missing[key]}, s, '')})")
     for key, (source, label, path, seconds) in found.items():
         t0 = time.perf_counter()
-        folders = (path, want[key]) if key == "components" else (path.parent, want[key].parent)  # a checkpoint and its config
-        shutil.copytree(*folders, ignore=shutil.ignore_patterns("transformer", ".cache"), copy_function=_link_or_copy,
+        src, dst = (path, want[key]) if key == "components" else (path.parent, want[key].parent)  # with its config
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("transformer", ".cache"), copy_function=_link_or_copy,
                         dirs_exist_ok=True)
-        if bad := _check(key, want[key]):
-            raise ModelNotFoundError(f"{key} in {dest} is incomplete: " + "; ".join(bad))
-        origins[key], layout.sources[key], layout.timings[key] = f"copied from {label}", source, seconds + time.perf_counter() - t0
+        origins[key], layout.sources[key] = f"copied from {label}", source
+        layout.timings[key] = seconds + time.perf_counter() - t0
     for key, (_, fetched, seconds) in _download(list(missing), s, dest).items():
         origins[key] = f"downloaded from https://huggingface.co/{s.repos[key][0]} ({fmt_bytes(fetched)} fetched)"
         layout.sources[key], layout.timings[key] = "download", seconds
     for key in keys:
         logger.info("%s: %s (%.1fs)", key, origins[key], layout.timings[key])
-    return FetchReport(layout, {k: origins[k] for k in keys})
+    return layout, {k: origins[k] for k in keys}

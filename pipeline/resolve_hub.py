@@ -2,9 +2,9 @@
 
 huggingface_hub pins a revision to one commit, lists and filters files, skips what is cached,
 transfers in parallel with resume and writes ``refs/``. This module adds what a cold start needs
-around it: one free-space check for the whole set before the first byte, a re-fetch of files whose
-copy on disk is truncated or corrupt, bounded backoff over whole calls (transient errors only), and
-errors that say what to do (token, licence, repo id).
+around it: a plan (sizes, files to fetch) before the first byte, a re-fetch of files whose copy on
+disk is truncated or corrupt, bounded backoff over whole calls (transient errors only), and errors
+that say what to do (token, licence, repo id).
 """
 
 from __future__ import annotations
@@ -27,15 +27,17 @@ _sleep = time.sleep  # backoff sleep; tests replace it
 #: HTTP statuses worth retrying; any other (401, 403, 404 ...) fails at once.
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 #: weight formats never fetched from a folder that has safetensors.
-DUPLICATE_WEIGHT_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.gguf")
+DUPLICATE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.gguf")
 #: (error type names or HTTP status in the chain, what to do about it); the first match wins.
 _HINTS = (
-    ({"GatedRepoError", 403}, "access denied (403, gated repo): accept the licence at {page} as the HF_TOKEN user ({token})"),
+    ({"GatedRepoError", 403}, "access denied (403, gated repo): accept the licence at {page} as the HF_TOKEN user "
+                              "({token})"),
     ({401}, "unauthorized (401): set HF_TOKEN to a valid read token ({token})"),
     ({"RevisionNotFoundError"}, "revision not found (404): check WORLDPLAY_REVISION / WORLDPLAY_COMPONENTS_REVISION"),
-    ({"RemoteEntryNotFoundError", "EntryNotFoundError"}, "file not found in the repo (404): check WORLDPLAY_REPO / "
-                                                         "WORLDPLAY_COMPONENTS_REPO and their *_REVISION"),
-    ({"RepositoryNotFoundError", 404}, "repository not found (404), or private: check the repo id, or set HF_TOKEN ({token})"),
+    ({"RemoteEntryNotFoundError", "EntryNotFoundError"},
+     "file not found in the repo (404): check WORLDPLAY_REPO / WORLDPLAY_COMPONENTS_REPO and their *_REVISION"),
+    ({"RepositoryNotFoundError", 404}, "repository not found (404), or private: check the repo id, or set HF_TOKEN "
+                                       "({token})"),
     ({"OfflineModeIsEnabled"}, "the Hub is in offline mode (HF_HUB_OFFLINE=1): unset it, or provide the files locally"),
 )
 
@@ -57,13 +59,17 @@ def _chain(exc: BaseException | None) -> list[BaseException]:
     return chain
 
 
+def _responses(exc: BaseException) -> list:
+    return [e.response for e in _chain(exc) if getattr(e, "response", None) is not None]
+
+
 def _status(exc: BaseException) -> int | None:
-    return next((e.response.status_code for e in _chain(exc) if getattr(e, "response", None) is not None), None)
+    return next((r.status_code for r in _responses(exc)), None)
 
 
 def _failed_file(exc: BaseException) -> str | None:
     """The repo file a failed request was for (``.../resolve/<revision>/<file>``), if any."""
-    urls = [str(getattr(getattr(e.response, "request", None), "url", "")) for e in _chain(exc) if getattr(e, "response", None) is not None]
+    urls = [str(getattr(getattr(r, "request", None), "url", "")) for r in _responses(exc)]
     return next((u.split("?")[0].split("/resolve/", 1)[1].split("/", 1)[-1] for u in urls if "/resolve/" in u), None)
 
 
@@ -111,24 +117,21 @@ def retrying_call(fn: Callable, policy: RetryPolicy, repo_id: str, revision: str
 
     try:
         return tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(policy.attempts), reraise=True, before_sleep=log_retry, sleep=lambda s: _sleep(s),
+            stop=tenacity.stop_after_attempt(policy.attempts), retry=tenacity.retry_if_exception(is_transient_error),
             wait=tenacity.wait_exponential(multiplier=policy.wait_base, min=0, max=policy.wait_max),
-            retry=tenacity.retry_if_exception(is_transient_error),
+            before_sleep=log_retry, sleep=lambda s: _sleep(s), reraise=True,
         )(fn)
     except Exception as exc:  # noqa: BLE001 - typed below
         what = f"{repo_id}{f' file {name!r}' if (name := _failed_file(exc)) else ''} (revision {revision})"
         if is_transient_error(exc):
             raise ModelDownloadError(f"cannot fetch {what}: still failing after {policy.attempts} attempts "
-                                     f"({_first_line(exc)}); the Hub may be down: retry later or provide the files locally") from None
-        raise ModelDownloadError(f"cannot fetch {what}: {_hint(exc, repo_id)}") from None
-
-
-def _hint(exc: BaseException, repo_id: str) -> str:
-    """What to do about a permanent Hub error (:data:`_HINTS`), else its first line."""
-    seen = {type(e).__name__ for e in _chain(exc)} | {_status(exc)}
-    hint = next((text for keys, text in _HINTS if keys & seen), None)
-    token = "a token is configured but was refused" if _token_configured() else "no HF_TOKEN is set"
-    return hint.format(page=f"https://huggingface.co/{repo_id}", token=token) if hint else _first_line(exc)
+                                     f"({_first_line(exc)}); the Hub may be down: retry later or provide the files "
+                                     "locally") from None
+        seen = {type(e).__name__ for e in _chain(exc)} | {_status(exc)}
+        hint = next((text for keys, text in _HINTS if keys & seen), None)
+        token = "a token is configured but was refused" if _token_configured() else "no HF_TOKEN is set"
+        hint = hint.format(page=f"https://huggingface.co/{repo_id}", token=token) if hint else _first_line(exc)
+        raise ModelDownloadError(f"cannot fetch {what}: {hint}") from None
 
 
 def fmt_bytes(n: int) -> str:
@@ -138,7 +141,7 @@ def fmt_bytes(n: int) -> str:
 
 @dataclass
 class RepoFetch:
-    """One repo's share of a download into ``where`` (``cache_dir`` or ``local_dir``), planned before any byte moves."""
+    """One repo's share of a download into ``where`` (``cache_dir`` or ``local_dir``), planned first."""
 
     repo: str
     revision: str
@@ -152,18 +155,21 @@ class RepoFetch:
         from huggingface_hub import snapshot_download
 
         where = {k: str(v) for k, v in self.where.items()}
-        return retrying_call(lambda: snapshot_download(self.repo, revision=revision, **where, **kwargs), policy, self.repo, revision)
+        fn = lambda: snapshot_download(self.repo, revision=revision, **where, **kwargs)  # noqa: E731
+        return retrying_call(fn, policy, self.repo, revision)
 
     def plan(self, allow: list[str], required: str, policy: RetryPolicy) -> "RepoFetch":
         """Dry run: pin the commit and list what ``allow`` matches; a bad copy on disk is deleted to be re-fetched."""
-        infos = {i.filename: i for i in self._snapshot_download(policy, self.revision, allow_patterns=allow, dry_run=True)}
+        dry_run = self._snapshot_download(policy, self.revision, allow_patterns=allow, dry_run=True)
+        infos = {i.filename: i for i in dry_run}
         if required not in infos:
-            raise ModelDownloadError(f"cannot fetch {self.repo} file {required!r} (revision {self.revision}): not in the "
-                                     "repo; check WORLDPLAY_REPO / WORLDPLAY_COMPONENTS_REPO and their *_REVISION")
-        self.commit, self.folder = infos[required].commit_hash, Path(infos[required].local_path).parents[required.count("/")]
+            raise ModelDownloadError(f"cannot fetch {self.repo} file {required!r} (revision {self.revision}): not in "
+                                     "the repo; check WORLDPLAY_REPO / WORLDPLAY_COMPONENTS_REPO and their *_REVISION")
+        self.commit = infos[required].commit_hash
+        self.folder = Path(infos[required].local_path).parents[required.count("/")]
         has_safetensors = {f.rpartition("/")[0] for f in infos if f.endswith(".safetensors")}
-        self.files = [f for f in sorted(infos) if not ("/" in f and f.rpartition("/")[0] in has_safetensors
-                      and any(fnmatch.fnmatch(f.rpartition("/")[2], p) for p in DUPLICATE_WEIGHT_PATTERNS))]
+        self.files = [f for f in sorted(infos) if not (f.rpartition("/")[0] in has_safetensors and "/" in f
+                                                       and any(fnmatch.fnmatch(f, "*/" + p) for p in DUPLICATE_WEIGHTS))]
         for name in self.files:
             info = infos[name]
             if bad := bool(info.is_cached and file_problem(info.local_path)):

@@ -19,8 +19,7 @@ WEIGHT_FOLDERS: tuple[str, ...] = ("text_encoder", "text_encoder_2", "image_enco
 
 
 def safetensors_problem(path: str | os.PathLike) -> str | None:
-    """Why ``path`` is not a complete safetensors file (None: it is): its size must be exactly
-    ``8 + header length + end of the last tensor``, as the header's ``data_offsets`` say."""
+    """Why ``path`` is not a complete safetensors file: its size must be 8 + header length + the last data offset."""
     p = Path(path)
     try:
         size = p.stat().st_size  # follows the cache's symlinks to blobs
@@ -68,19 +67,15 @@ def _read_json(path: Path) -> tuple[object, str | None]:
 
 
 def file_problem(path: str | os.PathLike) -> str | None:
-    """What is wrong with one downloaded safetensors or JSON file, as far as can be told offline."""
-    name = str(path)
-    if name.endswith(".safetensors"):
+    """What is wrong with one safetensors or JSON file, as far as can be told offline."""
+    if str(path).endswith(".safetensors"):
         return safetensors_problem(path)
-    return _read_json(Path(path))[1] if name.endswith(".json") else None
+    return _read_json(Path(path))[1] if str(path).endswith(".json") else None
 
 
 def check_components(folder: str | os.PathLike) -> list[str]:
-    """Problems that make a diffusers components folder unusable (empty list: complete).
-
-    ``model_index.json`` parses; each component it lists (the transformer aside) has a folder with a
-    config, weights where needed, every shard its index names, and complete safetensors files.
-    """
+    """Problems that make a diffusers components folder unusable (empty list: complete): each component
+    ``model_index.json`` lists (not the transformer) needs a config, weights, every indexed shard, whole files."""
     root = Path(folder)
     if not root.is_dir():
         return [f"{root}: folder missing"]
@@ -89,10 +84,9 @@ def check_components(folder: str | os.PathLike) -> list[str]:
         return [f"{root / 'model_index.json'}: {bad or 'not a JSON object'}"]
     problems: list[str] = []
     for name, value in model_index.items():
-        if name.startswith("_") or name == "transformer" or not (isinstance(value, list) and len(value) == 2 and None not in value):
+        if name.startswith("_") or name == "transformer" or not isinstance(value, list) or None in value:
             continue
-        sub = root / name
-        if not sub.is_dir():
+        if not (sub := root / name).is_dir():
             problems.append(f"{sub}: folder missing (listed in model_index.json)")
             continue
         files = [p for p in sub.rglob("*") if p.is_file() or p.is_symlink()]
@@ -103,7 +97,7 @@ def check_components(folder: str | os.PathLike) -> list[str]:
         for p in files:
             if p.name.endswith(".safetensors.index.json"):
                 index, bad = _read_json(p)
-                shards = sorted(set((index or {}).get("weight_map", {}).values())) if not bad else []  # type: ignore[union-attr]
+                shards = [] if bad else sorted(set((index or {}).get("weight_map", {}).values()))  # type: ignore
                 problems += [f"{p}: {bad}"] if bad else [
                     f"{p.parent / s}: missing (named by {p.name})" for s in shards if not (p.parent / s).exists()]
             elif p.name.endswith(".safetensors") and (bad := safetensors_problem(p)):
@@ -113,8 +107,6 @@ def check_components(folder: str | os.PathLike) -> list[str]:
 
 def check_transformer(path: str | os.PathLike) -> list[str]:
     """Problems with one WorldPlay checkpoint file and its optional ``config.json``."""
-    p, cfg = Path(path), Path(path).parent / "config.json"
-    problems = [f"{p}: {bad}"] if (bad := safetensors_problem(p)) else []
-    if (cfg.exists() or cfg.is_symlink()) and (bad := _read_json(cfg)[1]):
-        problems.append(f"{cfg}: {bad}")
-    return problems
+    cfg = Path(path).parent / "config.json"
+    files = [Path(path)] + ([cfg] if cfg.exists() or cfg.is_symlink() else [])
+    return [f"{f}: {bad}" for f in files if (bad := file_problem(f))]
