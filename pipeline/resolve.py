@@ -1,15 +1,12 @@
-"""Model resolution: find, fetch and verify exactly the files the worker needs.
+"""Model resolution: find, fetch and verify exactly the files the worker needs (cold start, ``download_models.py``).
 
-The one home of model location logic, for the handler's cold start and ``download_models.py``. Components
-(``ModelPaths``): ``components``, the diffusers repo ``hunyuanvideo-community/HunyuanVideo-1.5-480p_i2v`` without
-``transformer/``; ``ar`` and ``bidirectional``, a checkpoint each (and its ``config.json``) from
+Components (``ModelPaths``): ``components``, the diffusers repo ``hunyuanvideo-community/HunyuanVideo-1.5-480p_i2v``
+without ``transformer/``; ``ar`` and ``bidirectional``, a checkpoint each (and its ``config.json``) from
 ``tencent/HY-WorldPlay``. Each comes from the first place holding it complete (:mod:`pipeline.resolve_verify`):
-
 1. ``WORLDPLAY_MODEL_DIR`` in the local layout, ``<dir>/HunyuanVideo-1.5-480p_i2v/`` and ``<dir>/HY-WorldPlay/<sub>/``;
 2. the RunPod model cache (``RUNPOD_HF_CACHE``), then 3. the Hugging Face cache: in each, a bundle repo in the
-   local layout first, then the official repos; in each repo the snapshot ``refs/<revision>`` names, then the newest;
-4. ``WORLDPLAY_DOWNLOAD_DIR`` (local layout);
-5. with ``WORLDPLAY_ALLOW_DOWNLOAD``, a download of only the needed files (:mod:`pipeline.resolve_hub`).
+local layout first, then the official repos; in each repo the snapshot ``refs/<revision>`` names, then the newest;
+4. ``WORLDPLAY_DOWNLOAD_DIR`` (local layout); 5. a download of only the needed files (:mod:`pipeline.resolve_hub`).
 """
 
 from __future__ import annotations
@@ -144,10 +141,9 @@ def snapshot_dirs(repo_folder: str | os.PathLike, revision: str = "main") -> lis
     snaps, ref = Path(repo_folder) / "snapshots", Path(repo_folder) / "refs" / revision
     if not snaps.is_dir():
         return []
-    try:
+    named = revision
+    with contextlib.suppress(OSError):
         named = ref.read_text().strip() if ref.is_file() else revision
-    except OSError:
-        named = revision
     first = [snaps / named] if named and (snaps / named).is_dir() else []
     others = sorted(((d.stat().st_mtime, d.name, d) for d in snaps.iterdir() if d.is_dir() and d not in first))
     return first + [d for _, _, d in reversed(others)]
@@ -212,25 +208,24 @@ def _download(keys: Sequence[str], s: Settings, layout_root: Path | None) -> dic
     if keys and not os.access(root, os.W_OK):
         raise ModelDownloadError(f"cannot download: {root} is not writable (read-only mount?); "
                                  "set WORLDPLAY_DOWNLOAD_DIR (download_models.py: --dest) to a writable folder")
-    plans: dict[str, tuple[RepoFetch, float]] = {}
+    plans: dict[str, RepoFetch] = {}
     for key in keys:
-        t0 = time.perf_counter()
         where = ({"local_dir": layout_root / (COMPONENTS_DIRNAME if key == "components" else WORLDPLAY_DIRNAME)}
                  if layout_root is not None else {"cache_dir": s.hf_cache})
         allow = (["model_index.json"] + [f"{f}/*" for f in COMPONENT_FOLDERS] if key == "components"
                  else [_rel(key), f"{TRANSFORMER_FILES[key][0]}/config.json"])
-        plans[key] = RepoFetch(*s.repos[key], where).plan(allow, allow[0], s.retry), time.perf_counter() - t0
-    if (needed := sum(sum(f.todo.values()) for f, _ in plans.values())) > (free := shutil.disk_usage(root).free):
+        plans[key] = RepoFetch(*s.repos[key], where).plan(allow, allow[0], s.retry)
+    if (needed := sum(sum(f.todo.values()) for f in plans.values())) > (free := shutil.disk_usage(root).free):
         raise ModelDownloadError(f"not enough disk space in {root}: need {needed} bytes ({fmt_bytes(needed)}), "
                                  f"{free} bytes free ({fmt_bytes(free)}); free space, enlarge the container disk, "
                                  "or point WORLDPLAY_DOWNLOAD_DIR / HF_HUB_CACHE elsewhere")
     out: dict[str, tuple[Path, int, float]] = {}
-    for key, (fetch, seconds) in plans.items():
+    for key, fetch in plans.items():
         t0 = time.perf_counter()
         fetched, path = fetch.fetch(s.retry), fetch.folder / _rel(key)
         if bad := _check(key, path):
             raise ModelDownloadError(f"{key} from {fetch.repo} is still incomplete after downloading: {'; '.join(bad)}")
-        out[key] = (path, fetched, seconds + time.perf_counter() - t0)
+        out[key] = (path, fetched, time.perf_counter() - t0)
     return out
 
 
@@ -242,12 +237,9 @@ def resolve_models(
     download_dir: str | os.PathLike | None = None,
     set_offline: bool = True,
 ) -> ModelPaths:
-    """Find (or fetch) the components for ``modes`` and return their paths.
-
-    The arguments override ``WORLDPLAY_ALLOW_DOWNLOAD`` (default off), ``WORLDPLAY_MODEL_DIR`` and
-    ``WORLDPLAY_DOWNLOAD_DIR``. With ``set_offline``, huggingface_hub goes offline once all is on disk. An offline
-    mode the entrypoint chose (``WORLDPLAY_AUTO_OFFLINE=1``) is lifted to download; one the user chose is not.
-    """
+    """Find (or fetch) the components for ``modes``; the arguments override ``WORLDPLAY_ALLOW_DOWNLOAD`` (default
+    off), ``WORLDPLAY_MODEL_DIR`` and ``WORLDPLAY_DOWNLOAD_DIR``. With ``set_offline``, huggingface_hub goes offline
+    once all is on disk. An offline mode the entrypoint chose (``WORLDPLAY_AUTO_OFFLINE=1``) is lifted to download."""
     from huggingface_hub import constants
 
     t_start, keys = time.perf_counter(), _keys(modes)
@@ -303,15 +295,11 @@ def prefetch(modes: str | Sequence[str], dest: str | os.PathLike, *, allow_downl
     """
     keys, dest, s = _keys(modes), Path(dest), Settings.from_env(allow_download=allow_download)
     s.download_dir, s.model_dir = None, None if s.model_dir == dest else s.model_dir  # dest is the target, not a source
-    layout, origins, own = layout_paths(dest, keys[1:]), {}, {}
+    layout = layout_paths(dest, keys[1:])
     want = {"components": layout.components, **layout.transformer}
-    for key in keys:
-        t0 = time.perf_counter()
-        if bad := _check(key, want[key]):
-            own[key] = bad
-        else:
-            origins[key], layout.sources[key] = f"already present in {dest}", "local"
-            layout.timings[key] = time.perf_counter() - t0
+    own = {key: bad for key in keys if (bad := _check(key, want[key]))}
+    origins = {key: f"already present in {dest}" for key in keys if key not in own}
+    layout.sources.update(dict.fromkeys(origins, "local"))
     found, missing = _locate(list(own), s)
     if missing and not allow_download:
         key = next(iter(missing))
@@ -328,5 +316,5 @@ def prefetch(modes: str | Sequence[str], dest: str | os.PathLike, *, allow_downl
         origins[key] = f"downloaded from https://huggingface.co/{s.repos[key][0]} ({fmt_bytes(fetched)} fetched)"
         layout.sources[key], layout.timings[key] = "download", seconds
     for key in keys:
-        logger.info("%s: %s (%.1fs)", key, origins[key], layout.timings[key])
+        logger.info("%s: %s (%.1fs)", key, origins[key], layout.timings.get(key, 0.0))
     return layout, {k: origins[k] for k in keys}

@@ -1,10 +1,9 @@
 """Hub access for model resolution, around ``huggingface_hub.snapshot_download``.
 
-huggingface_hub pins a revision to one commit, lists and filters files, skips what is cached,
-transfers in parallel with resume and writes ``refs/``. This module adds what a cold start needs
-around it: a plan (sizes, files to fetch) before the first byte, a re-fetch of files whose copy on
-disk is truncated or corrupt, bounded backoff over whole calls (transient errors only), and errors
-that say what to do (token, licence, repo id).
+huggingface_hub pins a revision to one commit, lists and filters files, skips what is cached, transfers in
+parallel with resume and writes ``refs/``. Added here: a plan (sizes, files to fetch) before the first byte, a
+re-fetch of files whose copy on disk is truncated or corrupt, bounded backoff over whole calls (transient errors
+only), and errors that say what to do (token, licence, repo id).
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from .errors import ModelDownloadError
 from .resolve_verify import file_problem
@@ -30,22 +29,17 @@ TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 DUPLICATE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.gguf")
 #: (error type names or HTTP status in the chain, what to do about it); the first match wins.
 _HINTS = (
-    ({"GatedRepoError", 403}, "access denied (403, gated repo): accept the licence at {page} as the HF_TOKEN user "
-                              "({token})"),
+    ({"GatedRepoError", 403}, "gated repo (403): accept the licence at {page} with HF_TOKEN's account ({token})"),
     ({401}, "unauthorized (401): set HF_TOKEN to a valid read token ({token})"),
     ({"RevisionNotFoundError"}, "revision not found (404): check WORLDPLAY_REVISION / WORLDPLAY_COMPONENTS_REVISION"),
     ({"RemoteEntryNotFoundError", "EntryNotFoundError"},
      "file not found in the repo (404): check WORLDPLAY_REPO / WORLDPLAY_COMPONENTS_REPO and their *_REVISION"),
-    ({"RepositoryNotFoundError", 404}, "repository not found (404), or private: check the repo id, or set HF_TOKEN "
-                                       "({token})"),
+    ({"RepositoryNotFoundError", 404}, "repository not found (404): check the repo id, or HF_TOKEN if private ({token})"),
     ({"OfflineModeIsEnabled"}, "the Hub is in offline mode (HF_HUB_OFFLINE=1): unset it, or provide the files locally"),
 )
 
 
-@dataclass
-class RetryPolicy:
-    """Bounded exponential backoff for transient Hub errors."""
-
+class RetryPolicy(NamedTuple):  # bounded exponential backoff for transient Hub errors
     attempts: int = 5
     wait_base: float = 2.0
     wait_max: float = 60.0
@@ -59,17 +53,13 @@ def _chain(exc: BaseException | None) -> list[BaseException]:
     return chain
 
 
-def _responses(exc: BaseException) -> list:
-    return [e.response for e in _chain(exc) if getattr(e, "response", None) is not None]
-
-
 def _status(exc: BaseException) -> int | None:
-    return next((r.status_code for r in _responses(exc)), None)
+    return next((e.response.status_code for e in _chain(exc) if getattr(e, "response", None) is not None), None)
 
 
 def _failed_file(exc: BaseException) -> str | None:
     """The repo file a failed request was for (``.../resolve/<revision>/<file>``), if any."""
-    urls = [str(getattr(getattr(r, "request", None), "url", "")) for r in _responses(exc)]
+    urls = [str(getattr(getattr(getattr(e, "response", None), "request", None), "url", "")) for e in _chain(exc)]
     return next((u.split("?")[0].split("/resolve/", 1)[1].split("/", 1)[-1] for u in urls if "/resolve/" in u), None)
 
 
@@ -154,8 +144,7 @@ class RepoFetch:
     def _snapshot_download(self, policy: RetryPolicy, revision: str, **kwargs):
         from huggingface_hub import snapshot_download
 
-        where = {k: str(v) for k, v in self.where.items()}
-        fn = lambda: snapshot_download(self.repo, revision=revision, **where, **kwargs)  # noqa: E731
+        fn = lambda: snapshot_download(self.repo, revision=revision, **self.where, **kwargs)  # noqa: E731
         return retrying_call(fn, policy, self.repo, revision)
 
     def plan(self, allow: list[str], required: str, policy: RetryPolicy) -> "RepoFetch":
