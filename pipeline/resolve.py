@@ -81,7 +81,7 @@ class Settings:
         return cls(
             model_dir=path(model_dir or env("WORLDPLAY_MODEL_DIR")),
             download_dir=path(download_dir or env("WORLDPLAY_DOWNLOAD_DIR")),
-            allow_download=bool(env_flag("WORLDPLAY_ALLOW_DOWNLOAD", False) if allow_download is None else allow_download),
+            allow_download=env_flag("WORLDPLAY_ALLOW_DOWNLOAD", False) if allow_download is None else allow_download,
             runpod_cache=Path(env("RUNPOD_HF_CACHE", DEFAULT_RUNPOD_CACHE)),
             hf_cache=Path(os.path.expandvars(hf_cache)).expanduser(),  # huggingface_hub's rules, but read now
             bundle_repo=env("WORLDPLAY_BUNDLE_REPO"),
@@ -174,8 +174,7 @@ def _candidates(key: str, s: Settings) -> Iterator[tuple[str, str, Path]]:
 
 def _locate(keys: Sequence[str], s: Settings) -> tuple[dict[str, tuple[str, str, Path, float]], dict[str, list[str]]]:
     """key -> (source, label, path, seconds taken) of its first complete copy; else key -> the problems seen."""
-    found: dict[str, tuple[str, str, Path, float]] = {}
-    missing: dict[str, list[str]] = {}
+    found, missing = {}, {}
     for key in keys:
         t0, problems = time.perf_counter(), []
         for source, label, path in _candidates(key, s):
@@ -199,9 +198,9 @@ def _not_found(missing: dict[str, list[str]], s: Settings, unset: str = "WORLDPL
     return f"{detail}; looked in: {', '.join(filter(None, looked))}"
 
 
-def _download(keys: Sequence[str], s: Settings, layout_root: Path | None) -> dict[str, tuple[Path, int, float]]:
+def _download(keys: Sequence[str], s: Settings, layout_root: Path | None) -> Iterator[tuple[str, Path, int, float]]:
     """Plan each component, check the disk once for the total, then fetch into ``layout_root`` (local layout)
-    or else the HF cache. Returns key -> (path, bytes fetched, seconds)."""
+    or else the HF cache, yielding (key, path, bytes fetched, seconds) as each lands."""
     root = layout_root or s.hf_cache
     with contextlib.suppress(OSError):
         root.mkdir(parents=True, exist_ok=True)
@@ -214,29 +213,22 @@ def _download(keys: Sequence[str], s: Settings, layout_root: Path | None) -> dic
                  if layout_root is not None else {"cache_dir": s.hf_cache})
         allow = (["model_index.json"] + [f"{f}/*" for f in COMPONENT_FOLDERS] if key == "components"
                  else [_rel(key), f"{TRANSFORMER_FILES[key][0]}/config.json"])
-        plans[key] = RepoFetch(*s.repos[key], where).plan(allow, allow[0], s.retry)
+        plans[key] = RepoFetch(*s.repos[key], where, s.retry).plan(allow, allow[0])
     if (needed := sum(sum(f.todo.values()) for f in plans.values())) > (free := shutil.disk_usage(root).free):
         raise ModelDownloadError(f"not enough disk space in {root}: need {needed} bytes ({fmt_bytes(needed)}), "
                                  f"{free} bytes free ({fmt_bytes(free)}); free space, enlarge the container disk, "
                                  "or point WORLDPLAY_DOWNLOAD_DIR / HF_HUB_CACHE elsewhere")
-    out: dict[str, tuple[Path, int, float]] = {}
     for key, fetch in plans.items():
         t0 = time.perf_counter()
-        fetched, path = fetch.fetch(s.retry), fetch.folder / _rel(key)
+        fetched, path = fetch.fetch(), fetch.folder / _rel(key)
         if bad := _check(key, path):
             raise ModelDownloadError(f"{key} from {fetch.repo} is still incomplete after downloading: {'; '.join(bad)}")
-        out[key] = (path, fetched, time.perf_counter() - t0)
-    return out
+        yield key, path, fetched, time.perf_counter() - t0
 
 
-def resolve_models(
-    modes: str | Sequence[str] = ("ar",),
-    *,
-    allow_download: bool | None = None,
-    model_dir: str | os.PathLike | None = None,
-    download_dir: str | os.PathLike | None = None,
-    set_offline: bool = True,
-) -> ModelPaths:
+def resolve_models(modes: str | Sequence[str] = ("ar",), *, allow_download: bool | None = None,
+                   model_dir: str | os.PathLike | None = None, download_dir: str | os.PathLike | None = None,
+                   set_offline: bool = True) -> ModelPaths:
     """Find (or fetch) the components for ``modes``; the arguments override ``WORLDPLAY_ALLOW_DOWNLOAD`` (default
     off), ``WORLDPLAY_MODEL_DIR`` and ``WORLDPLAY_DOWNLOAD_DIR``. With ``set_offline``, huggingface_hub goes offline
     once all is on disk. An offline mode the entrypoint chose (``WORLDPLAY_AUTO_OFFLINE=1``) is lifted to download."""
@@ -261,7 +253,7 @@ def resolve_models(
             logger.info("lifting the automatic offline mode to download %s", ", ".join(missing))
             set_hub_offline(False)
         try:
-            for key, (path, fetched, seconds) in _download(list(missing), s, s.download_dir).items():
+            for key, path, fetched, seconds in _download(list(missing), s, s.download_dir):
                 found[key] = path, "download", seconds
                 logger.info("%s: %s downloaded (%s, %.1fs)", key, path, fmt_bytes(fetched), seconds)
         finally:
@@ -286,8 +278,7 @@ def _link_or_copy(src: str | Path, dst: str | Path) -> None:  # through a tempor
     os.replace(tmp, dst)
 
 
-def prefetch(modes: str | Sequence[str], dest: str | os.PathLike, *, allow_download: bool = True
-             ) -> tuple[ModelPaths, dict[str, str]]:
+def prefetch(modes: str | Sequence[str], dest: str | os.PathLike, *, allow_download=True) -> tuple[ModelPaths, dict]:
     """Make ``dest`` a complete local-layout folder for ``modes``; return its paths and where each component came from.
 
     What is complete there is kept; the rest is copied (hard-linked) from the first complete place (not
@@ -312,7 +303,7 @@ def prefetch(modes: str | Sequence[str], dest: str | os.PathLike, *, allow_downl
                         dirs_exist_ok=True)
         origins[key], layout.sources[key] = f"copied from {label}", source
         layout.timings[key] = seconds + time.perf_counter() - t0
-    for key, (_, fetched, seconds) in _download(list(missing), s, dest).items():
+    for key, _, fetched, seconds in _download(list(missing), s, dest):
         origins[key] = f"downloaded from https://huggingface.co/{s.repos[key][0]} ({fmt_bytes(fetched)} fetched)"
         layout.sources[key], layout.timings[key] = "download", seconds
     for key in keys:

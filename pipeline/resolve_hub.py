@@ -34,7 +34,7 @@ _HINTS = (
     ({"RevisionNotFoundError"}, "revision not found (404): check WORLDPLAY_REVISION / WORLDPLAY_COMPONENTS_REVISION"),
     ({"RemoteEntryNotFoundError", "EntryNotFoundError"},
      "file not found in the repo (404): check WORLDPLAY_REPO / WORLDPLAY_COMPONENTS_REPO and their *_REVISION"),
-    ({"RepositoryNotFoundError", 404}, "repository not found (404): check the repo id, or HF_TOKEN if private ({token})"),
+    ({"RepositoryNotFoundError", 404}, "repository not found (404): check the repo id; is it private? ({token})"),
     ({"OfflineModeIsEnabled"}, "the Hub is in offline mode (HF_HUB_OFFLINE=1): unset it, or provide the files locally"),
 )
 
@@ -134,44 +134,43 @@ class RepoFetch:
     """One repo's share of a download into ``where`` (``cache_dir`` or ``local_dir``), planned first."""
 
     repo: str
-    revision: str
+    revision: str  # a branch, tag or commit; :meth:`plan` pins it to a commit
     where: dict[str, Path]
+    policy: RetryPolicy
     folder: Path = Path()  # where the files land: local_dir, or the snapshot of the pinned commit
-    commit: str = ""
     files: list[str] = field(default_factory=list)
     todo: dict[str, int] = field(default_factory=dict)  # file -> bytes still to fetch
 
-    def _snapshot_download(self, policy: RetryPolicy, revision: str, **kwargs):
+    def _snapshot_download(self, **kwargs):
         from huggingface_hub import snapshot_download
 
-        fn = lambda: snapshot_download(self.repo, revision=revision, **self.where, **kwargs)  # noqa: E731
-        return retrying_call(fn, policy, self.repo, revision)
+        fn = lambda: snapshot_download(self.repo, revision=self.revision, **self.where, **kwargs)  # noqa: E731
+        return retrying_call(fn, self.policy, self.repo, self.revision)
 
-    def plan(self, allow: list[str], required: str, policy: RetryPolicy) -> "RepoFetch":
+    def plan(self, allow: list[str], required: str) -> "RepoFetch":
         """Dry run: pin the commit and list what ``allow`` matches; a bad copy on disk is deleted to be re-fetched."""
-        dry_run = self._snapshot_download(policy, self.revision, allow_patterns=allow, dry_run=True)
-        infos = {i.filename: i for i in dry_run}
+        infos = {i.filename: i for i in self._snapshot_download(allow_patterns=allow, dry_run=True)}
         if required not in infos:
             raise ModelDownloadError(f"cannot fetch {self.repo} file {required!r} (revision {self.revision}): not in "
                                      "the repo; check WORLDPLAY_REPO / WORLDPLAY_COMPONENTS_REPO and their *_REVISION")
-        self.commit = infos[required].commit_hash
+        self.revision = infos[required].commit_hash
         self.folder = Path(infos[required].local_path).parents[required.count("/")]
-        has_safetensors = {f.rpartition("/")[0] for f in infos if f.endswith(".safetensors")}
-        self.files = [f for f in sorted(infos) if not (f.rpartition("/")[0] in has_safetensors and "/" in f
-                                                       and any(fnmatch.fnmatch(f, "*/" + p) for p in DUPLICATE_WEIGHTS))]
+        st_dirs = {f.rpartition("/")[0] for f in infos if f.endswith(".safetensors")}  # folders holding safetensors
+        dups = {f for p in DUPLICATE_WEIGHTS for f in fnmatch.filter(infos, f"*/{p}") if f.rpartition("/")[0] in st_dirs}
+        self.files = sorted(set(infos) - dups)
         for name in self.files:
             info = infos[name]
             if bad := bool(info.is_cached and file_problem(info.local_path)):
-                logger.warning("re-fetching %s/%s: the copy on disk is incomplete or corrupt", self.repo, name)
-                Path(info.local_path).resolve().unlink(missing_ok=True)
-                Path(info.local_path).unlink(missing_ok=True)
+                logger.warning("re-fetching %s/%s: the copy on disk is truncated or corrupt", self.repo, name)
+                for stale in (Path(info.local_path).resolve(), Path(info.local_path)):  # a cache blob and its link
+                    stale.unlink(missing_ok=True)
             if bad or info.will_download:
                 self.todo[name] = info.file_size or 0
         return self
 
-    def fetch(self, policy: RetryPolicy) -> int:
-        """Download the planned files of ``commit``; return the bytes fetched."""
+    def fetch(self) -> int:
+        """Download the planned files of the pinned commit; return the bytes fetched."""
         if self.todo:
-            logger.info("downloading %d file(s) of %s (%s)", len(self.todo), self.repo, fmt_bytes(sum(self.todo.values())))
-            self._snapshot_download(policy, self.commit, allow_patterns=self.files)
+            logger.info("downloading %d file(s) of %s", len(self.todo), self.repo)
+            self._snapshot_download(allow_patterns=self.files)
         return sum(self.todo.values())

@@ -1,8 +1,7 @@
 """Offline completeness checks of model files (no network, no tensor loaded).
 
-The Hugging Face loaders trust any file that exists, so a download cut short (a full disk, a killed
-pod) leaves a truncated safetensors file that only fails deep inside loading. These checks read
-headers only: a 20 GB checkpoint is judged in microseconds.
+The Hugging Face loaders trust any file that exists, so a download cut short (a full disk, a killed pod) leaves
+a truncated file that only fails deep inside loading. These checks read headers: 20 GB are judged in microseconds.
 """
 
 from __future__ import annotations
@@ -46,7 +45,7 @@ def safetensors_problem(path: str | os.PathLike) -> str | None:
         return "corrupt header: bad data_offsets"
     expected = 8 + header_len + max((end for _, end in spans), default=0)
     if size != expected:
-        return f"{'truncated' if size < expected else 'oversized'}: {size} bytes on disk, header accounts for {expected}"
+        return f"{'truncated' if size < expected else 'oversized'}: {size} bytes on disk, the header says {expected}"
     return None
 
 
