@@ -172,8 +172,8 @@ def _candidates(key: str, s: Settings) -> Iterator[tuple[str, str, Path]]:
         yield "local", f"download folder {s.download_dir}", s.download_dir / sub / rel
 
 
-def _locate(keys: Sequence[str], s: Settings) -> tuple[dict[str, tuple[str, str, Path, float]], dict[str, list[str]]]:
-    """key -> (source, label, path, seconds taken) of its first complete copy; else key -> the problems seen."""
+def _locate(keys: Sequence[str], s: Settings) -> tuple[dict[str, tuple[Path, str, float, str]], dict[str, list[str]]]:
+    """key -> (path, source, seconds taken, label) of its first complete copy; else key -> the problems seen."""
     found, missing = {}, {}
     for key in keys:
         t0, problems = time.perf_counter(), []
@@ -181,8 +181,8 @@ def _locate(keys: Sequence[str], s: Settings) -> tuple[dict[str, tuple[str, str,
             if not (path.exists() or (key != "components" and path.is_symlink())):
                 continue
             if not (bad := _check(key, path)):
-                found[key] = source, label, path, time.perf_counter() - t0
-                logger.info("%s: %s from %s (%.3fs)", key, path, label, found[key][3])
+                found[key] = path, source, time.perf_counter() - t0, label
+                logger.info("%s: %s from %s (%.3fs)", key, path, label, found[key][2])
                 break
             logger.warning("%s in %s is incomplete: %s", key, label, "; ".join(bad))
             problems += [f"[{label}] {b}" for b in bad]
@@ -214,7 +214,8 @@ def _download(keys: Sequence[str], s: Settings, layout_root: Path | None) -> Ite
         allow = (["model_index.json"] + [f"{f}/*" for f in COMPONENT_FOLDERS] if key == "components"
                  else [_rel(key), f"{TRANSFORMER_FILES[key][0]}/config.json"])
         plans[key] = RepoFetch(*s.repos[key], where, s.retry).plan(allow, allow[0])
-    if (needed := sum(sum(f.todo.values()) for f in plans.values())) > (free := shutil.disk_usage(root).free):
+    needed = sum(sum(f.todo.values()) for f in plans.values())
+    if needed and needed > (free := shutil.disk_usage(root).free):
         raise ModelDownloadError(f"not enough disk space in {root}: need {needed} bytes ({fmt_bytes(needed)}), "
                                  f"{free} bytes free ({fmt_bytes(free)}); free space, enlarge the container disk, "
                                  "or point WORLDPLAY_DOWNLOAD_DIR / HF_HUB_CACHE elsewhere")
@@ -238,8 +239,7 @@ def resolve_models(modes: str | Sequence[str] = ("ar",), *, allow_download: bool
     s = Settings.from_env(model_dir, download_dir, allow_download)
     if s.model_dir is not None and not s.model_dir.is_dir():
         logger.warning("WORLDPLAY_MODEL_DIR %s does not exist; looking elsewhere", s.model_dir)
-    located, missing = _locate(keys, s)
-    found = {key: (path, source, seconds) for key, (source, _, path, seconds) in located.items()}
+    found, missing = _locate(keys, s)
     if missing:
         offline = constants.is_offline_mode()
         if not s.allow_download or (offline and not env_flag("WORLDPLAY_AUTO_OFFLINE", False)):
@@ -254,7 +254,7 @@ def resolve_models(modes: str | Sequence[str] = ("ar",), *, allow_download: bool
             set_hub_offline(False)
         try:
             for key, path, fetched, seconds in _download(list(missing), s, s.download_dir):
-                found[key] = path, "download", seconds
+                found[key] = path, "download", seconds, ""
                 logger.info("%s: %s downloaded (%s, %.1fs)", key, path, fmt_bytes(fetched), seconds)
         finally:
             if offline:
@@ -296,11 +296,15 @@ def prefetch(modes: str | Sequence[str], dest: str | os.PathLike, *, allow_downl
         key = next(iter(missing))
         raise ModelNotFoundError(f"{key} missing or incomplete in {dest}: {'; '.join(own[key])}; "
                                  f"no complete copy elsewhere ({_not_found({key: missing[key]}, s, '')})")
-    for key, (source, label, path, seconds) in found.items():
+    for key, (path, source, seconds, label) in found.items():
         t0 = time.perf_counter()
-        src, dst = (path, want[key]) if key == "components" else (path.parent, want[key].parent)  # with its config
-        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("transformer", ".cache"), copy_function=_link_or_copy,
-                        dirs_exist_ok=True)
+        if key == "components":
+            shutil.copytree(path, want[key], ignore=shutil.ignore_patterns("transformer", ".cache"),
+                            copy_function=_link_or_copy, dirs_exist_ok=True)
+        else:  # the checkpoint, and its config.json when there is one
+            want[key].parent.mkdir(parents=True, exist_ok=True)
+            for src in filter(Path.exists, (path, path.parent / "config.json")):
+                _link_or_copy(src, want[key].parent / src.name)
         origins[key], layout.sources[key] = f"copied from {label}", source
         layout.timings[key] = seconds + time.perf_counter() - t0
     for key, _, fetched, seconds in _download(list(missing), s, dest):

@@ -23,8 +23,7 @@ from .resolve_verify import file_problem
 logger = logging.getLogger("worldplay.resolve")
 _sleep = time.sleep  # backoff sleep; tests replace it
 
-#: HTTP statuses worth retrying; any other (401, 403, 404 ...) fails at once.
-TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})  #: HTTP statuses retried; others fail at once
 #: weight formats never fetched from a folder that has safetensors.
 DUPLICATE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.gguf")
 #: (error type names or HTTP status in the chain, what to do about it); the first match wins.
@@ -155,8 +154,8 @@ class RepoFetch:
                                      "the repo; check WORLDPLAY_REPO / WORLDPLAY_COMPONENTS_REPO and their *_REVISION")
         self.revision = infos[required].commit_hash
         self.folder = Path(infos[required].local_path).parents[required.count("/")]
-        st_dirs = {f.rpartition("/")[0] for f in infos if f.endswith(".safetensors")}  # folders holding safetensors
-        dups = {f for p in DUPLICATE_WEIGHTS for f in fnmatch.filter(infos, f"*/{p}") if f.rpartition("/")[0] in st_dirs}
+        with_st = {f.rpartition("/")[0] for f in infos if f.endswith(".safetensors")}  # folders holding safetensors
+        dups = {f for p in DUPLICATE_WEIGHTS for f in fnmatch.filter(infos, "*/" + p) if f.rsplit("/", 1)[0] in with_st}
         self.files = sorted(set(infos) - dups)
         for name in self.files:
             info = infos[name]

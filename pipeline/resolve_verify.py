@@ -13,8 +13,7 @@ from pathlib import Path
 
 from .errors import ModelNotFoundError
 
-#: folders of the components repo that must hold weights.
-WEIGHT_FOLDERS: tuple[str, ...] = ("text_encoder", "text_encoder_2", "image_encoder", "vae")
+WEIGHT_FOLDERS: tuple[str, ...] = ("text_encoder", "text_encoder_2", "image_encoder", "vae")  #: must hold weights
 
 
 def safetensors_problem(path: str | os.PathLike) -> str | None:
