@@ -141,10 +141,9 @@ def snapshot_dirs(repo_folder: str | os.PathLike, revision: str = "main") -> lis
     snaps, ref = Path(repo_folder) / "snapshots", Path(repo_folder) / "refs" / revision
     if not snaps.is_dir():
         return []
-    named = revision
     with contextlib.suppress(OSError):
-        named = ref.read_text().strip() if ref.is_file() else revision
-    first = [snaps / named] if named and (snaps / named).is_dir() else []
+        revision = ref.read_text().strip() if ref.is_file() else revision  # the commit the ref names
+    first = [snaps / revision] if revision and (snaps / revision).is_dir() else []
     others = sorted(((d.stat().st_mtime, d.name, d) for d in snaps.iterdir() if d.is_dir() and d not in first))
     return first + [d for _, _, d in reversed(others)]
 
