@@ -25,6 +25,7 @@ from pipeline.resolve import (
     TRANSFORMER_FILES,
     WORLDPLAY_DIRNAME,
     check_model_dir,
+    fmt_bytes,
     prefetch,
 )
 
@@ -63,15 +64,6 @@ environment:
 
 exit status: 0 done, 1 failed (problems or errors listed on stderr), 2 bad usage.
 """
-
-
-def _fmt_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1024 or unit == "TB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.2f} {unit}"
-        value /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,17 +133,19 @@ def run_fetch(dest: Path, mode: str, *, allow_download: bool, dest_label: str | 
     """``dest_label``: how the user named ``dest`` (``--dest D`` or ``WORLDPLAY_MODEL_DIR=D``), for errors."""
     t0 = time.perf_counter()
     try:
-        report = prefetch(mode, dest, allow_download=allow_download)
+        paths, origins = prefetch(mode, dest, allow_download=allow_download)
     except ModelNotFoundError as exc:
         if allow_download:
             raise
         raise ModelNotFoundError(f"{dest_label or f'--dest {dest}'}: {exc.message}; run without --no-download to fetch "
                                  "only the missing files") from None
-    for key, origin in report.origins.items():
-        path = report.paths.components if key == "components" else report.paths.transformer[key]
+    for key, origin in origins.items():
+        path = paths.components if key == "components" else paths.transformer[key]
         print(f"{key:<14} {origin}\n{'':<14} -> {path}")
-    print(f"total size: {_fmt_bytes(report.total_bytes)} ({report.total_bytes} bytes) in {dest} "
-          f"[{time.perf_counter() - t0:.1f}s]")
+    folders = [paths.components] + [p.parent for p in paths.transformer.values()]  # checkpoints with their configs
+    total = sum(f.stat().st_size for d in folders for f in d.rglob("*")
+                if f.is_file() and ".cache" not in f.relative_to(d).parts)
+    print(f"total size: {fmt_bytes(total)} ({total} bytes) in {dest} [{time.perf_counter() - t0:.1f}s]")
     return 0
 
 
@@ -179,7 +173,7 @@ tags:
 
 Only the files the worldplay-worker needs, in one repo, for use as a RunPod cached model
 (set the endpoint's cached model to this repo, or `WORLDPLAY_BUNDLE_REPO` to its id).
-Total {_fmt_bytes(total)}.
+Total {fmt_bytes(total)}.
 
 - `{COMPONENTS_DIRNAME}/`: from `{DEFAULT_COMPONENTS_REPO}` without `transformer/`.
 - `{WORLDPLAY_DIRNAME}/`: the WorldPlay checkpoint(s) from `{DEFAULT_WORLDPLAY_REPO}`.
@@ -210,7 +204,7 @@ def run_bundle(dest: Path, mode: str, *, allow_download: bool, repo_id: str | No
         f"hf upload {shlex.quote(repo)} {shlex.quote(str(dest))} . --repo-type model --private "
         f"--exclude '.cache/*' --exclude '*/.cache/*'"
     )
-    print(f"bundle ready: {len(files)} files, {_fmt_bytes(total)} in {dest}")
+    print(f"bundle ready: {len(files)} files, {fmt_bytes(total)} in {dest}")
     print("push it as one repo (huggingface_hub >= 1.0 CLI; with older versions use `huggingface-cli upload`):")
     print(f"  HF_TOKEN=<write token> {cmd}")
     print(f"then select {repo} as the endpoint's cached model (or set WORLDPLAY_BUNDLE_REPO={repo}).")

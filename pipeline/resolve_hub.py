@@ -1,282 +1,175 @@
 """Hub access for model resolution, around ``huggingface_hub.snapshot_download``.
 
-huggingface_hub does the work: pinning a revision to one commit, listing and filtering files
-(``allow_patterns``), skipping what is cached, parallel transfers with resume, ``refs/`` in the cache.
-This module adds what a cold start needs around it: a free-space check for the whole set before the
-first byte, a re-fetch of files whose copy on disk is truncated, bounded backoff over whole calls
-(transient errors only), and messages that say what to do (token, licence, repo id).
+huggingface_hub pins a revision to one commit, lists and filters files, skips what is cached, transfers in
+parallel with resume and writes ``refs/``. Added here: a plan (sizes, files to fetch) before the first byte, a
+re-fetch of files whose copy on disk is truncated or corrupt, bounded backoff over whole calls (transient errors
+only), and errors that say what to do (token, licence, repo id).
 """
 
 from __future__ import annotations
 
+import errno
+import fnmatch
 import logging
 import os
-import shutil
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, NamedTuple
 
 from .errors import ModelDownloadError
 from .resolve_verify import file_problem
 
 logger = logging.getLogger("worldplay.resolve")
+_sleep = time.sleep  # backoff sleep; tests replace it
 
-#: HTTP statuses worth retrying; everything else (401/403/404 ...) fails at once.
-TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})  #: HTTP statuses retried; others fail at once
+#: weight formats never fetched from a folder that has safetensors.
+DUPLICATE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.gguf")
+#: (error type names or HTTP status in the chain, what to do about it); the first match wins.
+_HINTS = (
+    ({"GatedRepoError", 403}, "gated repo (403): accept the licence at {page} with HF_TOKEN's account ({token})"),
+    ({401}, "unauthorized (401): set HF_TOKEN to a valid read token ({token})"),
+    ({"RevisionNotFoundError"}, "revision not found (404): check WORLDPLAY_REVISION / WORLDPLAY_COMPONENTS_REVISION"),
+    ({"RemoteEntryNotFoundError", "EntryNotFoundError"},
+     "file not found in the repo (404): check WORLDPLAY_REPO / WORLDPLAY_COMPONENTS_REPO and their *_REVISION"),
+    ({"RepositoryNotFoundError", 404}, "repository not found (404): check the repo id; is it private? ({token})"),
+    ({"OfflineModeIsEnabled"}, "the Hub is in offline mode (HF_HUB_OFFLINE=1): unset it, or provide the files locally"),
+)
 
 
-@dataclass
-class RetryPolicy:
-    """Bounded exponential backoff for transient Hub errors."""
-
+class RetryPolicy(NamedTuple):  # bounded exponential backoff for transient Hub errors
     attempts: int = 5
     wait_base: float = 2.0
     wait_max: float = 60.0
 
 
-def hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.is_offline_mode())
-
-
-def set_hub_offline(offline: bool = True) -> None:
-    """Switch huggingface_hub's offline mode (and the variable libraries read at import).
-
-    The entrypoint sets ``HF_HUB_OFFLINE`` before any import when the weights are on disk; this
-    is only used to lift it for a download and to set it once everything is local.
-    """
-    from huggingface_hub import constants
-
-    if offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"
-    else:
-        os.environ.pop("HF_HUB_OFFLINE", None)
-        os.environ.pop("TRANSFORMERS_OFFLINE", None)
-    constants.HF_HUB_OFFLINE = bool(offline)
-
-
-# ---------------------------------------------------------------------------------------------
-# Errors and retries
-# ---------------------------------------------------------------------------------------------
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+def _chain(exc: BaseException | None) -> list[BaseException]:
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return chain
 
 
 def _status(exc: BaseException) -> int | None:
-    for e in _chain(exc):
-        status = getattr(getattr(e, "response", None), "status_code", None)
-        if isinstance(status, int):
-            return status
-    return None
-
-
-def _transient_types() -> tuple[type, ...]:
-    import httpx2
-    import requests
-    from huggingface_hub.errors import XetDownloadError
-
-    return (TimeoutError, ConnectionError, socket.timeout, httpx2.TimeoutException, httpx2.TransportError,
-            requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-            requests.exceptions.ChunkedEncodingError, XetDownloadError)
-
-
-def is_transient_error(exc: BaseException) -> bool:
-    """True for errors worth retrying: timeouts, connection resets, 408/429/5xx (looks through causes)."""
-    from huggingface_hub.errors import OfflineModeIsEnabled
-
-    status = _status(exc)
-    if status is not None:
-        return status in TRANSIENT_STATUS
-    transient = _transient_types()
-    for e in _chain(exc):
-        if isinstance(e, OfflineModeIsEnabled) or getattr(e, "errno", None) == 28:  # ENOSPC
-            return False
-        if isinstance(e, transient):
-            return True
-    return False
-
-
-def _token_configured() -> bool:
-    try:
-        from huggingface_hub import get_token
-
-        return get_token() is not None
-    except Exception:  # noqa: BLE001 - a broken token file must not break resolution
-        return bool(os.environ.get("HF_TOKEN"))
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    text = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
-    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):  # defensive: Hub errors should not carry it
-        secret = os.environ.get(name)
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return text
-
-
-def _permanent_error(exc: BaseException, what: str, repo_id: str) -> ModelDownloadError:
-    status, names = _status(exc), {type(e).__name__ for e in _chain(exc)}
-    token = "a token is configured but was refused" if _token_configured() else "no HF_TOKEN is set"
-    licence = f"https://huggingface.co/{repo_id}"
-    if "GatedRepoError" in names or status == 403:
-        hint = f"access denied (403, gated repo): accept the licence at {licence} with the account whose token is in HF_TOKEN ({token})"
-    elif status == 401:
-        hint = f"unauthorized (401): set HF_TOKEN to a valid read token ({token}); gated repos also need the licence accepted at {licence}"
-    elif names & {"RemoteEntryNotFoundError", "EntryNotFoundError"}:
-        hint = "file not found in the repo (404): check the repo id and revision env vars (WORLDPLAY_REPO, WORLDPLAY_COMPONENTS_REPO, *_REVISION)"
-    elif "RevisionNotFoundError" in names:
-        hint = "revision not found (404): check WORLDPLAY_REVISION / WORLDPLAY_COMPONENTS_REVISION"
-    elif "RepositoryNotFoundError" in names or status == 404:
-        hint = f"repository not found (404), or private: check the repo id; if it is private or gated set HF_TOKEN ({token})"
-    elif "OfflineModeIsEnabled" in names:
-        hint = "the Hub is in offline mode (HF_HUB_OFFLINE=1): unset it, or provide the files locally"
-    else:
-        hint = _first_line(exc)
-    return ModelDownloadError(f"cannot fetch {what}: {hint}")
-
-
-def _sleep(seconds: float) -> None:
-    """Backoff sleep (a module function so tests can observe it)."""
-    time.sleep(seconds)
+    return next((e.response.status_code for e in _chain(exc) if getattr(e, "response", None) is not None), None)
 
 
 def _failed_file(exc: BaseException) -> str | None:
-    """The repo file a failed request was for (``.../resolve/<revision>/<file>``), when there is one."""
-    for e in _chain(exc):
-        url = str(getattr(getattr(getattr(e, "response", None), "request", None), "url", "") or "")
-        if "/resolve/" in url:
-            return url.split("?")[0].split("/resolve/", 1)[1].split("/", 1)[-1]
-    return None
+    """The repo file a failed request was for (``.../resolve/<revision>/<file>``), if any."""
+    urls = [str(getattr(getattr(getattr(e, "response", None), "request", None), "url", "")) for e in _chain(exc)]
+    return next((u.split("?")[0].split("/resolve/", 1)[1].split("/", 1)[-1] for u in urls if "/resolve/" in u), None)
+
+
+def is_transient_error(exc: BaseException) -> bool:
+    """True for errors worth retrying: timeouts, dropped connections, 408/425/429/5xx (causes included)."""
+    import httpx2
+    import requests
+    from huggingface_hub.errors import OfflineModeIsEnabled, XetDownloadError
+
+    if (status := _status(exc)) is not None:
+        return status in TRANSIENT_STATUS
+    chain = _chain(exc)
+    if any(isinstance(e, OfflineModeIsEnabled) or getattr(e, "errno", None) == errno.ENOSPC for e in chain):
+        return False
+    transient = (TimeoutError, ConnectionError, httpx2.TransportError, XetDownloadError, requests.ConnectionError,
+                 requests.Timeout, requests.exceptions.ChunkedEncodingError)
+    return any(isinstance(e, transient) for e in chain)
+
+
+def _token_configured() -> bool:
+    from huggingface_hub import get_token
+
+    try:
+        return get_token() is not None
+    except OSError:  # an unreadable token file must not hide the error being reported
+        return False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}".rstrip(": ")
+    for secret in filter(None, (os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN"))):
+        text = text.replace(secret, "***")  # defensive: Hub errors should not carry it
+    return text
 
 
 def retrying_call(fn: Callable, policy: RetryPolicy, repo_id: str, revision: str):
-    """``fn()`` with tenacity: transient errors retried with capped exponential backoff, others typed at once."""
+    """``fn()``, transient errors retried with capped exponential backoff (tenacity), others typed at once."""
     import tenacity
 
     def log_retry(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception()  # type: ignore[union-attr]
         logger.warning("transient error fetching %s%s (attempt %d/%d): %s; retrying in %.1fs", repo_id,
-                       f"/{_failed_file(exc)}" if _failed_file(exc) else "", state.attempt_number, policy.attempts,
+                       f"/{name}" if (name := _failed_file(exc)) else "", state.attempt_number, policy.attempts,
                        _first_line(exc), state.next_action.sleep)  # type: ignore[union-attr]
 
     try:
         return tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(policy.attempts),
+            stop=tenacity.stop_after_attempt(policy.attempts), retry=tenacity.retry_if_exception(is_transient_error),
             wait=tenacity.wait_exponential(multiplier=policy.wait_base, min=0, max=policy.wait_max),
-            retry=tenacity.retry_if_exception(is_transient_error),
             before_sleep=log_retry, sleep=lambda s: _sleep(s), reraise=True,
         )(fn)
-    except ModelDownloadError:
-        raise
     except Exception as exc:  # noqa: BLE001 - typed below
-        name = _failed_file(exc)
-        what = repo_id + (f" file {name!r}" if name else "") + f" (revision {revision})"
+        what = f"{repo_id}{f' file {name!r}' if (name := _failed_file(exc)) else ''} (revision {revision})"
         if is_transient_error(exc):
-            raise ModelDownloadError(
-                f"cannot fetch {what}: still failing after {policy.attempts} attempts ({_first_line(exc)}); "
-                "the Hub may be down: retry later or provide the files locally"
-            ) from None
-        raise _permanent_error(exc, what, repo_id) from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Planning and fetching
-# ---------------------------------------------------------------------------------------------
+            raise ModelDownloadError(f"cannot fetch {what}: still failing after {policy.attempts} attempts "
+                                     f"({_first_line(exc)}); the Hub may be down: retry later or provide the files "
+                                     "locally") from None
+        seen = {type(e).__name__ for e in _chain(exc)} | {_status(exc)}
+        hint = next((text for keys, text in _HINTS if keys & seen), None)
+        token = "a token is configured but was refused" if _token_configured() else "no HF_TOKEN is set"
+        hint = hint.format(page=f"https://huggingface.co/{repo_id}", token=token) if hint else _first_line(exc)
+        raise ModelDownloadError(f"cannot fetch {what}: {hint}") from None
 
 
 def fmt_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024:
-            return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
-        value /= 1024
-    return f"{value:.1f} TB"
-
-
-def existing_ancestor(path: Path) -> Path:
-    p = path.absolute()
-    while not p.exists() and p.parent != p:
-        p = p.parent
-    return p
-
-
-def check_disk_space(target: Path, needed: int) -> None:
-    """Fail early when ``target``'s filesystem lacks ``needed`` bytes."""
-    if needed <= 0:
-        return
-    anchor = existing_ancestor(target)
-    free = shutil.disk_usage(anchor).free
-    if free < needed:
-        raise ModelDownloadError(
-            f"not enough disk space in {anchor}: need {needed} bytes ({fmt_bytes(needed)}), {free} bytes free "
-            f"({fmt_bytes(free)}); free space, enlarge the container disk, or point WORLDPLAY_DOWNLOAD_DIR / HF_HUB_CACHE elsewhere"
-        )
+    unit = next((u for u in range(4) if n < 1024 ** (u + 1)), 4)
+    return f"{n} B" if unit == 0 else f"{n / 1024 ** unit:.1f} {'BKMGT'[unit]}B"
 
 
 @dataclass
 class RepoFetch:
-    """One repo's share of a download, planned (Hub metadata only) before any byte moves.
-
-    ``snapshot_download`` does the work: ``dry_run=True`` pins the revision to a commit (and records
-    ``refs/<revision>`` in the cache), lists the files ``allow`` matches with their sizes and says which
-    are already on disk; the real call fetches the kept files of that commit in parallel.
-    """
+    """One repo's share of a download into ``where`` (``cache_dir`` or ``local_dir``), planned first."""
 
     repo: str
-    revision: str
-    allow: list[str]  # allow_patterns
-    required: str  # a file the repo must hold for the fetch to make sense
-    cache_dir: Path | None = None  # HF-cache layout ...
-    local_dir: Path | None = None  # ... or a plain folder
-    commit: str = ""
+    revision: str  # a branch, tag or commit; :meth:`plan` pins it to a commit
+    where: dict[str, Path]
+    policy: RetryPolicy
+    folder: Path = Path()  # where the files land: local_dir, or the snapshot of the pinned commit
     files: list[str] = field(default_factory=list)
     todo: dict[str, int] = field(default_factory=dict)  # file -> bytes still to fetch
 
-    @property
-    def folder(self) -> Path:
-        """Where the repo's files land (the snapshot of ``commit`` in cache layout)."""
-        if self.local_dir is not None:
-            return self.local_dir
-        return self.cache_dir / ("models--" + self.repo.replace("/", "--")) / "snapshots" / self.commit  # type: ignore[operator]
-
-    def _snapshot_download(self, policy: RetryPolicy, revision: str, **kwargs):
+    def _snapshot_download(self, **kwargs):
         from huggingface_hub import snapshot_download
 
-        where = {"local_dir": str(self.local_dir)} if self.local_dir is not None else {"cache_dir": str(self.cache_dir)}
-        return retrying_call(lambda: snapshot_download(self.repo, repo_type="model", revision=revision, **where, **kwargs),
-                             policy, self.repo, revision)
+        fn = lambda: snapshot_download(self.repo, revision=self.revision, **self.where, **kwargs)  # noqa: E731
+        return retrying_call(fn, self.policy, self.repo, self.revision)
 
-    def plan(self, policy: RetryPolicy, keep: Callable[[list[str]], list[str]] = list) -> "RepoFetch":
-        """List what ``allow`` matches (``keep`` may drop some); a truncated copy on disk is removed to be re-fetched."""
-        for _ in range(2):
-            infos = {i.filename: i for i in self._snapshot_download(policy, self.revision, allow_patterns=self.allow, dry_run=True)}
-            bad = [i for i in infos.values() if i.is_cached and os.path.exists(i.local_path) and file_problem(i.local_path)]
-            for info in bad:
-                logger.warning("re-fetching %s/%s: the copy on disk is incomplete or corrupt", self.repo, info.filename)
-                Path(info.local_path).resolve().unlink(missing_ok=True)
-                Path(info.local_path).unlink(missing_ok=True)
-            if not bad:
-                break
-        if self.required not in infos:
-            raise ModelDownloadError(f"cannot fetch {self.repo} file {self.required!r} (revision {self.revision}): not in "
+    def plan(self, allow: list[str], required: str) -> "RepoFetch":
+        """Dry run: pin the commit and list what ``allow`` matches; a bad copy on disk is deleted to be re-fetched."""
+        infos = {i.filename: i for i in self._snapshot_download(allow_patterns=allow, dry_run=True)}
+        if required not in infos:
+            raise ModelDownloadError(f"cannot fetch {self.repo} file {required!r} (revision {self.revision}): not in "
                                      "the repo; check WORLDPLAY_REPO / WORLDPLAY_COMPONENTS_REPO and their *_REVISION")
-        self.commit, self.files = infos[self.required].commit_hash, keep(sorted(infos))
-        self.todo = {f: infos[f].file_size or 0 for f in self.files if infos[f].will_download}
+        self.revision = infos[required].commit_hash
+        self.folder = Path(infos[required].local_path).parents[required.count("/")]
+        with_st = {f.rpartition("/")[0] for f in infos if f.endswith(".safetensors")}  # folders holding safetensors
+        dups = {f for p in DUPLICATE_WEIGHTS for f in fnmatch.filter(infos, "*/" + p) if f.rsplit("/", 1)[0] in with_st}
+        self.files = sorted(set(infos) - dups)
+        for name in self.files:
+            info = infos[name]
+            if bad := bool(info.is_cached and file_problem(info.local_path)):
+                logger.warning("re-fetching %s/%s: the copy on disk is truncated or corrupt", self.repo, name)
+                for stale in (Path(info.local_path).resolve(), Path(info.local_path)):  # a cache blob and its link
+                    stale.unlink(missing_ok=True)
+            if bad or info.will_download:
+                self.todo[name] = info.file_size or 0
         return self
 
-    def fetch(self, policy: RetryPolicy, tqdm_class=None) -> int:
-        """Download the planned files of ``commit``; return the bytes fetched."""
+    def fetch(self) -> int:
+        """Download the planned files of the pinned commit; return the bytes fetched."""
         if self.todo:
-            logger.info("downloading %d file(s) of %s (%s)", len(self.todo), self.repo, fmt_bytes(sum(self.todo.values())))
-            self._snapshot_download(policy, self.commit, allow_patterns=self.files, tqdm_class=tqdm_class)
+            logger.info("downloading %d file(s) of %s", len(self.todo), self.repo)
+            self._snapshot_download(allow_patterns=self.files)
         return sum(self.todo.values())
