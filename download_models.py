@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Pre-fetch, verify or bundle the HY-WorldPlay weights the worker needs (and nothing more).
 
-Thin CLI over ``pipeline.resolve``; run ``python download_models.py --help``.
+Thin CLI over ``pipeline.model_files.resolve``; run ``python download_models.py --help``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from pipeline.errors import ModelNotFoundError, PipelineError
-from pipeline.resolve import (
+from pipeline.model_files.resolve import (
     COMPONENTS_DIRNAME,
     DEFAULT_COMPONENTS_REPO,
     DEFAULT_RUNPOD_CACHE,

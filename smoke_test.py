@@ -192,7 +192,7 @@ def run_local(*, model_dir: Optional[str] = None, num_latents: int = 4, fps: int
     t_start = time.perf_counter()
     with contextlib.ExitStack() as stack:
         if model_dir is None:
-            from pipeline.tiny import write_tiny_models
+            from pipeline.tools.tiny import write_tiny_models
 
             model_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="worldplay-tiny-"))
             write_tiny_models(Path(model_dir), modes=("ar",))
@@ -223,7 +223,7 @@ def run_local(*, model_dir: Optional[str] = None, num_latents: int = 4, fps: int
             target.write_bytes(storage.get_bytes(output["minio_key"], 2 * 1024**3))
             report["saved"] = str(target)
             # beside it, what went in: the input image and the camera path seen from above
-            from pipeline.camera_plot import plot_path
+            from pipeline.tools.camera_plot import plot_path
 
             (Path(keep_dir) / "smoke_input.png").write_bytes(image_png)
             plot_path(pose, Path(keep_dir) / "smoke_path.png", title="smoke test pose JSON")

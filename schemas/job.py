@@ -52,7 +52,7 @@ _KEY_PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]*$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _DATA_URL_RE = re.compile(r"^data:image/(png|jpeg|jpg|webp);base64,", re.IGNORECASE)
 
-# JSON Schema of one action-list item (the camera parser, pipeline.camera, does the checking;
+# JSON Schema of one action-list item (the camera parser, pipeline.generation.camera, does the checking;
 # this documents it for `python -m schemas` users).
 ACTION_ITEM_SCHEMA: Dict[str, Any] = {
     "type": "object",

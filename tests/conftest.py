@@ -14,7 +14,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Layout: ``HunyuanVideo-1.5-480p_i2v/`` (diffusers components) and ``HY-WorldPlay/`` (checkpoints).
     Treat it as read-only: tests that need to modify files copy them first.
     """
-    from pipeline.tiny import write_tiny_models
+    from pipeline.tools.tiny import write_tiny_models
 
     return write_tiny_models(tmp_path_factory.mktemp("tiny_models"))
 
@@ -206,8 +206,8 @@ def fake_pipeline(s3_env, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_pipeline(tiny_models):
     """The REAL WorldPlayPipeline loaded once from the tiny models (AR mode)."""
-    from pipeline.engine import WorldPlayPipeline
-    from pipeline.resolve import resolve_models
+    from pipeline.generation.engine import WorldPlayPipeline
+    from pipeline.model_files.resolve import resolve_models
 
     paths = resolve_models(["ar"], model_dir=tiny_models, allow_download=False, set_offline=False)
     return WorldPlayPipeline.from_paths(paths, device="cpu", modes=("ar",))

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.ar_cache import CONTEXT_ROPE_START, ARCache, ARCacheLayout
-from pipeline.config import WorldPlayConfig
-from pipeline.transformer import WorldPlayTransformer
+from pipeline.dit.ar_cache import CONTEXT_ROPE_START, ARCache, ARCacheLayout
+from pipeline.dit.config import WorldPlayConfig
+from pipeline.dit.transformer import WorldPlayTransformer
 
 H, W = 2, 3
 N_CTX, CHUNK = 3, 4
@@ -134,10 +134,10 @@ def test_passes_larger_than_the_layout_or_on_another_grid_raise(model):
 def test_the_rollouts_caches_hold_the_budget_it_used_to_compute_and_fill_it(tiny_pipeline, monkeypatch):
     """The AR rollout's caches have exactly the capacity the rollout used to compute itself
     (text + tokens per latent x (largest context + one chunk)), and its largest context fills it."""
-    from pipeline.camera import parse_pose
-    from pipeline.engine import GenerationRequest
-    from pipeline.memory import MEMORY_SIZE
-    from pipeline.rollout import AR_CHUNK_LATENTS
+    from pipeline.generation.camera import parse_pose
+    from pipeline.generation.engine import GenerationRequest
+    from pipeline.generation.memory import MEMORY_SIZE
+    from pipeline.generation.rollout import AR_CHUNK_LATENTS
 
     caches, contexts = [], []
     real_start, real_context = WorldPlayTransformer.ar_start, WorldPlayTransformer.ar_context_pass

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline import attention as attn
+from pipeline.dit import attention as attn
 
 CUDA = torch.device("cuda")  # a device *description*: nothing here touches a GPU
 

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from pipeline.bench import main, pass_flops
-from pipeline.config import WorldPlayConfig
+from pipeline.dit.config import WorldPlayConfig
+from pipeline.tools.bench import main, pass_flops
 
 
 def test_tiny_benchmark_runs_both_modes(tmp_path):
@@ -80,8 +80,8 @@ def test_one_build_runs_every_attention_choice(tmp_path, monkeypatch):
 
 
 def test_all_to_all_bytes_model():
-    from pipeline.bench import all_to_all_bytes
-    from pipeline.config import WorldPlayConfig
+    from pipeline.dit.config import WorldPlayConfig
+    from pipeline.tools.bench import all_to_all_bytes
 
     config = WorldPlayConfig.tiny()  # hidden 64, 2 layers
     c, out = config.hidden_size, config.out_channels
@@ -97,8 +97,8 @@ def test_all_to_all_bytes_model():
 def test_rollout_passes_reproduce_the_measured_flops():
     """The pass list the multi-GPU model uses gives the FLOPs the H100 traces counted (docs/PERFORMANCE.md:
     AR 10.44 PFLOP, bidirectional 30 steps 197.1 PFLOP; text length assumed, hence 1 %)."""
-    from pipeline.bench import rollout_passes
-    from pipeline.config import WorldPlayConfig
+    from pipeline.dit.config import WorldPlayConfig
+    from pipeline.tools.bench import rollout_passes
 
     config = WorldPlayConfig.full()
     for mode, measured in (("ar", 10.44e15), ("bidirectional", 197.1e15)):

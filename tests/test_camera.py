@@ -1,4 +1,4 @@
-"""Tests of pipeline.camera: pose strings, pose JSON, action lists, action labels, frame rules."""
+"""Tests of pipeline.generation.camera: pose strings, pose JSON, action lists, action labels, frame rules."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import camera
-from pipeline.camera import (
+from pipeline.errors import FrameCountError, PoseSpecError
+from pipeline.generation import camera
+from pipeline.generation.camera import (
     MAX_LATENTS,
     CameraTrajectory,
     action_labels,
@@ -20,7 +21,6 @@ from pipeline.camera import (
     latents_to_frames,
     parse_pose,
 )
-from pipeline.errors import FrameCountError, PoseSpecError
 
 K_PX = np.array([[969.6969696969696, 0.0, 960.0], [0.0, 969.6969696969696, 540.0], [0.0, 0.0, 1.0]])
 K_NORM = np.array([[969.6969696969696 / 1920.0, 0.0, 0.5], [0.0, 969.6969696969696 / 1080.0, 0.5],

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.camera import parse_pose
-from pipeline.camera_plot import (
+from pipeline.generation.camera import parse_pose
+from pipeline.tools.camera_plot import (
     _CHUNK,
     _DOWN,
     _LEVEL,

@@ -14,8 +14,8 @@ import pytest
 from conftest import b64, png_bytes
 
 import schemas
-from pipeline.camera import check_frame_count, parse_pose, spec_form
 from pipeline.errors import FrameCountError, PoseSpecError
+from pipeline.generation.camera import check_frame_count, parse_pose, spec_form
 from worker import job as worker_job
 
 IDENTITY = [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]

@@ -10,9 +10,9 @@ import pytest
 import torch
 from diffusers.models.autoencoders import autoencoder_kl_hunyuanvideo15 as hv15
 
-from pipeline import components as C
-from pipeline.causal_decode import CausalVAEDecoder
-from pipeline.tiny import COMPONENTS_DIR
+from pipeline.encoders import components as C
+from pipeline.encoders.causal_decode import CausalVAEDecoder
+from pipeline.tools.tiny import COMPONENTS_DIR
 
 
 @pytest.fixture(scope="module")

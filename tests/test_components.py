@@ -1,4 +1,4 @@
-"""Encoders, VAE, scheduler and image helpers of pipeline.components, on the tiny fixture."""
+"""Encoders, VAE, scheduler and image helpers of pipeline.encoders.components, on the tiny fixture."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import components as C
+from pipeline.encoders import components as C
 from pipeline.errors import ImageError, ModelNotFoundError
-from pipeline.tiny import CHECKPOINT_FILES, COMPONENTS_DIR, TINY_DIMS, WORLDPLAY_DIR
+from pipeline.tools.tiny import CHECKPOINT_FILES, COMPONENTS_DIR, TINY_DIMS, WORLDPLAY_DIR
 
 QUOTED = 'A shop front with a sign reading "OPEN" and a neon “CAFE” above the door, then "OPEN" again'
 
@@ -42,7 +42,7 @@ def test_tiny_fixture_has_the_real_layout(tiny_models: Path, root: Path):
     assert index["text_encoder"] == ["transformers", "Qwen2_5_VLTextModel"]
     assert index["tokenizer"] == ["transformers", "Qwen2Tokenizer"]
     assert index["vae"] == ["diffusers", "AutoencoderKLHunyuanVideo15"]
-    from pipeline.resolve import COMPONENT_FOLDERS
+    from pipeline.model_files.resolve import COMPONENT_FOLDERS
 
     for name in COMPONENT_FOLDERS:
         assert (root / name).is_dir(), name
@@ -54,7 +54,7 @@ def test_tiny_fixture_has_the_real_layout(tiny_models: Path, root: Path):
 
 
 def test_tiny_transformer_consumes_the_tiny_encoders(tiny_models: Path, encoders, vae):
-    from pipeline.config import WorldPlayConfig
+    from pipeline.dit.config import WorldPlayConfig
 
     for rel in CHECKPOINT_FILES.values():
         config = WorldPlayConfig.from_checkpoint(tiny_models / WORLDPLAY_DIR / rel)
@@ -65,7 +65,7 @@ def test_tiny_transformer_consumes_the_tiny_encoders(tiny_models: Path, encoders
 
 
 def test_tiny_fixture_is_deterministic(tmp_path: Path, tiny_models: Path):
-    from pipeline.tiny import write_tiny_models
+    from pipeline.tools.tiny import write_tiny_models
 
     again = write_tiny_models(tmp_path, modes=("ar",))
     files = ["text_encoder/model.safetensors", "vae/diffusion_pytorch_model.safetensors", "tokenizer/tokenizer.json"]
@@ -246,7 +246,7 @@ def test_load_image_converts_and_applies_exif_orientation():
 
 def test_vae_has_the_real_compression(vae):
     assert vae.dtype == torch.float32  # the dtype asked for; bf16 on the GPU
-    assert not vae.use_tiling  # decoding is causal and chunked (pipeline.causal_decode), never tiled
+    assert not vae.use_tiling  # decoding is causal and chunked (pipeline.encoders.causal_decode), never tiled
     assert vae.config.latent_channels == 32
     assert vae.temporal_compression_ratio == 4 and vae.spatial_compression_ratio == 16
     assert C.latent_frames(125) == 32 and C.video_frames(32) == 125 and C.latent_frames(1) == 1

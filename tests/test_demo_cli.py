@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from pipeline.__main__ import main
+from pipeline.tools.demo import main
 from pipeline.video import probe_mp4
 
 
@@ -25,8 +25,8 @@ def test_demo_reports_a_bad_pose_and_writes_nothing(tmp_path, capsys):
 
 
 def test_demo_removes_a_partial_file_when_generation_fails(tmp_path, capsys, monkeypatch):
-    from pipeline.engine import WorldPlayPipeline
     from pipeline.errors import PipelineError
+    from pipeline.generation.engine import WorldPlayPipeline
 
     real = WorldPlayPipeline.generate
 
@@ -47,7 +47,7 @@ def test_state_out_and_continue_from_match_one_long_run(tmp_path, capsys):
     """--state-out / --continue-from: the worker's world sessions from the command line."""
     import torch
 
-    from pipeline.world_state import WorldState
+    from pipeline.generation.world_state import WorldState
 
     assert main(["--tiny", "--pose", "w-7, a-4", "--steps", "1", "--out", str(tmp_path / "one.mp4"),
                  "--state-out", str(tmp_path / "one.safetensors")]) == 0

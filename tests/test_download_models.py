@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from fake_hub import FakeHubServer
 from huggingface_hub import constants as hf_constants
 from safetensors.torch import save_file
 
-from fake_hub import FakeHubServer
-
 import download_models
-from pipeline.resolve import COMPONENTS_DIRNAME, WORLDPLAY_DIRNAME, check_model_dir, resolve_models
+from pipeline.model_files.resolve import COMPONENTS_DIRNAME, WORLDPLAY_DIRNAME, check_model_dir, resolve_models
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMP_REPO = "hunyuanvideo-community/HunyuanVideo-1.5-480p_i2v"
@@ -247,5 +246,5 @@ def test_check_and_action_conflict_is_rejected(tmp_path):
 
 
 def test_check_accepts_the_projects_tiny_fixture(tiny_models, capsys):
-    """The offline completeness rules agree with the layout pipeline.tiny writes."""
+    """The offline completeness rules agree with the layout pipeline.tools.tiny writes."""
     assert download_models.main(["--check", "--mode", "all", "--dest", str(tiny_models)]) == 0

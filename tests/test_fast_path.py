@@ -7,11 +7,11 @@ import os
 import torch
 from torch import nn
 
-from pipeline.ar_cache import ARCacheLayout
-from pipeline.config import WorldPlayConfig
-from pipeline import engine
-from pipeline.engine import HostResident, _compile_with_cache
-from pipeline.transformer import WorldPlayTransformer, disable_compile, enable_compile
+from pipeline.dit.ar_cache import ARCacheLayout
+from pipeline.dit.config import WorldPlayConfig
+from pipeline.dit.transformer import WorldPlayTransformer, disable_compile, enable_compile
+from pipeline.generation import engine
+from pipeline.generation.engine import HostResident, _compile_with_cache
 
 
 def _inputs(model: WorldPlayTransformer, frames: int, rope_start: int = 0):
@@ -113,10 +113,10 @@ def test_optimised_dit_paths_render_the_frames_of_the_unoptimised_ones(tiny_pipe
     import numpy as np
     from PIL import Image
 
-    from pipeline.camera import parse_pose
-    from pipeline.engine import GenerationRequest
-    from pipeline import transformer
-    from pipeline.transformer import DoubleStreamBlock, Rope, per_frame
+    from pipeline.dit import transformer
+    from pipeline.dit.transformer import DoubleStreamBlock, Rope, per_frame
+    from pipeline.generation.camera import parse_pose
+    from pipeline.generation.engine import GenerationRequest
 
     ys, xs = np.mgrid[0:90, 0:160]
     image = Image.fromarray(np.stack([xs % 256, (ys * 2) % 256, (xs + ys) % 256], -1).astype(np.uint8))

@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 import smoke_test
-from pipeline import bench
-from pipeline.__main__ import main as demo_main
-from pipeline.__main__ import side_files
+from pipeline.tools.demo import main as demo_main
+from pipeline.tools.demo import side_files
+from pipeline.tools import bench
 from pipeline.video import probe_mp4
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,16 +27,16 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def no_model_builds(monkeypatch):
     """Any model build fails the test: input errors must come first."""
-    import pipeline.engine
-    import pipeline.resolve
-    import pipeline.tiny
+    import pipeline.generation.engine
+    import pipeline.model_files.resolve
+    import pipeline.tools.tiny
 
     def forbidden(*args, **kwargs):
         raise AssertionError("a model was built before the inputs were checked")
 
-    monkeypatch.setattr(pipeline.tiny, "write_tiny_models", forbidden)
-    monkeypatch.setattr(pipeline.resolve, "resolve_models", forbidden)
-    monkeypatch.setattr(pipeline.engine.WorldPlayPipeline, "from_paths", forbidden)
+    monkeypatch.setattr(pipeline.tools.tiny, "write_tiny_models", forbidden)
+    monkeypatch.setattr(pipeline.model_files.resolve, "resolve_models", forbidden)
+    monkeypatch.setattr(pipeline.generation.engine.WorldPlayPipeline, "from_paths", forbidden)
     monkeypatch.setattr(bench, "build_full_size", forbidden)
     monkeypatch.setattr(bench, "build_for_rank", forbidden)
 

@@ -57,7 +57,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_model_package_has_no_import_cycle():
     graph = import_graph(PACKAGE)
-    assert "pipeline.checkpoint" in graph and "pipeline.config" in graph["pipeline.checkpoint"]
+    assert "pipeline.dit.checkpoint" in graph and "pipeline.dit.config" in graph["pipeline.dit.checkpoint"]
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 

@@ -1,4 +1,4 @@
-"""Tests of pipeline.memory: context-latent selection for the AR and bidirectional rollouts."""
+"""Tests of pipeline.generation.memory: context-latent selection for the AR and bidirectional rollouts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pipeline.memory import (
+from pipeline.generation.memory import (
     MEMORY_SIZE,
     NUM_POINTS,
     TEMPORAL_CONTEXT,

@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-import pipeline.engine as engine
-from pipeline.camera import parse_pose
-from pipeline.engine import GenerationRequest
+import pipeline.generation.engine as engine
+from pipeline.generation.camera import parse_pose
+from pipeline.generation.engine import GenerationRequest
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import jsonschema
 import pytest
 
 import schemas
-from pipeline.camera import parse_pose
+from pipeline.generation.camera import parse_pose
 from worker import job as worker_job
 
 REPO = Path(__file__).resolve().parents[1]

@@ -45,7 +45,7 @@ def scanned_files() -> list[Path]:
 
 def test_scan_covers_the_code():
     names = {p.relative_to(REPO).as_posix() for p in scanned_files()}
-    for expected in ("handler.py", "smoke_test.py", "local_s3.py", "worker/job.py", "pipeline/checkpoint.py", "tests/test_transformer.py",
+    for expected in ("handler.py", "smoke_test.py", "local_s3.py", "worker/job.py", "pipeline/dit/checkpoint.py", "tests/test_transformer.py",
                      "tests/conftest.py", ".ci/run", "entrypoint.sh"):
         assert expected in names
 

@@ -1,4 +1,4 @@
-"""pipeline.resolve: local folder, RunPod cache, HF cache, bundle, download, integrity, retries.
+"""pipeline.model_files.resolve: local folder, RunPod cache, HF cache, bundle, download, integrity, retries.
 
 Everything runs on hand-built fake cache trees in tmp_path; downloads go through the real
 huggingface_hub client to a fake Hub on 127.0.0.1 (tests/fake_hub.py), so no test leaves the machine.
@@ -19,15 +19,15 @@ from types import SimpleNamespace
 import httpx2
 import pytest
 import torch
+from fake_hub import FakeHubServer
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 from safetensors.torch import save_file
 
-from fake_hub import FakeHubServer
-
-from pipeline import resolve, resolve_hub
 from pipeline.errors import ModelDownloadError, ModelNotFoundError
-from pipeline.resolve import (
+from pipeline.model_files import hub as resolve_hub
+from pipeline.model_files import resolve
+from pipeline.model_files.resolve import (
     COMPONENTS_DIRNAME,
     WORLDPLAY_DIRNAME,
     check_components,
@@ -66,7 +66,7 @@ def write_json(path: Path, obj) -> Path:
 
 def write_components(folder: Path, seed: int = 0) -> Path:
     """A diffusers components folder in the real layout (tiny weights)."""
-    from pipeline.tiny import MODEL_INDEX
+    from pipeline.tools.tiny import MODEL_INDEX
 
     model_index = {**MODEL_INDEX, "_diffusers_version": "0.42.1"}
     write_json(folder / "model_index.json", model_index)

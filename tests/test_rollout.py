@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.camera import parse_pose
-from pipeline.engine import GenerationRequest, WorldPlayPipeline
 from pipeline.errors import FrameCountError, GenerationCancelled, PipelineError
-from pipeline.resolve import resolve_models
+from pipeline.generation.camera import parse_pose
+from pipeline.generation.engine import GenerationRequest, WorldPlayPipeline
+from pipeline.model_files.resolve import resolve_models
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_out_of_memory_in_a_streamed_decode_falls_back_to_decoding_after_the_rol
     video is decoded after the rollout (a fresh decoder re-reads the chunks already handed over to
     rebuild its causal state), every frame is handed over exactly once, in order, and the frames equal
     those of an undisturbed run. The worker then keeps decoding after the rollout."""
-    from pipeline import causal_decode
+    from pipeline.encoders import causal_decode
 
     pose = "w-11"  # 12 latents: 3 chunks
     expected = pipe.generate(request(image, pose=pose, seed=3)).frames
@@ -239,7 +239,7 @@ def test_warm_up_runs_by_default_only_with_compiled_blocks(pipe, monkeypatch):
 
 
 def test_warm_up_falls_back_to_eager_blocks_when_the_compiled_ones_fail(pipe, monkeypatch):
-    from pipeline import engine
+    from pipeline.generation import engine
 
     real_generate, restored = pipe.generate, []
     attempts = {"n": 0}

@@ -15,9 +15,9 @@ import torch.multiprocessing as tmp_mp
 from conftest import b64, png_bytes
 from safetensors.torch import load_file
 
-from pipeline.__main__ import main as cli
+from pipeline.tools.demo import main as cli
+from pipeline.dit.parallel import parse_size
 from pipeline.errors import SequenceParallelConfigError
-from pipeline.parallel import parse_size
 
 TOLERANCE = 1e-5
 
@@ -55,7 +55,7 @@ def test_size_setting_errors(value, gpus, words):
 def _layout_rank(rank: int, world: int, port: int) -> None:
     """One rank of the layout check; an assertion that fails here fails the spawning test with its
     traceback (torch.multiprocessing.spawn re-raises it)."""
-    from pipeline.parallel import init_process_group
+    from pipeline.dit.parallel import init_process_group
 
     sp = init_process_group(rank, world, port, "cpu", 60)
     frames, per_frame, heads, dim = 3, 7, 6, 4  # 7 tokens per frame: padded to 9 over 3 ranks
@@ -215,7 +215,7 @@ def test_handler_on_two_ranks(worker_env):
 
 
 def test_bench_runs_on_two_ranks(tmp_path):
-    from pipeline.bench import main as bench
+    from pipeline.tools.bench import main as bench
 
     out = tmp_path / "bench.json"
     assert bench(["--tiny", "--sp", "2", "--modes", "ar", "--steps", "1", "--json", str(out)]) == 0

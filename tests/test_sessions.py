@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import b64, decode_rgb, png_bytes
-from pipeline.world_state import WorldState
+
+from pipeline.generation.world_state import WorldState
 from worker import job as worker_job
 
 

@@ -54,7 +54,7 @@ def test_endpoint_mode_needs_api_key(monkeypatch, capsys):
 
 
 def test_pose_json_is_accepted_by_the_camera_parser():
-    from pipeline.camera import parse_pose
+    from pipeline.generation.camera import parse_pose
 
     for latents in (4, 8):
         traj = parse_pose(smoke_test.make_pose_json(latents))

@@ -9,7 +9,6 @@ the per-frame modulation, the RoPE offsets and the camera encoding are all check
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import math
 from pathlib import Path
@@ -19,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from pipeline.ar_cache import ARCacheLayout
-from pipeline.checkpoint import expected_shapes, load_transformer, read_header, write_random_checkpoint
-from pipeline.config import WorldPlayConfig
+from pipeline.dit.ar_cache import ARCacheLayout
+from pipeline.dit.checkpoint import expected_shapes, load_transformer, read_header, write_random_checkpoint
+from pipeline.dit.config import WorldPlayConfig
+from pipeline.dit.prope import CameraEncoding
+from pipeline.dit.transformer import WorldPlayTransformer
 from pipeline.errors import CheckpointError
-from pipeline.prope import CameraEncoding
-from pipeline.transformer import WorldPlayTransformer
 
 KEYS_TSV = "worldplay_checkpoint_keys.tsv"
 DATA_DIR = Path(__file__).resolve().parent / "data"  # reference data carried in the repository
@@ -571,7 +570,7 @@ def test_chunk_camera_and_action_change_the_output():
 def test_rope_complex_and_real_forms_agree_with_the_float64_reference(dtype):
     """Eager RoPE is one complex multiply; the compiled path uses the real-valued form. Both equal a
     float64 rotation to float32 rounding (then at most one rounding step of the output dtype)."""
-    from pipeline.transformer import Rope
+    from pipeline.dit.transformer import Rope
 
     config = WorldPlayConfig.tiny()
     t, h, w = 3, 4, 5
@@ -639,7 +638,7 @@ def test_prope_logits_invariant_under_common_world_transform():
 def test_fused_rms_normalisation_matches_the_explicit_form(dtype):
     """CUDA uses PyTorch's fused rms_norm, the CPU the explicit float32 form: the same normalisation,
     to float32 rounding (then at most one rounding step of the output dtype)."""
-    from pipeline.transformer import rms_normalize
+    from pipeline.dit.transformer import rms_normalize
 
     x = (torch.randn(64, 16, 128, generator=torch.Generator().manual_seed(0)) * 3).to(dtype)
     exact = x.double() / x.double().pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()

@@ -11,14 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.camera import continue_pose, parse_pose
-from pipeline.causal_decode import CausalVAEDecoder
-from pipeline.engine import GenerationRequest, WorldPlayPipeline
+from pipeline.encoders.causal_decode import CausalVAEDecoder
 from pipeline.errors import FrameCountError, SessionTooLongError, StateError, StateMismatchError
-from pipeline.resolve import resolve_models
-from pipeline.seeding import chunk_noise, chunk_seed
-from pipeline.continuation import continuation_request
-from pipeline.world_state import SessionLimits, WorldState, checkpoint_fingerprint
+from pipeline.generation.camera import continue_pose, parse_pose
+from pipeline.generation.continuation import continuation_request
+from pipeline.generation.engine import GenerationRequest, WorldPlayPipeline
+from pipeline.generation.seeding import chunk_noise, chunk_seed
+from pipeline.generation.world_state import SessionLimits, WorldState, checkpoint_fingerprint
+from pipeline.model_files.resolve import resolve_models
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +258,7 @@ def test_decoder_resume_from_the_start_is_exact_and_trimmed(pipe):
 
 
 def test_memory_points_prefetch_gives_the_same_points():
-    from pipeline.seeding import MemoryPoints, chunk_memory_points
+    from pipeline.generation.seeding import MemoryPoints, chunk_memory_points
 
     points = MemoryPoints(9, 4)
     for chunk in (1, 2, 3, 1):

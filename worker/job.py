@@ -72,9 +72,9 @@ def configure_logging(level: Optional[str] = None) -> None:
 # ---- model holder -----------------------------------------------------------------------------
 def default_loader(modes: Tuple[str, ...]):
     """resolve_models + WorldPlayPipeline.from_paths (imported lazily: torch is heavy), on every
-    sequence-parallel rank (WORLDPLAY_SEQUENCE_PARALLEL; pipeline.ranks)."""
-    from pipeline.ranks import PathsLoader, load_ranked
-    from pipeline.resolve import resolve_models
+    sequence-parallel rank (WORLDPLAY_SEQUENCE_PARALLEL; pipeline.generation.ranks)."""
+    from pipeline.generation.ranks import PathsLoader, load_ranked
+    from pipeline.model_files.resolve import resolve_models
 
     paths = resolve_models(list(modes))  # reads WORLDPLAY_MODEL_DIR, WORLDPLAY_ALLOW_DOWNLOAD, ...
     device = os.environ.get("WORLDPLAY_DEVICE") or None
@@ -162,13 +162,13 @@ def preload() -> bool:
 
 
 def _request_class():
-    from pipeline.engine import GenerationRequest
+    from pipeline.generation.engine import GenerationRequest
 
     return GenerationRequest
 
 
 def _camera_api():
-    from pipeline import camera
+    from pipeline.generation import camera
 
     return camera
 

@@ -132,10 +132,10 @@ def paced(args) -> None:
 
 
 def tiny(args) -> None:
-    from pipeline.bench import demo_image
-    from pipeline.engine import WorldPlayPipeline
-    from pipeline.resolve import layout_paths
-    from pipeline.tiny import write_tiny_models
+    from pipeline.generation.engine import WorldPlayPipeline
+    from pipeline.model_files.resolve import layout_paths
+    from pipeline.tools.bench import demo_image
+    from pipeline.tools.tiny import write_tiny_models
     from worker import job as worker_job
 
     server = _moto("preview-bench-tiny")

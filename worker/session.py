@@ -1,8 +1,8 @@
 """World sessions in the job flow: continue a job's world from its saved state, and save the new one.
 
 ``open_world`` reads the state named by ``continue_from`` from the bucket (size checked before the
-download), parses it strictly (:mod:`pipeline.world_state`) and builds the continuation's
-``GenerationRequest`` with :func:`pipeline.world_state.continuation_request` — the same code path as
+download), parses it strictly (:mod:`pipeline.generation.world_state`) and builds the continuation's
+``GenerationRequest`` with :func:`pipeline.generation.world_state.continuation_request` — the same code path as
 ``python -m pipeline --continue-from``. ``save_world`` writes ``{key_prefix}/{job_id}/world.safetensors``
 after the video, unless the request (``output.save_state: false``) or ``WORLDPLAY_SAVE_STATE=0`` turns
 it off, no storage is configured, or the pipeline returned no state.
@@ -26,7 +26,7 @@ STATE_FILE = "world.safetensors"
 class ContinuedWorld:
     """A continuation ready to generate: the request, the resolved job input and the state's size."""
 
-    request: Any  # pipeline.engine.GenerationRequest with history
+    request: Any  # pipeline.generation.engine.GenerationRequest with history
     req: Any  # schemas.JobInput with mode / steps / guidance / seed / prompts filled from the state
     seed: int
     new_latents: int
@@ -41,8 +41,8 @@ class ContinuedWorld:
 
 def open_world(req, spec: Any, storage, modes: Tuple[str, ...]) -> ContinuedWorld:
     """Load and check the state ``req.continue_from`` and build the continuation request."""
-    from pipeline.continuation import continuation_request
-    from pipeline.world_state import SessionLimits, WorldState, check_state_size
+    from pipeline.generation.continuation import continuation_request
+    from pipeline.generation.world_state import SessionLimits, WorldState, check_state_size
 
     started = time.perf_counter()
     key = req.continue_from

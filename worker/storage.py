@@ -211,8 +211,7 @@ class Storage:
 
     # ---- retry / error mapping ------------------------------------------------------------
     def _call(self, what: str, key: Optional[str], fn: Callable[[], T]) -> T:
-        from tenacity import (Retrying, retry_if_exception, stop_after_attempt,
-                              wait_exponential)
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
         def _before_sleep(state) -> None:
             exc = state.outcome.exception()

@@ -25,8 +25,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline import camera as camera_mod
 from pipeline.errors import PipelineError, PoseSpecError
+from pipeline.generation import camera as camera_mod
 
 __all__ = ["action_name", "stretch_labels", "plot_path", "render_path", "load_spec", "main"]
 

@@ -1,6 +1,6 @@
 """The JSON header of a safetensors file, read with a truncation check (no tensor data is read).
 
-Shared by :mod:`pipeline.config` (a config inferred from tensor shapes) and :mod:`pipeline.checkpoint`
+Shared by :mod:`pipeline.dit.config` (a config inferred from tensor shapes) and :mod:`pipeline.dit.checkpoint`
 (strict loading); it depends on neither, so neither imports the other.
 """
 
@@ -10,7 +10,7 @@ import json
 import struct
 from pathlib import Path
 
-from .errors import CheckpointError
+from pipeline.errors import CheckpointError
 
 _MAX_HEADER = 100 * 1024 * 1024
 

@@ -20,14 +20,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import components as comp
-from .attention import prepare as prepare_attention
-from .camera import MAX_LATENTS, CameraTrajectory, check_latent_count, parse_pose
-from .causal_decode import CausalVAEDecoder
-from .checkpoint import load_transformer
-from .errors import ImageError, PipelineError, SessionTooLongError, StateMismatchError
-from .memory import MEMORY_SIZE, select_context_latents
-from .rollout import (
+from pipeline.dit.attention import prepare as prepare_attention
+from pipeline.dit.checkpoint import load_transformer
+from pipeline.dit.transformer import WorldPlayTransformer, disable_compile, enable_compile
+from pipeline.encoders import components as comp
+from pipeline.encoders.causal_decode import CausalVAEDecoder
+from pipeline.errors import ImageError, PipelineError, SessionTooLongError, StateMismatchError
+from pipeline.generation.camera import MAX_LATENTS, CameraTrajectory, check_latent_count, parse_pose
+from pipeline.generation.memory import MEMORY_SIZE, select_context_latents
+from pipeline.generation.rollout import (
     AR_CHUNK_LATENTS,
     BIDIRECTIONAL_CHUNK_LATENTS,
     Camera,
@@ -38,10 +39,9 @@ from .rollout import (
     bidirectional_rollout,
     fresh_scheduler,
 )
-from .seeding import MemoryPoints, chunk_noise
-from .settings import env_flag
-from .transformer import WorldPlayTransformer, disable_compile, enable_compile
-from .world_state import SessionLimits, WorldState, c2w64_of, checkpoint_fingerprint
+from pipeline.generation.seeding import MemoryPoints, chunk_noise
+from pipeline.generation.world_state import SessionLimits, WorldState, c2w64_of, checkpoint_fingerprint
+from pipeline.settings import env_flag
 
 logger = logging.getLogger("worldplay.engine")
 
@@ -54,7 +54,7 @@ CHUNK_LATENTS = {"ar": AR_CHUNK_LATENTS, "bidirectional": BIDIRECTIONAL_CHUNK_LA
 
 @dataclass
 class GenerationRequest:
-    """One video. With ``history`` (a world session, :mod:`pipeline.world_state`) ``camera`` holds only
+    """One video. With ``history`` (a world session, :mod:`pipeline.generation.world_state`) ``camera`` holds only
     the new latents' cameras, ``image`` is None (the state carries the image's latent and embedding)
     and the rollout resumes after the state's latents."""
 
@@ -162,7 +162,7 @@ class WorldPlayPipeline:
         # that runs out of memory beside the cache switches this off for the worker (ChunkFrames).
         self.decode_during_denoise = env_flag("WORLDPLAY_DECODE_DURING_DENOISE", True)
         self._text_encoder_host: HostResident | None = None
-        self.sequence_parallel = None  # pipeline.parallel.SequenceParallel with several ranks
+        self.sequence_parallel = None  # pipeline.dit.parallel.SequenceParallel with several ranks
         placed = time.perf_counter()
         if offload_encoders:
             # byT5 and SigLIP are small (~2 GB): they stay on the GPU. The Qwen text encoder (~15 GB)
@@ -188,7 +188,7 @@ class WorldPlayPipeline:
         dtype: torch.dtype | None = None,
         modes: tuple[str, ...] | None = None,
     ) -> "WorldPlayPipeline":
-        """Load every component from a resolved :class:`pipeline.resolve.ModelPaths`."""
+        """Load every component from a resolved :class:`pipeline.model_files.resolve.ModelPaths`."""
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or default_dtype(device)
         modes = tuple(modes or paths.transformer.keys())
@@ -235,11 +235,11 @@ class WorldPlayPipeline:
         return tuple(self.transformers)
 
     def use_sequence_parallel(self, sp) -> None:
-        """Split every DiT pass across the ranks of `sp` (:class:`pipeline.parallel.SequenceParallel`).
+        """Split every DiT pass across the ranks of `sp` (:class:`pipeline.dit.parallel.SequenceParallel`).
 
         Every rank then runs :meth:`generate` on the same request at the same time; rank 0's image
         latent and encoder outputs are broadcast so that every rank denoises the same inputs."""
-        from .parallel import check_heads
+        from pipeline.dit.parallel import check_heads
 
         for transformer in self.transformers.values():
             check_heads(sp.world, transformer.config.num_heads)
@@ -337,8 +337,8 @@ class WorldPlayPipeline:
 
     def _validate_continuation(self, request: GenerationRequest) -> None:
         """A world state fits this model, this mode and the session limits; the new part is whole chunks."""
-        from .camera import check_continuation_count
-        from .components import bucket_sizes
+        from pipeline.encoders.components import bucket_sizes
+        from pipeline.generation.camera import check_continuation_count
 
         state = request.history
         transformer = self.transformers[request.mode]
@@ -382,7 +382,7 @@ class WorldPlayPipeline:
 
         `callback(stage, step, total)` is called once per denoising step (stage "denoising") and once
         after decoding ("decoded"); `should_cancel()` is polled before every step. Each chunk is
-        decoded as soon as it is clean (a causal VAE decode, :mod:`pipeline.causal_decode`, so the
+        decoded as soon as it is clean (a causal VAE decode, :mod:`pipeline.encoders.causal_decode`, so the
         frames are final) and, with `on_frames`, its uint8 frames [n, H, W, 3] are handed over right
         away, in order, while the next chunk denoises: 13 frames for the first AR chunk, 16 after.
         """
@@ -418,7 +418,7 @@ class WorldPlayPipeline:
         cond_latents[:, :channels, 0] = image_latent[:, :, 0].float()
         cond_latents[:, channels, 0] = 1.0
 
-        # the seed scheme (pipeline.seeding): noise and memory points per chunk from (seed, chunk index),
+        # the seed scheme (pipeline.generation.seeding): noise and memory points per chunk from (seed, chunk index),
         # so a session continued after `past` latents draws what one long generation draws
         chunk_size = CHUNK_LATENTS[request.mode]
         seed = int(request.seed)

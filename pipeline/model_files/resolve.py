@@ -2,11 +2,11 @@
 
 Components (``ModelPaths``): ``components``, the diffusers repo ``hunyuanvideo-community/HunyuanVideo-1.5-480p_i2v``
 without ``transformer/``; ``ar`` and ``bidirectional``, a checkpoint each (and its ``config.json``) from
-``tencent/HY-WorldPlay``. Each comes from the first place holding it complete (:mod:`pipeline.resolve_verify`):
+``tencent/HY-WorldPlay``. Each comes from the first place holding it complete (:mod:`pipeline.model_files.verify`):
 1. ``WORLDPLAY_MODEL_DIR`` in the local layout, ``<dir>/HunyuanVideo-1.5-480p_i2v/`` and ``<dir>/HY-WorldPlay/<sub>/``;
 2. the RunPod model cache (``RUNPOD_HF_CACHE``), then 3. the Hugging Face cache: in each, a bundle repo in the
 local layout first, then the official repos; in each repo the snapshot ``refs/<revision>`` names, then the newest;
-4. ``WORLDPLAY_DOWNLOAD_DIR`` (local layout); 5. a download of only the needed files (:mod:`pipeline.resolve_hub`).
+4. ``WORLDPLAY_DOWNLOAD_DIR`` (local layout); 5. a download of only the needed files (:mod:`pipeline.model_files.hub`).
 """
 
 from __future__ import annotations
@@ -20,11 +20,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from .errors import ModelDownloadError, ModelNotFoundError
-from .resolve_hub import RepoFetch, RetryPolicy, fmt_bytes
-from .resolve_hub import is_transient_error  # noqa: F401 - re-exported: pipeline.resolve is the entry point
-from .resolve_verify import check_components, check_transformer, safetensors_problem, verify_safetensors  # noqa: F401
-from .settings import env_flag, env_number
+from pipeline.errors import ModelDownloadError, ModelNotFoundError
+from pipeline.model_files.hub import (
+    RepoFetch,
+    RetryPolicy,
+    fmt_bytes,
+    is_transient_error,  # noqa: F401 - re-exported: pipeline.model_files.resolve is the entry point
+)
+from pipeline.model_files.verify import (  # noqa: F401
+    check_components,
+    check_transformer,
+    safetensors_problem,
+    verify_safetensors,
+)
+from pipeline.settings import env_flag, env_number
 
 logger = logging.getLogger("worldplay.resolve")
 

@@ -11,7 +11,7 @@ import os
 import struct
 from pathlib import Path
 
-from .errors import ModelNotFoundError
+from pipeline.errors import ModelNotFoundError
 
 WEIGHT_FOLDERS: tuple[str, ...] = ("text_encoder", "text_encoder_2", "image_encoder", "vae")  #: must hold weights
 

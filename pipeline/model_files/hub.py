@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from .errors import ModelDownloadError
-from .resolve_verify import file_problem
+from pipeline.errors import ModelDownloadError
+from pipeline.model_files.verify import file_problem
 
 logger = logging.getLogger("worldplay.resolve")
 _sleep = time.sleep  # backoff sleep; tests replace it

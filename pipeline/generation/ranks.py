@@ -5,7 +5,7 @@ with N (``WORLDPLAY_SEQUENCE_PARALLEL``) it spawns N-1 followers (one per GPU, `
 joins them in one process group (NCCL on CUDA, gloo on the CPU), has every rank load the models, and
 returns a :class:`RankedPipeline`: the pipeline of rank 0, which hands each request to every follower
 over a pipe before generating. All ranks then run the same ``generate``; the DiT passes are split
-between them (:mod:`pipeline.parallel`), cancellation is decided by all ranks at the same step, and
+between them (:mod:`pipeline.dit.parallel`), cancellation is decided by all ranks at the same step, and
 only rank 0's callbacks reach the caller.
 
 Failures: a request the pipeline rejects is rejected on rank 0 before any follower sees it. A follower
@@ -30,9 +30,9 @@ from typing import Callable
 
 import torch
 
-from .errors import GenerationCancelled, PipelineError, RankFailedError
-from .parallel import check_heads, configured_size, init_process_group, visible_gpus
-from .settings import env_number
+from pipeline.dit.parallel import check_heads, configured_size, init_process_group, visible_gpus
+from pipeline.errors import GenerationCancelled, PipelineError, RankFailedError
+from pipeline.settings import env_number
 
 logger = logging.getLogger("worldplay.ranks")
 
@@ -64,7 +64,7 @@ def load_ranked(load: Callable, device: str | None = None, world: int | None = N
     if world is None:
         world = configured_size(None, device_type)
     else:
-        from .parallel import parse_size
+        from pipeline.dit.parallel import parse_size
 
         world = parse_size(world, heads=None, gpus=visible_gpus(), device_type=device_type)
     if world > 1 and callable(getattr(load, "heads", None)):
@@ -336,7 +336,7 @@ class RankedPipeline:
 
 def _start_error(code: str, message: str) -> PipelineError:
     """A follower's start-up failure, re-raised on rank 0 with its code when it has one."""
-    from . import errors
+    from pipeline import errors
 
     for cls in vars(errors).values():
         if isinstance(cls, type) and issubclass(cls, PipelineError) and cls.code == code:
@@ -351,15 +351,15 @@ class PathsLoader:
     Its :meth:`heads` reads the checkpoints' headers only, so a rank count that does not divide the
     heads fails before any rank is started."""
 
-    paths: object  # pipeline.resolve.ModelPaths
+    paths: object  # pipeline.model_files.resolve.ModelPaths
     modes: tuple
 
     def __call__(self, device):
-        from .engine import WorldPlayPipeline
+        from pipeline.generation.engine import WorldPlayPipeline
 
         return WorldPlayPipeline.from_paths(self.paths, device=device, modes=tuple(self.modes))
 
     def heads(self) -> list[int]:
-        from .config import WorldPlayConfig
+        from pipeline.dit.config import WorldPlayConfig
 
         return [WorldPlayConfig.from_checkpoint(self.paths.transformer[m]).num_heads for m in self.modes]

@@ -13,8 +13,8 @@
         bidirectional_model/diffusion_pytorch_model.safetensors      (+ config.json)
 
 Every component is written with its library's own ``save_pretrained``, so it loads through exactly the
-code path used for the real weights (:class:`pipeline.components.ConditionEncoders`,
-:func:`pipeline.components.load_vae`, :func:`pipeline.components.load_scheduler`). The widths the
+code path used for the real weights (:class:`pipeline.encoders.components.ConditionEncoders`,
+:func:`pipeline.encoders.components.load_vae`, :func:`pipeline.encoders.components.load_scheduler`). The widths the
 transformer consumes (text, byT5 and SigLIP) are deliberately all different so that a swapped input
 fails loudly; :data:`TINY_DIMS` lists them and the tiny transformer config is built from them.
 
@@ -31,13 +31,12 @@ from typing import Iterable, Iterator
 
 import torch
 
-from .components import SYSTEM_MESSAGE
+from pipeline.encoders.components import SYSTEM_MESSAGE
+from pipeline.model_files.resolve import COMPONENTS_DIRNAME as COMPONENTS_DIR
+from pipeline.model_files.resolve import TRANSFORMER_FILES
+from pipeline.model_files.resolve import WORLDPLAY_DIRNAME as WORLDPLAY_DIR
 
-from .resolve import COMPONENTS_DIRNAME as COMPONENTS_DIR
-from .resolve import TRANSFORMER_FILES
-from .resolve import WORLDPLAY_DIRNAME as WORLDPLAY_DIR
-
-#: mode -> checkpoint path relative to the WorldPlay folder (the layout has one home: pipeline.resolve)
+#: mode -> checkpoint path relative to the WorldPlay folder (the layout has one home: pipeline.model_files.resolve)
 CHECKPOINT_FILES = {mode: Path(folder) / name for mode, (folder, name) in TRANSFORMER_FILES.items()}
 
 #: model_index.json of the real diffusers repo (its classes; the version is filled in when written)
@@ -97,8 +96,7 @@ _BPE_CORPUS = [
 
 def _qwen_tokenizer():
     """A small byte-level BPE in the real Qwen2 tokenizer class, with the ChatML special tokens."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from tokenizers import AddedToken
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
 
     bpe = Tokenizer(models.BPE())
@@ -214,8 +212,8 @@ def _diffusers_version() -> str:
 
 
 def _write_transformers(folder: Path, modes: Iterable[str], seed: int) -> None:
-    from .checkpoint import write_random_checkpoint
-    from .config import WorldPlayConfig
+    from pipeline.dit.checkpoint import write_random_checkpoint
+    from pipeline.dit.config import WorldPlayConfig
 
     config = WorldPlayConfig.tiny(**TINY_DIMS)
     for i, mode in enumerate(modes):

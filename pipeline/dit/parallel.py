@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .errors import SequenceParallelConfigError
+from pipeline.errors import SequenceParallelConfigError
 
 ENV = "WORLDPLAY_SEQUENCE_PARALLEL"
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError
-from .safetensors_header import read_header
+from pipeline.dit.safetensors_header import read_header
+from pipeline.errors import CheckpointError
 
 CONFIG_FILENAME = "config.json"
 

@@ -23,7 +23,7 @@ Reading is strict (:meth:`WorldState.from_bytes`): the size is bounded before an
 the header length is bounded before the header is read, every tensor's name, dtype, shape and byte
 range is checked against the others before any tensor is built, then values (NaN, infinity,
 action range, camera matrices) are checked. Every fault is a coded :class:`pipeline.errors.StateError`.
-:func:`pipeline.continuation.continuation_request` turns a state plus a new camera path into a
+:func:`pipeline.generation.continuation.continuation_request` turns a state plus a new camera path into a
 ``GenerationRequest``; the worker and ``python -m pipeline --continue-from`` both use it.
 """
 
@@ -41,9 +41,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .camera import MODE_LATENT_MULTIPLE, MAX_LATENTS
-from .errors import SessionTooLongError, StateError
-from .settings import env_number
+from pipeline.errors import SessionTooLongError, StateError
+from pipeline.generation.camera import MAX_LATENTS, MODE_LATENT_MULTIPLE
+from pipeline.settings import env_number
 
 __all__ = [
     "FORMAT",
@@ -171,7 +171,7 @@ class WorldState:
         try:
             size = path.stat().st_size
         except FileNotFoundError:
-            from .errors import StateNotFoundError
+            from pipeline.errors import StateNotFoundError
 
             raise StateNotFoundError(f"world state {str(path)!r} does not exist") from None
         check_state_size(size, limits)

@@ -7,7 +7,7 @@ key mapping. On top of the base network, WorldPlay adds
 * per-latent-frame modulation: timestep + action are embedded per latent frame and broadcast to the
   frame's tokens (computed once per frame, not once per token);
 * a second image-attention branch per block whose q/k/v carry PRoPE camera encoding
-  (:mod:`pipeline.prope`), projected by ``img_attn_prope_proj`` and added to the RoPE branch;
+  (:mod:`pipeline.dit.prope`), projected by ``img_attn_prope_proj`` and added to the RoPE branch;
 * a separate text timestep (``t`` in bidirectional mode, ``0`` in AR mode);
 * RoPE temporal positions that restart per call (context latents first, current chunk after).
 
@@ -15,7 +15,7 @@ Two ways to run it:
 
 * :meth:`WorldPlayTransformer.forward` -- bidirectional: image and text tokens attend jointly.
 * the AR passes -- :meth:`ar_start` runs the text stream alone and keeps its per-layer K/V in an
-  :class:`~pipeline.ar_cache.ARCache` sized from an :class:`~pipeline.ar_cache.ARCacheLayout`;
+  :class:`~pipeline.dit.ar_cache.ARCache` sized from an :class:`~pipeline.dit.ar_cache.ARCacheLayout`;
   :meth:`ar_context_pass` runs the selected clean context latents (which attend to text + themselves)
   and stores their K/V; :meth:`ar_chunk_pass` runs the current chunk against [text K/V, context K/V,
   its own K/V]. The cache is one preallocated buffer per layer; nothing is concatenated per step. It
@@ -34,11 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ar_cache import ARCache, ARCacheLayout
-from .attention import attention
-from .config import WorldPlayConfig
-from .parallel import LOCAL, layout_for
-from .prope import CameraEncoding
+from pipeline.dit.ar_cache import ARCache, ARCacheLayout
+from pipeline.dit.attention import attention
+from pipeline.dit.config import WorldPlayConfig
+from pipeline.dit.parallel import LOCAL, layout_for
+from pipeline.dit.prope import CameraEncoding
 
 # --------------------------------------------------------------------------------------- layers
 
@@ -252,7 +252,7 @@ class DoubleStreamBlock(nn.Module):
 
     def forward(self, img, txt, vec_img, vec_txt, rope: Rope, camera: CameraEncoding, img_layout=LOCAL,
                 txt_layout=LOCAL):
-        """`img_layout` / `txt_layout` (:mod:`pipeline.parallel`): with several ranks, img and txt are this
+        """`img_layout` / `txt_layout` (:mod:`pipeline.dit.parallel`): with several ranks, img and txt are this
         rank's token slices and attention runs on all tokens of this rank's heads."""
         img_mods = self.img_mod(vec_img).chunk(6, dim=-1)  # each [B, T, C]
         txt_mods = self.txt_mod(vec_txt).unsqueeze(1).chunk(6, dim=-1)  # each [B, 1, C]
@@ -509,7 +509,7 @@ class WorldPlayTransformer(nn.Module):
         self.cond_type_embedding = nn.Embedding(3, c)
         self.double_blocks = nn.ModuleList(DoubleStreamBlock(config) for _ in range(config.num_layers))
         self.final_layer = FinalLayer(c, config.out_channels)
-        # pipeline.parallel.SequenceParallel when the worker runs several ranks (set by the pipeline)
+        # pipeline.dit.parallel.SequenceParallel when the worker runs several ranks (set by the pipeline)
         self.sequence_parallel = None
 
     @property

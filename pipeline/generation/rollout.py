@@ -1,7 +1,7 @@
 """The two generation modes: autoregressive (chunks of 4 latents) and bidirectional (chunks of 16).
 
 Both denoise latents chunk by chunk; later chunks see a selection of earlier, already clean latents
-("memory": :mod:`pipeline.memory`) at the stabilisation timestep 14.
+("memory": :mod:`pipeline.generation.memory`) at the stabilisation timestep 14.
 
 * AR: the text stream runs once and its K/V is cached; per chunk the selected context latents run
   once to fill the context K/V; each denoising step then runs only the chunk's own tokens.
@@ -19,10 +19,10 @@ from typing import Callable, Protocol, Sequence
 
 import torch
 
-from .ar_cache import ARCacheLayout
-from .components import set_timesteps
-from .errors import GenerationCancelled
-from .transformer import ConditionTokens, WorldPlayTransformer
+from pipeline.dit.ar_cache import ARCacheLayout
+from pipeline.dit.transformer import ConditionTokens, WorldPlayTransformer
+from pipeline.encoders.components import set_timesteps
+from pipeline.errors import GenerationCancelled
 
 CONTEXT_TIMESTEP = 14.0  # upstream: stabilization_level - 1
 AR_CHUNK_LATENTS = 4

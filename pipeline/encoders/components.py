@@ -1,7 +1,7 @@
 """Every non-transformer component of HY-WorldPlay, loaded from a diffusers-layout folder.
 
 The folder is ``hunyuanvideo-community/HunyuanVideo-1.5-480p_i2v`` (or the tiny fixture written by
-:mod:`pipeline.tiny`); its ``transformer/`` folder is never read.
+:mod:`pipeline.tools.tiny`); its ``transformer/`` folder is never read.
 
 What must match upstream (Tencent-Hunyuan/HY-WorldPlay ``worldplay_video_pipeline.py`` and its text /
 vision encoder wrappers) and how this module does it:
@@ -27,7 +27,7 @@ vision encoder wrappers) and how this module does it:
 * **VAE** — condition latents are ``encode(x).latent_dist.mode() * scaling_factor`` with ``x`` the
   cropped image in [-1, 1], shape [1, 3, 1, H, W]; decoding divides by ``scaling_factor`` (the config
   has no shift factor), decodes like upstream's ``hunyuanvideo_15_vae_w_cache`` (latent by latent with
-  causal caches, the mid-block attention within each latent frame: :mod:`pipeline.causal_decode`) and
+  causal caches, the mid-block attention within each latent frame: :mod:`pipeline.encoders.causal_decode`) and
   maps ``x / 2 + 0.5`` clamped to [0, 1]. Frames to uint8 truncate
   (``(x * 255).clamp(0, 255).to(uint8)``) like upstream's ``save_video``.
 * **Scheduler** — flow-matching Euler with shift 5: sigmas ``linspace(1, 0, N + 1)[:-1]`` shifted by
@@ -53,8 +53,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .causal_decode import DEFAULT_LATENTS_PER_STEP, CausalVAEDecoder
-from .errors import ImageError, ModelNotFoundError
+from pipeline.encoders.causal_decode import DEFAULT_LATENTS_PER_STEP, CausalVAEDecoder
+from pipeline.errors import ImageError, ModelNotFoundError
 
 if TYPE_CHECKING:  # heavy imports stay lazy for modules that only need the image helpers
     from diffusers import AutoencoderKLHunyuanVideo15, FlowMatchEulerDiscreteScheduler
@@ -211,8 +211,13 @@ class ConditionEncoders:
 
         ``byt5_dtype=None`` runs byT5 in ``dtype`` too (upstream: fp32).
         """
-        from transformers import ByT5Tokenizer, Qwen2Tokenizer, SiglipImageProcessorPil, SiglipVisionModel
-        from transformers import T5EncoderModel
+        from transformers import (
+            ByT5Tokenizer,
+            Qwen2Tokenizer,
+            SiglipImageProcessorPil,
+            SiglipVisionModel,
+            T5EncoderModel,
+        )
 
         root = Path(root)
         _require(root, "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "image_encoder",

@@ -7,10 +7,10 @@ own CPU generator, seeded with
     int.from_bytes(sha256(f"worldplay/{stream}/{seed}/{k}".encode()).digest()[:8], "big")
 
 where ``stream`` is ``noise`` or ``memory``. Nothing depends on how many latents the request has, so
-a video of A latents continued by B more latents (a world session, :mod:`pipeline.world_state`) draws
+a video of A latents continued by B more latents (a world session, :mod:`pipeline.generation.world_state`) draws
 exactly what one video of A + B latents draws, and the split generation is bit-identical to the
 long one on the same device. The noise of chunk ``k`` is ``torch.randn([1, C, n, h, w])`` (float32,
-CPU) from its generator; the memory points are :func:`pipeline.memory.sample_memory_points` from
+CPU) from its generator; the memory points are :func:`pipeline.generation.memory.sample_memory_points` from
 its generator.
 """
 
@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
-from .memory import sample_memory_points
+from pipeline.generation.memory import sample_memory_points
 
 __all__ = ["chunk_seed", "chunk_generator", "chunk_noise", "chunk_memory_points", "MemoryPoints"]
 

@@ -1,4 +1,4 @@
-"""Continuing a world session: a :class:`pipeline.world_state.WorldState` plus a new camera path ->
+"""Continuing a world session: a :class:`pipeline.generation.world_state.WorldState` plus a new camera path ->
 the ``GenerationRequest`` of the new latents. The worker (``continue_from``) and ``python -m pipeline
 --continue-from`` both build their request here."""
 
@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .camera import check_continuation_count, continue_pose
-from .engine import GenerationRequest
-from .errors import StateMismatchError
-from .world_state import WorldState
+from pipeline.errors import StateMismatchError
+from pipeline.generation.camera import check_continuation_count, continue_pose
+from pipeline.generation.engine import GenerationRequest
+from pipeline.generation.world_state import WorldState
 
 __all__ = ["continuation_request"]
 

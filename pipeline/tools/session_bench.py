@@ -1,6 +1,6 @@
 """Costs of world sessions: state size, save / load time, and a continuation's overhead.
 
-    python -m pipeline.session_bench            # CPU, a few minutes on 2 cores
+    python -m pipeline.tools.session_bench            # CPU, a few minutes on 2 cores
 
 1. State files at the full 832x480 size (random latents, the real shapes): bytes per latent, seconds
    to serialise + write and to read + check, for sessions of 32, 128 and 256 latents.
@@ -34,7 +34,7 @@ def _best(fn, repeats: int) -> float:
 
 
 def state_costs(lengths=(32, 128, 256), repeats: int = 3) -> list[dict]:
-    from .world_state import WorldState
+    from pipeline.generation.world_state import WorldState
 
     out = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,12 +64,12 @@ def _fixed_bytes() -> int:
 def continuation_overhead(a: str = "w-15", b: str = "right-16", steps: int = 4, repeats: int = 2) -> dict:
     from PIL import Image
 
-    from .camera import parse_pose
-    from .engine import GenerationRequest, WorldPlayPipeline
-    from .resolve import layout_paths
-    from .tiny import write_tiny_models
-    from .continuation import continuation_request
-    from .world_state import WorldState
+    from pipeline.generation.camera import parse_pose
+    from pipeline.generation.continuation import continuation_request
+    from pipeline.generation.engine import GenerationRequest, WorldPlayPipeline
+    from pipeline.generation.world_state import WorldState
+    from pipeline.model_files.resolve import layout_paths
+    from pipeline.tools.tiny import write_tiny_models
 
     with tempfile.TemporaryDirectory() as tmp:
         root = write_tiny_models(Path(tmp), modes=("ar",))
@@ -106,7 +106,7 @@ def resume_latent_equivalents() -> dict:
     """FLOPs of a decoder resume over the FLOPs of decoding one latent, full-size VAE (meta device)."""
     from diffusers import AutoencoderKLHunyuanVideo15
 
-    from .causal_decode import CausalVAEDecoder
+    from pipeline.encoders.causal_decode import CausalVAEDecoder
 
     with torch.device("meta"):
         vae = AutoencoderKLHunyuanVideo15()
@@ -126,7 +126,7 @@ def resume_latent_equivalents() -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.session_bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.session_bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=4)
     args = parser.parse_args(argv)

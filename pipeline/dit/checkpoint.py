@@ -16,10 +16,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .config import WorldPlayConfig
-from .errors import CheckpointError
-from .safetensors_header import read_header
-from .transformer import WorldPlayTransformer
+from pipeline.dit.config import WorldPlayConfig
+from pipeline.dit.safetensors_header import read_header
+from pipeline.dit.transformer import WorldPlayTransformer
+from pipeline.errors import CheckpointError
 
 logger = logging.getLogger("worldplay.checkpoint")
 

@@ -34,7 +34,7 @@ that RNG, so its context choice is not reproducible. Here the points come from a
 (:func:`sample_memory_points`), drawn with the same calls in the same order, so
 ``sample_memory_points(torch.Generator().manual_seed(s))`` is bit-identical to what the reference gets
 after ``torch.manual_seed(s)``. The engine draws a fresh set per chunk from (seed, chunk index)
-(:mod:`pipeline.seeding`), so that a world session continued later selects exactly what one long
+(:mod:`pipeline.generation.seeding`), so that a world session continued later selects exactly what one long
 generation would.
 
 Everything is computed on the CPU in float64 (the reference works on float64 numpy poses); inputs may

@@ -1,0 +1,1 @@
+"""The diffusion transformer (DiT): config, blocks, attention kernels, PRoPE camera encoding, checkpoint loading."""

@@ -1,0 +1,1 @@
+"""The generation layer: camera trajectories, memory selection, AR/bidirectional rollouts, the engine that runs a request."""

@@ -1,0 +1,1 @@
+"""Model files on disk: resolution (local folder, RunPod cache, Hugging Face cache, download), verification, bundle."""
