@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from worker.errors import WorkerError
+from worker.storage import storage_number
 
 log = logging.getLogger("worldplay.delivery")
 
@@ -68,18 +69,8 @@ def storage_setup(env=None) -> StorageSetup:
 
 def inline_max_bytes(env=None) -> int:
     """``WORLDPLAY_INLINE_MAX_BYTES`` (an integer >= 0; 0 turns inline results off)."""
-    env = os.environ if env is None else env
-    raw = (env.get(INLINE_ENV) or "").strip()
-    if not raw:
-        return DEFAULT_INLINE_MAX_BYTES
-    try:
-        value = int(raw)
-        if value < 0:
-            raise ValueError
-    except ValueError:
-        raise WorkerError("STORAGE_NOT_CONFIGURED",
-                          f"{INLINE_ENV} must be a whole number of bytes >= 0, got {raw!r}") from None
-    return value
+    return storage_number(os.environ if env is None else env, INLINE_ENV, DEFAULT_INLINE_MAX_BYTES,
+                          int, 0, float("inf"), "a whole number of bytes >= 0")
 
 
 class BucketCheck:

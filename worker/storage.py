@@ -104,20 +104,25 @@ UPLOAD_BACKOFF_INITIAL = 1.0
 UPLOAD_BACKOFF_MAX = 15.0
 
 
-def upload_window(env=None) -> float:
-    """Seconds an upload keeps retrying (``MINIO_UPLOAD_RETRY_SECONDS``; default 120, 0 = one try)."""
-    env = os.environ if env is None else env
-    raw = (env.get(UPLOAD_RETRY_ENV) or "").strip()
+def storage_number(env, name: str, default, cast, low, high, what: str):
+    """A numeric storage setting from ``env``: unset or blank gives ``default``; a value that is not a
+    ``cast`` in ``low..high`` is STORAGE_NOT_CONFIGURED (``what`` says what was expected)."""
+    raw = (env.get(name) or "").strip()
     if not raw:
-        return DEFAULT_UPLOAD_WINDOW
+        return default
     try:
-        value = float(raw)
-        if not 0 <= value <= 3600:
+        value = cast(raw)
+        if not low <= value <= high:
             raise ValueError
     except ValueError:
-        raise WorkerError("STORAGE_NOT_CONFIGURED",
-                          f"{UPLOAD_RETRY_ENV} must be a number of seconds in 0..3600") from None
+        raise WorkerError("STORAGE_NOT_CONFIGURED", f"{name} must be {what}, got {raw!r}") from None
     return value
+
+
+def upload_window(env=None) -> float:
+    """Seconds an upload keeps retrying (``MINIO_UPLOAD_RETRY_SECONDS``; default 120, 0 = one try)."""
+    return storage_number(os.environ if env is None else env, UPLOAD_RETRY_ENV, DEFAULT_UPLOAD_WINDOW,
+                          float, 0, 3600, "a number of seconds in 0..3600")
 
 
 class Storage:
@@ -174,16 +179,9 @@ class Storage:
     def from_env(cls, env=None, **kwargs) -> "Storage":
         env = os.environ if env is None else env
         secure = _parse_bool("MINIO_USE_SSL", env.get("MINIO_USE_SSL"), False)
-        attempts = env.get("MINIO_RETRY_ATTEMPTS")
-        if attempts is not None and "retry" not in kwargs:
-            try:
-                n = int(attempts)
-                if not 1 <= n <= 20:
-                    raise ValueError
-            except ValueError:
-                raise WorkerError("STORAGE_NOT_CONFIGURED",
-                                  "MINIO_RETRY_ATTEMPTS must be an integer in 1..20") from None
-            kwargs["retry"] = RetryPolicy(attempts=n)
+        if "retry" not in kwargs and (env.get("MINIO_RETRY_ATTEMPTS") or "").strip():
+            kwargs["retry"] = RetryPolicy(attempts=storage_number(
+                env, "MINIO_RETRY_ATTEMPTS", None, int, 1, 20, "an integer in 1..20"))
         return cls(
             env.get("MINIO_ENDPOINT", ""),
             env.get("MINIO_ACCESS_KEY", ""),
