@@ -409,6 +409,8 @@ class JobOutput(BaseModel):
                                                        "far); pass it as continue_from. null when not saved.")
     session_latents: Optional[int] = Field(None, description="Latents in the world session after this job "
                                                              "(the video holds only this job's part).")
+    state_error: Optional[str] = Field(None, description="Why the world state could not be stored (the "
+                                                         "video was); null otherwise.")
 
 
 class HealthOutput(BaseModel):

@@ -136,3 +136,34 @@ def test_session_errors(sixteen, storage, monkeypatch):
     storage.put_bytes("junk/nan.safetensors", state.to_bytes())
     out = run({"continue_from": "junk/nan.safetensors", "pose": "w-4"}, "e11")
     assert code_of(out) == "INVALID_STATE" and "NaN" in out["error"]
+
+
+def test_a_state_upload_that_fails_keeps_the_finished_video(real_pipeline, storage, monkeypatch):
+    """The state goes up after the video: a storage fault then is retried over the upload window,
+    and if it persists the job still returns its stored video, with state_error instead of state_key."""
+    import minio
+    import urllib3
+
+    from worker import storage as storage_mod
+
+    real_put_object = minio.Minio.put_object
+    failures = {"left": 2}
+
+    def put_object(self, bucket_name, object_name, *args, **kwargs):
+        if object_name.endswith("world.safetensors") and failures["left"] > 0:
+            failures["left"] -= 1
+            raise urllib3.exceptions.ProtocolError("connection reset by the test")
+        return real_put_object(self, bucket_name, object_name, *args, **kwargs)
+
+    monkeypatch.setattr(minio.Minio, "put_object", put_object)
+    monkeypatch.setattr(storage_mod.Storage, "_sleep", staticmethod(lambda seconds: None))
+    out = run(first_job(pose="w-3"), "state-blip")  # two failures, then stored within the window
+    assert "error" not in out and out["state_key"] == "worldplay/state-blip/world.safetensors"
+    assert failures["left"] == 0 and state_of(storage, out["state_key"]).num_latents == 4
+
+    failures["left"] = 10**6
+    monkeypatch.setenv("MINIO_UPLOAD_RETRY_SECONDS", "0")  # one attempt: the fault persists
+    out = run(first_job(pose="w-3"), "state-lost")
+    assert "error" not in out and out["state_key"] is None and out["session_latents"] is None
+    assert out["state_error"].startswith("STORAGE_UNAVAILABLE")
+    assert storage.get_bytes(out["minio_key"], 2**30)[4:8] == b"ftyp"  # the video is stored

@@ -513,7 +513,7 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
             where = f"s3://{storage.bucket}/{key}"
         if preview is not None and not preview.wait():
             log.warning("job %s: live preview still uploading; not waiting for it", job_id)
-        state_key, session_latents = session.save_world(storage, req, job_id, result)
+        saved = session.save_world(storage, req, job_id, result)  # state_key or state_error
         stages.add("upload", time.perf_counter() - t0)
 
         total = round(time.perf_counter() - started, 4)
@@ -523,7 +523,7 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
             duration_seconds=round(info.duration, 4), seed=seed, mode=req.mode,
             num_inference_steps=req.steps, guidance_scale=req.guidance,
             timings=schemas.Timings(**stages.timings), generation_time_seconds=total,
-            state_key=state_key, session_latents=session_latents,
+            **saved,
             **(preview.result() if preview is not None else {}),
         ).model_dump(by_alias=True, exclude=delivery.left_out(delivered))
         log.info("job %s: done in %.2f s (%s) -> %s", job_id, total,

@@ -13,9 +13,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from worker.errors import WorkerError
+from worker.storage import upload_window
 
 log = logging.getLogger("worldplay.session")
 
@@ -95,16 +96,23 @@ def save_enabled(req) -> bool:
     return bool(req.output.save_state) and bool(env_flag("WORLDPLAY_SAVE_STATE", True))
 
 
-def save_world(storage, req, job_id: str, result) -> Tuple[Optional[str], Optional[int]]:
-    """Upload the session's state after this job; returns (state_key, session latents) or (None, None)."""
+def save_world(storage, req, job_id: str, result) -> Dict[str, Any]:
+    """Upload the session's state after this job (the video is already stored). Returns the output's
+    ``state_key`` and ``session_latents``, or, when the upload fails, ``state_error`` instead: a
+    storage fault after the video is stored must not turn a finished video into a failed job."""
     state = getattr(result, "state", None)
     if state is None or storage is None or not save_enabled(req):
-        return None, None
+        return {}
     import worker
 
     state.worker_version = worker.__version__
     key = f"{req.output.key_prefix}/{job_id}/{STATE_FILE}"
     data = state.to_bytes()
-    storage.put_bytes(key, data, content_type="application/octet-stream")
+    try:
+        # retried over the video's upload window: the state is GPU work too
+        storage.put_bytes(key, data, content_type="application/octet-stream", window=upload_window())
+    except WorkerError as exc:
+        log.warning("job %s: world state not saved: %s: %s", job_id, exc.code, exc.message)
+        return {"state_error": f"{exc.code}: {exc.message}"}
     log.info("saved world state (%d latents, %d bytes) -> %s", state.num_latents, len(data), key)
-    return key, state.num_latents
+    return {"state_key": key, "session_latents": state.num_latents}

@@ -301,13 +301,20 @@ class Storage:
         return self._call("get", key, _read)
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream",
-                  headers: Optional[dict] = None):
-        """``headers``: extra standard headers stored with the object (e.g. Cache-Control)."""
+                  headers: Optional[dict] = None, *, window: Optional[float] = None):
+        """``headers``: extra standard headers stored with the object (e.g. Cache-Control). With
+        ``window`` (seconds) transient failures are retried like :meth:`put_file`'s, else with the
+        client's short retry policy."""
         import io
 
-        self._call("put", key, lambda: self._client.put_object(
-            self.bucket, key, io.BytesIO(data), len(data), content_type=content_type,
-            metadata=headers))
+        def put():
+            return self._client.put_object(self.bucket, key, io.BytesIO(data), len(data),
+                                           content_type=content_type, metadata=headers)
+
+        if window is None:
+            self._call("put", key, put)
+        else:
+            self._call_window("put", key, put, window)
 
     # the upload of a finished video: minutes of GPU work stand behind it
     _sleep = staticmethod(time.sleep)
