@@ -1,8 +1,13 @@
 """Live preview: the video as an HLS stream that grows while the job runs.
 
 The MP4 writer's packet tap (``pipeline.video.Mp4Writer(tap=...)``) hands every encoded H.264
-packet to :class:`HlsSegmenter`, which re-muxes them (no second encode) into MPEG-TS segments,
-cut at the IDR frame that starts each chunk (``keyframe_each_write=True``). :class:`LivePreview`
+packet to :class:`HlsSegmenter`, which re-muxes them (no second encode) into MPEG-TS segments of
+one chunk each, cut as soon as the encoder has let go of the chunk's last frame. By default the
+encoder runs exactly as without a preview, so the MP4 is byte for byte the same; segments after the
+first then continue the previous one's GOP (valid HLS: a player appends them in order; the playlist
+does not claim ``#EXT-X-INDEPENDENT-SEGMENTS``). With ``WORLDPLAY_PREVIEW_LOW_LATENCY=1`` x264 runs
+with ``tune=zerolatency`` and an IDR at each chunk start: each segment is ready the moment its chunk
+is encoded and plays on its own, for a larger MP4. :class:`LivePreview`
 uploads the segments and an EVENT playlist whose segment URIs are presigned (the bucket is
 private) under ``{key_prefix}/{job_id}/preview/`` on a background thread fed by a bounded queue.
 
@@ -38,8 +43,9 @@ _END = object()
 
 
 def low_latency() -> bool:
-    """``WORLDPLAY_PREVIEW_LOW_LATENCY=1``: x264 ``tune=zerolatency`` while the preview is on, so a
-    chunk's segment is complete as soon as the chunk is encoded (default off: a larger MP4)."""
+    """``WORLDPLAY_PREVIEW_LOW_LATENCY=1``: x264 ``tune=zerolatency`` and an IDR per chunk while the
+    preview is on, so a chunk's segment is complete as soon as the chunk is encoded (default off: the
+    MP4 stays exactly what it is without a preview)."""
     from pipeline.settings import env_flag
 
     return bool(env_flag("WORLDPLAY_PREVIEW_LOW_LATENCY", False))
@@ -49,9 +55,9 @@ def writer_options(preview: "Optional[LivePreview]") -> dict:
     """The ``Mp4Writer`` keyword arguments for a job with this preview (none when it is off)."""
     if preview is None:
         return {}
-    options = {"tap": preview.tap, "keyframe_each_write": True}
-    if low_latency():
-        options["tune"] = "zerolatency"
+    options = {"tap": preview.tap}
+    if preview.independent:
+        options.update(keyframe_each_write=True, tune="zerolatency")
     return options
 
 
@@ -74,13 +80,16 @@ class Segment:
 
 
 class HlsSegmenter:
-    """A packet tap for ``Mp4Writer``: copies each packet and cuts an MPEG-TS segment at every
-    keyframe (and at the end); ``on_segment(Segment)`` is called on the encoding thread."""
+    """A packet tap for ``Mp4Writer``: copies each packet and cuts an MPEG-TS segment at every chunk
+    boundary, once as many packets came out as frames went in up to that boundary (packets are in
+    decode order, one per frame), and at the end; ``on_segment(Segment)`` is called on the
+    encoding thread."""
 
     def __init__(self, on_segment: Callable[[Segment], None]):
         self.on_segment = on_segment
         self._template = None
         self._pending: List[tuple] = []  # (data, pts, dts, keyframe) in the encoder's time base
+        self._boundaries: List[int] = []  # frames fed to the encoder at each chunk's end, not yet cut
         self._time_base: Optional[Fraction] = None
         self._offset: Optional[int] = None  # shifts the first dts (negative with B-frames) to 0
         self.segments = 0
@@ -96,21 +105,25 @@ class HlsSegmenter:
         if self._time_base is None:
             self._time_base = packet.time_base
             self._offset = -min(0, packet.dts if packet.dts is not None else 0)
-        if packet.is_keyframe and self._pending:
-            self._cut()
         self._pending.append((bytes(packet), packet.pts, packet.dts, bool(packet.is_keyframe)))
+        self._cut_complete_chunks()
 
     def chunk_encoded(self, frames_in: int) -> None:
-        """A chunk went into the encoder: if every frame so far came out (an encoder without frame
-        delay), the segment is complete now, not when the next chunk's IDR comes out."""
-        if self._pending and self.frames + len(self._pending) == frames_in:
-            self._cut()
+        """A chunk went into the encoder: its segment is cut once the encoder has let go of all
+        ``frames_in`` frames (at once for an encoder without frame delay)."""
+        self._boundaries.append(frames_in)
+        self._cut_complete_chunks()
 
     def finished(self) -> None:
         if self._pending:
             self._cut()
 
     # -- internals -------------------------------------------------------------------------------
+    def _cut_complete_chunks(self) -> None:
+        while self._boundaries and self.frames + len(self._pending) >= self._boundaries[0]:
+            if self.frames + len(self._pending) == self._boundaries.pop(0) and self._pending:
+                self._cut()
+
     def _cut(self) -> None:
         import av
 
@@ -139,12 +152,14 @@ class HlsSegmenter:
         return 1 / Fraction(rate) if rate else Fraction(self._time_base)
 
 
-def playlist_text(entries: List[tuple], *, ended: bool) -> str:
-    """An HLS EVENT playlist: ``entries`` are (duration seconds, uri)."""
+def playlist_text(entries: List[tuple], *, ended: bool, independent: bool = False) -> str:
+    """An HLS EVENT playlist: ``entries`` are (duration seconds, uri); ``independent`` when every
+    segment starts with an IDR frame."""
     target = max([1] + [math.ceil(round(d, 3)) for d, _ in entries])
     lines = ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-PLAYLIST-TYPE:EVENT",
-             f"#EXT-X-TARGETDURATION:{target}", "#EXT-X-MEDIA-SEQUENCE:0",
-             "#EXT-X-INDEPENDENT-SEGMENTS"]
+             f"#EXT-X-TARGETDURATION:{target}", "#EXT-X-MEDIA-SEQUENCE:0"]
+    if independent:
+        lines.append("#EXT-X-INDEPENDENT-SEGMENTS")
     for duration, uri in entries:
         lines += [f"#EXTINF:{duration:.6f},", uri]
     if ended:
@@ -155,7 +170,7 @@ def playlist_text(entries: List[tuple], *, ended: bool) -> str:
 class LivePreview:
     """Uploads segments and the growing playlist in the background.
 
-    ``tap`` goes to ``Mp4Writer(tap=..., keyframe_each_write=True)``; ``on_ready(segments)`` is
+    ``tap`` goes to ``Mp4Writer(**writer_options(preview))``; ``on_ready(segments)`` is
     called (uploader thread) after each playlist update that added a segment; ``end()`` (any time,
     idempotent) closes the playlist with ``#EXT-X-ENDLIST`` once what is queued is uploaded;
     ``wait(timeout)`` waits for that.
@@ -163,9 +178,11 @@ class LivePreview:
 
     def __init__(self, storage, prefix: str, *, expiry: int = 3600,
                  on_ready: Optional[Callable[[int], None]] = None,
-                 max_pending: int = DEFAULT_MAX_PENDING):
+                 max_pending: int = DEFAULT_MAX_PENDING, independent: Optional[bool] = None):
         from worker.storage import RetryPolicy
 
+        # segments that each start with an IDR (low-latency mode) or continue the MP4's own GOPs
+        self.independent = low_latency() if independent is None else bool(independent)
         # few, short retries: a slow store ends the preview instead of stretching it
         self.storage = storage.with_retry(RetryPolicy(attempts=2, initial=0.2, maximum=1.0))
         self.prefix = prefix.rstrip("/")
@@ -264,7 +281,7 @@ class LivePreview:
             return False
 
     def _put_playlist(self, *, ended: bool) -> None:
-        text = playlist_text(self._entries, ended=ended)
+        text = playlist_text(self._entries, ended=ended, independent=self.independent)
         self.storage.put_bytes(self.playlist_key, text.encode("utf-8"), content_type=PLAYLIST_TYPE,
                                headers={"Cache-Control": "no-store"})
 
