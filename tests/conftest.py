@@ -36,6 +36,18 @@ S3_ACCESS_KEY = "test-access-key"
 S3_SECRET_KEY = "test-secret-Zq8vN3xPp2"  # tests assert this never shows up in outputs / logs
 
 
+def stop_process(proc, grace: float = 10.0) -> None:
+    """Terminate a child process; kill it if it does not exit within ``grace`` seconds."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def free_port() -> int:
     with _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -316,3 +328,24 @@ def worker_subprocess_env(extra: dict) -> dict:
     env.update({"PYTHONUNBUFFERED": "1", "RUNPOD_LOG_LEVEL": "INFO", **extra})
     return env
 # ==== end of worker fixtures ===================================================================
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_models):
+    """The tiny pipeline (both modes) on the CPU, built once per test module."""
+    from pipeline.generation.engine import WorldPlayPipeline
+    from pipeline.model_files.resolve import resolve_models
+
+    paths = resolve_models(["ar", "bidirectional"], model_dir=tiny_models, allow_download=False, set_offline=False)
+    return WorldPlayPipeline.from_paths(paths, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def image():
+    """A 160x90 smooth RGB test picture."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:90, 0:160]
+    rgb = np.stack([(x * 1.5) % 256, (y * 2.8) % 256, ((x + y) * 0.9) % 256], -1).astype(np.uint8)
+    return Image.fromarray(rgb)

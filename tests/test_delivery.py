@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FakePipeline, b64, png_bytes, worker_subprocess_env
+from conftest import FakePipeline, b64, png_bytes, stop_process, worker_subprocess_env
 
 from pipeline.video import probe_mp4
 from worker import delivery
@@ -351,9 +351,4 @@ def test_http_imitation_without_storage_and_the_readme_decode_step(tiny_models, 
         info = probe_mp4(tmp_path / "out.mp4")
         assert (info.codec, info.num_frames) == ("h264", answer.json()["output"]["num_frames"])
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)

@@ -5,25 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from pipeline.errors import FrameCountError, GenerationCancelled, PipelineError
 from pipeline.generation.camera import parse_pose
 from pipeline.generation.engine import GenerationRequest, WorldPlayPipeline
 from pipeline.model_files.resolve import resolve_models
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_models) -> WorldPlayPipeline:
-    paths = resolve_models(["ar", "bidirectional"], model_dir=tiny_models, allow_download=False, set_offline=False)
-    return WorldPlayPipeline.from_paths(paths, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def image() -> Image.Image:
-    y, x = np.mgrid[0:90, 0:160]
-    rgb = np.stack([(x * 1.5) % 256, (y * 2.8) % 256, ((x + y) * 0.9) % 256], -1).astype(np.uint8)
-    return Image.fromarray(rgb)
 
 
 def request(image, pose="w-7", mode="ar", **kwargs) -> GenerationRequest:

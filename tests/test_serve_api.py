@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import S3_SECRET_KEY, b64, free_port, png_bytes, worker_subprocess_env
+from conftest import S3_SECRET_KEY, b64, free_port, png_bytes, stop_process, worker_subprocess_env
 
 from pipeline.video import probe_mp4
 
@@ -44,12 +44,7 @@ def api(s3_env, tiny_models, tmp_path):
             time.sleep(0.2)
         yield base, log_path
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
 
 
 def test_run_then_status_and_errors(api, storage, tmp_path):

@@ -9,28 +9,14 @@ import struct
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from pipeline.encoders.causal_decode import CausalVAEDecoder
 from pipeline.errors import FrameCountError, SessionTooLongError, StateError, StateMismatchError
 from pipeline.generation.camera import continue_pose, parse_pose
 from pipeline.generation.continuation import continuation_request
-from pipeline.generation.engine import GenerationRequest, WorldPlayPipeline
+from pipeline.generation.engine import GenerationRequest
 from pipeline.generation.seeding import chunk_noise, chunk_seed
 from pipeline.generation.world_state import SessionLimits, WorldState, checkpoint_fingerprint
-from pipeline.model_files.resolve import resolve_models
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_models) -> WorldPlayPipeline:
-    paths = resolve_models(["ar", "bidirectional"], model_dir=tiny_models, allow_download=False, set_offline=False)
-    return WorldPlayPipeline.from_paths(paths, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def image() -> Image.Image:
-    y, x = np.mgrid[0:90, 0:160]
-    return Image.fromarray(np.stack([(x * 1.5) % 256, (y * 2.8) % 256, ((x + y) * 0.9) % 256], -1).astype(np.uint8))
 
 
 def generate(pipe, image, pose, mode="ar", **kwargs):
