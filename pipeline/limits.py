@@ -20,3 +20,8 @@ MAX_LATENTS = 256
 
 MAX_FRAMES = FRAMES_PER_LATENT * (MAX_LATENTS - 1) + 1
 """Frames of the longest video: 1021."""
+
+MAX_SESSION_LATENTS = 1024
+"""Latents of the longest world session (``continue_from`` chains; 4093 frames): the default and the
+ceiling of ``WORLDPLAY_MAX_SESSION_LATENTS``. Each job still renders at most ``MAX_LATENTS``; a session
+costs no more GPU memory per job as it grows (the AR K/V cache holds a bounded memory selection)."""

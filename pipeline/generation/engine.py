@@ -26,7 +26,7 @@ from pipeline.dit.transformer import WorldPlayTransformer, disable_compile, enab
 from pipeline.encoders import components as comp
 from pipeline.encoders.causal_decode import CausalVAEDecoder
 from pipeline.errors import ImageError, PipelineError, SessionTooLongError, StateMismatchError
-from pipeline.generation.camera import MAX_LATENTS, CameraTrajectory, check_latent_count, parse_pose
+from pipeline.generation.camera import CameraTrajectory, check_latent_count, parse_pose
 from pipeline.generation.memory import MEMORY_SIZE, select_context_latents
 from pipeline.generation.rollout import (
     AR_CHUNK_LATENTS,
@@ -41,6 +41,7 @@ from pipeline.generation.rollout import (
 )
 from pipeline.generation.seeding import MemoryPoints, chunk_noise
 from pipeline.generation.world_state import SessionLimits, WorldState, c2w64_of, checkpoint_fingerprint
+from pipeline.limits import MAX_SESSION_LATENTS
 from pipeline.settings import env_flag
 
 logger = logging.getLogger("worldplay.engine")
@@ -362,10 +363,10 @@ class WorldPlayPipeline:
         check_continuation_count(request.camera.num_latents, request.mode)
         limits = SessionLimits.from_env()
         total = state.num_latents + request.camera.num_latents
-        if total > min(limits.max_latents, MAX_LATENTS):
+        if total > min(limits.max_latents, MAX_SESSION_LATENTS):
             raise SessionTooLongError(
                 f"the session would reach {total} latents ({4 * (total - 1) + 1} frames); this worker allows at "
-                f"most {min(limits.max_latents, MAX_LATENTS)} latents per session (WORLDPLAY_MAX_SESSION_LATENTS)"
+                f"most {min(limits.max_latents, MAX_SESSION_LATENTS)} latents per session (WORLDPLAY_MAX_SESSION_LATENTS)"
             )
 
     @torch.inference_mode()

@@ -42,7 +42,8 @@ import numpy as np
 import torch
 
 from pipeline.errors import SessionTooLongError, StateError
-from pipeline.generation.camera import MAX_LATENTS, MODE_LATENT_MULTIPLE
+from pipeline.generation.camera import MODE_LATENT_MULTIPLE
+from pipeline.limits import MAX_SESSION_LATENTS
 from pipeline.settings import env_number
 
 __all__ = [
@@ -83,13 +84,13 @@ class SessionLimits:
     frames) and ``WORLDPLAY_MAX_SESSION_BYTES`` (default 256 MiB; a latent of an 832x480 video is
     about 0.2 MB)."""
 
-    max_latents: int = MAX_LATENTS
+    max_latents: int = MAX_SESSION_LATENTS
     max_bytes: int = 256 * 1024 * 1024
 
     @classmethod
     def from_env(cls) -> "SessionLimits":
         return cls(
-            max_latents=max(1, env_number("WORLDPLAY_MAX_SESSION_LATENTS", MAX_LATENTS, int)),
+            max_latents=max(1, env_number("WORLDPLAY_MAX_SESSION_LATENTS", MAX_SESSION_LATENTS, int)),
             max_bytes=max(1024, env_number("WORLDPLAY_MAX_SESSION_BYTES", cls.max_bytes, int)),
         )
 

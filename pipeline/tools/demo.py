@@ -16,7 +16,7 @@ MP4 it saves the input image (``<out>_input.png``) and the camera path seen from
 World sessions (the worker's continue_from, same code path; a continuation writes no side files):
 
     python -m pipeline --tiny --pose "w-15" --out part1.mp4 --state-out world.safetensors
-    python -m pipeline --tiny --continue-from world.safetensors --pose "right-8" --out part2.mp4 \
+    python -m pipeline --tiny --continue-from world.safetensors --pose "right-8" --out part2.mp4 \\
         --state-out world2.safetensors
 """
 

@@ -1,0 +1,211 @@
+"""The README and docs/ARCHITECTURE.md against the code: what a reader can look up must exist.
+
+Cheap, text-only checks (no model is built): the environment tables name only variables the code
+reads, and every variable the code reads is in the README; the error-code table is exactly the code's
+code table (with the same refresh marks); the input / output field tables match the schema; every
+module of ARCHITECTURE's tree exists and every module is in the tree; files, links and ``python -m``
+commands the README names exist.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+ARCHITECTURE = (ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+
+# the code that runs in the worker or its container (tests and docs excluded)
+CODE_DIRS = ("pipeline", "worker", "schemas")
+CODE_FILES = ("handler.py", "download_models.py", "local_s3.py", "smoke_test.py")
+SHELL_FILES = ("entrypoint.sh", "Dockerfile")
+# read by the code, set by the entrypoint for the code (not a user setting)
+INTERNAL_ENV = {"WORLDPLAY_AUTO_OFFLINE"}
+
+
+def _section(text: str, heading: str) -> str:
+    """From the heading line to the next heading of the same or a higher level."""
+    level = len(heading) - len(heading.lstrip("#"))
+    start = text.index(heading + "\n")
+    rest = text[start + len(heading) + 1:]
+    stop = re.search(rf"^#{{1,{level}}} ", rest, flags=re.M)
+    return rest[: stop.start()] if stop else rest
+
+
+def _table_first_cells(section: str) -> list[str]:
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("|---")]
+    return [row.split("|")[1] for row in rows[1:] if not row.startswith("| variable") and not row.startswith("| code")]
+
+
+def _python_sources() -> str:
+    files = [p for d in CODE_DIRS for p in (ROOT / d).rglob("*.py")] + [ROOT / f for f in CODE_FILES]
+    return "\n".join(p.read_text(encoding="utf-8") for p in files)
+
+
+def _shell_sources() -> str:
+    lines = []
+    for name in SHELL_FILES:
+        lines += [ln for ln in (ROOT / name).read_text(encoding="utf-8").splitlines()
+                  if not ln.lstrip().startswith("#")]
+    return "\n".join(lines)
+
+
+def _readme_env_vars() -> list[str]:
+    section = _section(README, "## Environment")
+    names = [n for cell in _table_first_cells(section) for n in re.findall(r"`([A-Z][A-Z0-9_]+)`", cell)]
+    assert len(names) > 30, "the environment tables were not found"
+    return names
+
+
+def _env_vars_read_by_python() -> set[str]:
+    src = _python_sources()
+    # os.environ["X"], os.environ.get("X"), os.getenv("X"), env.get("X"), env_flag / env_number("X"),
+    # and module constants such as DEADLINE_ENV = "X"
+    found = set(re.findall(r"""(?:environ(?:\.get)?|getenv|env\.get|env_flag|env_number|storage_number\(\s*env,)"""
+                           r"""[\[(]?\s*["']([A-Z][A-Z0-9_]+)["']""", src))
+    found |= set(re.findall(r"""^\s*[A-Z_]*ENV\s*=\s*["']([A-Z][A-Z0-9_]+)["']""", src, flags=re.M))
+    return found
+
+
+def test_every_env_var_in_the_readme_tables_is_read_by_the_code():
+    python_src, shell_src = _python_sources(), _shell_sources()
+    unread = [n for n in _readme_env_vars()
+              if not re.search(rf"""["']{n}["']""", python_src) and not re.search(rf"\b{n}\b", shell_src)]
+    assert not unread, f"README's environment tables name variables no code reads: {unread}"
+
+
+def test_every_worker_env_var_the_code_reads_is_in_the_readme():
+    documented = set(_readme_env_vars())
+    ours = {n for n in _env_vars_read_by_python() if n.startswith(("WORLDPLAY_", "MINIO_"))}
+    assert "WORLDPLAY_MODES" in ours and "MINIO_ENDPOINT" in ours, "the env-read pattern found nothing"
+    missing = sorted(ours - documented - INTERNAL_ENV)
+    assert not missing, f"the code reads variables the README's environment tables do not name: {missing}"
+
+
+def _readme_error_rows() -> dict[str, bool]:
+    rows = {}
+    for cell in _table_first_cells(_section(README, "## Error codes")):
+        code = re.search(r"`([A-Z_]+)`", cell)
+        assert code, cell
+        rows[code.group(1)] = "↻" in cell
+    return rows
+
+
+def test_error_code_table_is_exactly_the_codes_the_worker_returns():
+    from worker.errors import ERROR_CODES
+
+    rows = _readme_error_rows()
+    assert set(rows) == set(ERROR_CODES), (
+        f"only in README: {sorted(set(rows) - set(ERROR_CODES))}; "
+        f"only in worker/errors.py: {sorted(set(ERROR_CODES) - set(rows))}")
+    marked_wrong = [c for c, refresh in rows.items() if refresh != ERROR_CODES[c][0]]
+    assert not marked_wrong, f"the ↻ (refresh_worker) mark disagrees with worker/errors.py for {marked_wrong}"
+
+
+def test_every_code_the_code_raises_is_a_known_code():
+    import pipeline.errors as perr
+    from worker.errors import ERROR_CODES
+
+    pipeline_codes = {cls.code for cls in vars(perr).values()
+                      if isinstance(cls, type) and issubclass(cls, perr.PipelineError) and cls is not perr.PipelineError}
+    assert pipeline_codes and pipeline_codes <= set(ERROR_CODES), sorted(pipeline_codes - set(ERROR_CODES))
+    literal = set(re.findall(r"""WorkerError\(\s*["']([A-Z_]+)["']""", _python_sources()))
+    assert literal and literal <= set(ERROR_CODES), sorted(literal - set(ERROR_CODES))
+
+
+def _readme_fields(heading: str) -> set[str]:
+    cells = _table_first_cells(_section(README, heading))
+    return {re.search(r"`([a-z_.0-9]+)`", c).group(1) for c in cells if re.search(r"`([a-z_.0-9]+)`", c)}
+
+
+def test_input_table_is_the_input_schema():
+    from schemas.job import JobInput, OutputOptions
+
+    schema = set(JobInput.model_fields) - {"output"} | {f"output.{f}" for f in OutputOptions.model_fields}
+    table = _readme_fields("## Input (`job[\"input\"]`)")
+    assert table == schema, f"only in README: {sorted(table - schema)}; only in schemas/job.py: {sorted(schema - table)}"
+
+
+def test_every_output_field_is_described_in_the_output_section():
+    from schemas.job import JobOutput, Timings
+
+    section = _section(README, "## Output")
+    missing = [f for f in JobOutput.model_fields if f"`{f}`" not in section and f'"{f}"' not in section]
+    assert not missing, f"output fields the README's Output section does not mention: {missing}"
+    example = re.search(r"```json\n(.*?)```", section, flags=re.S).group(1)
+    stages = set(re.search(r'"timings": \{(.*?)\}', example).group(1).replace('"', "").replace(" ", "").split(","))
+    assert {s.split(":")[0] for s in stages} == {f.alias or n for n, f in Timings.model_fields.items()}
+
+
+def test_documented_limits_are_the_code_defaults():
+    import pipeline.limits as limits
+    from pipeline.generation.world_state import SessionLimits
+    from worker.delivery import DEFAULT_INLINE_MAX_BYTES
+
+    env = _section(README, "## Environment")
+    defaults = SessionLimits()
+    assert f"| `WORLDPLAY_MAX_SESSION_LATENTS` | `{defaults.max_latents}` |" in env
+    assert f"| `WORLDPLAY_MAX_SESSION_BYTES` | `{defaults.max_bytes}` " in env
+    assert f"| `WORLDPLAY_INLINE_MAX_BYTES` | `{DEFAULT_INLINE_MAX_BYTES}` " in env
+    assert f"{limits.MAX_LATENTS} latents = {limits.MAX_FRAMES} frames" in README
+    assert limits.MAX_SESSION_LATENTS > limits.MAX_LATENTS  # a session outgrows one job
+
+
+def _architecture_tree() -> list[str]:
+    block = re.search(r"^```\n(.*?)^```", ARCHITECTURE, flags=re.S | re.M).group(1)
+    paths, top, sub = [], None, None
+    for line in block.splitlines():
+        if not line.strip() or line.startswith(" " * 8):  # blank or a continuation of a description
+            continue
+        indent = len(line) - len(line.lstrip())
+        head = line.strip().split("  ")[0]  # the name column ends at the first double space
+        names = [n.strip() for n in head.split(",")] if head.endswith(".py") or "," in head else [head]
+        for name in names:
+            if indent == 0:
+                top, sub = (name.rstrip("/"), None) if name.endswith("/") else (None, None)
+                if not name.endswith("/"):
+                    paths.append(name)
+            elif indent == 2 and name.endswith("/"):
+                sub = name.rstrip("/")
+            else:
+                folder = top if indent == 2 else f"{top}/{sub}"
+                if indent == 2:
+                    sub = None
+                paths.append(f"{folder}/{name}")
+    return paths
+
+
+def test_architecture_tree_names_existing_files_and_every_module():
+    tree = _architecture_tree()
+    assert "pipeline/dit/transformer.py" in tree and "worker/job.py" in tree, tree
+    missing = [p for p in tree if not (ROOT / p).exists()]
+    assert not missing, f"docs/ARCHITECTURE.md names files that do not exist: {missing}"
+    modules = sorted(str(p.relative_to(ROOT)) for d in ("pipeline", "worker", "schemas") for p in (ROOT / d).rglob("*.py")
+                     if p.name != "__init__.py")
+    absent = [m for m in modules if m not in tree]
+    assert not absent, f"modules missing from docs/ARCHITECTURE.md's tree: {absent}"
+
+
+def test_readme_paths_links_and_commands_exist():
+    for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", README):
+        if not target.startswith("http"):
+            assert (ROOT / target).exists(), f"README links to a missing file: {target}"
+    named = set(re.findall(r"`((?:[\w.-]+/)*[\w.-]+\.(?:py|json|txt|md|html|sh))`", README))
+    named |= set(re.findall(r"`((?:pipeline|worker|schemas|tests|docs|viewer|\.ci|\.runpod)/[\w./-]*)`", README))
+    missing = [p for p in sorted(named) if "{" not in p and not (ROOT / p).exists()
+               and not p.startswith(("path", "demo", "out", "smoke", "world"))]
+    assert not missing, f"README names files that do not exist: {missing}"
+    for module in set(re.findall(r"python -m ([a-z_][\w.]*)", README + ARCHITECTURE)):
+        if module not in ("pytest",):
+            assert importlib.util.find_spec(module) is not None, f"`python -m {module}` names no module"
+
+
+@pytest.mark.parametrize("heading", ["## Input (`job[\"input\"]`)", "## Environment", "## Error codes"])
+def test_no_table_row_is_repeated(heading):
+    cells = [c.strip() for c in _table_first_cells(_section(README, heading))]
+    repeated = sorted({c for c in cells if cells.count(c) > 1})
+    assert not repeated, f"rows named twice under {heading}: {repeated}"
