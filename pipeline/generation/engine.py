@@ -92,6 +92,25 @@ class GenerationResult:
     state: WorldState | None = None  # the whole session after this video (history + new latents)
 
 
+@dataclass
+class FollowerResult:
+    """What :meth:`WorldPlayPipeline.generate` returns on a sequence-parallel follower rank: the clean
+    latents (rank 0's, [T, C, h, w] like :attr:`WorldState.latents`); the frames and the state are rank 0's."""
+
+    latents: torch.Tensor
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _share_inputs(sp, tensors: list[torch.Tensor] | None, device: torch.device | None = None) -> list[torch.Tensor]:
+    """Rank 0's DiT inputs on every rank: rank 0 passes its `tensors`, a follower None. Their shapes and
+    dtypes go first (a small pickled header), so a follower, which encodes nothing, can receive them."""
+    header = sp.share([(tuple(t.shape), t.dtype) for t in tensors] if tensors is not None else None)
+    if tensors is None:
+        tensors = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in header]
+    sp.broadcast(tensors)
+    return tensors
+
+
 class _Timer:
     """Seconds per stage. A stage opened inside another is not counted in the outer one (the chunk
     decodes run inside the rollout, yet "denoise" stays the denoising time)."""
@@ -134,7 +153,7 @@ class WorldPlayPipeline:
         self,
         *,
         transformers: dict[str, WorldPlayTransformer],
-        encoders: "comp.ConditionEncoders",
+        encoders: "comp.ConditionEncoders | None",
         vae,
         scheduler,
         device: torch.device,
@@ -164,7 +183,9 @@ class WorldPlayPipeline:
         self._text_encoder_host: HostResident | None = None
         self.sequence_parallel = None  # pipeline.dit.parallel.SequenceParallel with several ranks
         placed = time.perf_counter()
-        if offload_encoders:
+        if encoders is None:
+            pass  # a follower rank (dit_only): rank 0 encodes, decodes and broadcasts the DiT's inputs
+        elif offload_encoders:
             # byT5 and SigLIP are small (~2 GB): they stay on the GPU. The Qwen text encoder (~15 GB)
             # lives in pinned host memory and visits the GPU only when a prompt misses the cache.
             for module in (encoders.byt5_encoder, encoders.image_encoder):
@@ -187,8 +208,13 @@ class WorldPlayPipeline:
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         modes: tuple[str, ...] | None = None,
+        dit_only: bool = False,
     ) -> "WorldPlayPipeline":
-        """Load every component from a resolved :class:`pipeline.model_files.resolve.ModelPaths`."""
+        """Load every component from a resolved :class:`pipeline.model_files.resolve.ModelPaths`.
+
+        `dit_only`: the transformers and the scheduler, without the text/image encoders and the VAE
+        (``encoders`` and ``vae`` are None): a sequence-parallel follower rank, which receives its
+        inputs from rank 0 (:meth:`use_sequence_parallel`) and only denoises."""
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or default_dtype(device)
         modes = tuple(modes or paths.transformer.keys())
@@ -203,11 +229,14 @@ class WorldPlayPipeline:
             transformers[mode] = load_transformer(paths.transformer[mode], device=device, dtype=dtype)
             timings[f"transformer_{mode}"] = round(time.perf_counter() - t0, 3)
         offload = should_offload_encoders(device)
+        encoders = vae = None
+        if not dit_only:
+            t0 = time.perf_counter()
+            encoders = comp.ConditionEncoders.from_pretrained(paths.components, device="cpu", dtype=dtype)
+            timings["encoders"] = round(time.perf_counter() - t0, 3)
         t0 = time.perf_counter()
-        encoders = comp.ConditionEncoders.from_pretrained(paths.components, device="cpu", dtype=dtype)
-        timings["encoders"] = round(time.perf_counter() - t0, 3)
-        t0 = time.perf_counter()
-        vae = comp.load_vae(paths.components, device=device, dtype=dtype)
+        if not dit_only:
+            vae = comp.load_vae(paths.components, device=device, dtype=dtype)
         scheduler = comp.load_scheduler(paths.components)
         timings["vae_scheduler"] = round(time.perf_counter() - t0, 3)
         timings["total"] = round(time.perf_counter() - started, 3)
@@ -237,14 +266,18 @@ class WorldPlayPipeline:
     def use_sequence_parallel(self, sp) -> None:
         """Split every DiT pass across the ranks of `sp` (:class:`pipeline.dit.parallel.SequenceParallel`).
 
-        Every rank then runs :meth:`generate` on the same request at the same time; rank 0's image
-        latent and encoder outputs are broadcast so that every rank denoises the same inputs."""
+        Every rank then runs :meth:`generate` on the same request at the same time. Only rank 0 encodes
+        (image latent, prompts, image embedding) and decodes: it broadcasts the DiT's inputs (noise,
+        condition latents, encoder outputs; their shapes first), and the followers only denoise, so a
+        follower needs no encoders nor VAE (``from_paths(..., dit_only=True)``)."""
         from pipeline.dit.parallel import check_heads
 
         for transformer in self.transformers.values():
             check_heads(sp.world, transformer.config.num_heads)
             transformer.sequence_parallel = sp
         self.sequence_parallel = sp
+        if sp.rank == 0 and (self.encoders is None or self.vae is None):
+            raise PipelineError("rank 0 of a sequence-parallel group needs the encoders and the VAE")
         self.load_info["sequence_parallel"] = {"world_size": sp.world, "rank": sp.rank, "backend": sp.backend}
 
     def health(self) -> dict:
@@ -391,8 +424,14 @@ class WorldPlayPipeline:
         transformer = self.transformers[request.mode]
         steps, guidance = request.steps, request.guidance
         use_cfg = guidance > 1.0
-
+        sp = self.sequence_parallel
         history = request.history
+        if sp is not None and sp.rank > 0:
+            return self._follow(request, transformer, timer, should_cancel, trace)
+        if self.encoders is None or self.vae is None:
+            raise PipelineError("this pipeline was loaded without encoders and VAE (a follower rank): it cannot "
+                                "generate on its own")
+
         if history is None:
             with timer.stage("prepare_image"):
                 image = _as_rgb(request.image)
@@ -429,56 +468,16 @@ class WorldPlayPipeline:
             start = chunk * chunk_size
             latents[:, :, start:start + chunk_size] = chunk_noise(seed, chunk, (1, channels, chunk_size, h, w))
         latents = latents.to(self.device)
-        sp = self.sequence_parallel
         if sp is not None:
-            # every rank denoises rank 0's inputs (noise included); cancelling is decided by all ranks at
-            # the same step
-            sp.broadcast([latents, cond_latents, *positive.tensors(), *(negative.tensors() if negative else ())])
+            # every rank denoises rank 0's inputs (noise included); the followers receive them (_follow)
+            _share_inputs(sp, [latents, cond_latents, *positive.tensors(), *(negative.tensors() if negative else ())])
             should_cancel = sp.agreed(should_cancel, self.device)
         cameras = _session_cameras(history, request.camera)
-        w2c = cameras["w2c"]
-        points_of = MemoryPoints(seed, num_latents // chunk_size)  # the same on every rank: from the seed
-        cached: dict[int, torch.Tensor] = {}
-
-        def select(chunk_start: int, chunk_size_: int):
-            if chunk_start <= MEMORY_SIZE:  # every earlier latent is context: no points needed
-                return select_context_latents(w2c, chunk_start, chunk_size_, points=torch.zeros(0, 3))
-            chunk = chunk_start // chunk_size
-            if chunk not in cached:
-                cached.clear()
-                cached[chunk] = points_of(chunk)
-            return select_context_latents(w2c, chunk_start, chunk_size_, points=cached[chunk])
-
-        select.memory_size = MEMORY_SIZE  # type: ignore[attr-defined]
-        camera = Camera(
-            viewmats=w2c.unsqueeze(0).to(self.device),
-            intrinsics=cameras["intrinsics"].unsqueeze(0).to(self.device),
-            actions=cameras["actions"].unsqueeze(0).to(self.device),
-        )
-        rollout = ar_rollout if request.mode == "ar" else bidirectional_rollout
         chunks = ChunkFrames(self.vae, timer, on_frames, during_denoise=self.decode_during_denoise,
                              history_latents=past)
-
-        with timer.stage("denoise"):
-            latents = rollout(
-                transformer,
-                fresh_scheduler(self.scheduler),
-                RolloutInputs(
-                    latents=latents,
-                    cond_latents=cond_latents,
-                    camera=camera,
-                    positive=positive,
-                    negative=negative,
-                    guidance_scale=guidance,
-                    num_steps=steps,
-                    select_context=select,
-                    callback=callback,
-                    should_cancel=should_cancel,
-                    on_chunk=chunks.chunk_done,
-                    trace=trace,
-                    first_latent=past,
-                ),
-            )
+        latents = self._denoise(request, transformer, timer, cameras, latents, cond_latents, positive, negative,
+                                callback=callback, should_cancel=should_cancel, on_chunk=chunks.chunk_done,
+                                trace=trace)
         if chunks.fell_back:
             # One out-of-memory decode beside the K/V cache is enough to know this card has no room for
             # it: later jobs on this worker decode after their rollout straight away.
@@ -511,6 +510,68 @@ class WorldPlayPipeline:
             timings=timer.timings,
             state=state,
         )
+
+    def _follow(self, request: GenerationRequest, transformer, timer: "_Timer", should_cancel, trace) -> "FollowerResult":
+        """A follower rank's part of :meth:`generate`: rank 0's inputs by broadcast, then the same rollout
+        (its share of every DiT pass); no encoder, no decode. The latents are rank 0's too."""
+        sp = self.sequence_parallel
+        received = _share_inputs(sp, None, self.device)
+        latents, cond_latents = received[:2]
+        positive = Conditioning(*received[2:7])
+        negative = Conditioning(*received[7:12]) if len(received) == 12 else None
+        should_cancel = sp.agreed(should_cancel, self.device)  # what rank 0 decides: followers poll nothing
+        cameras = _session_cameras(request.history, request.camera)
+        latents = self._denoise(request, transformer, timer, cameras, latents, cond_latents, positive, negative,
+                                callback=None, should_cancel=should_cancel, on_chunk=None, trace=trace)
+        return FollowerResult(latents=latents[0].permute(1, 0, 2, 3).float().cpu().contiguous(),
+                              timings=timer.timings)
+
+    def _denoise(self, request: GenerationRequest, transformer, timer: "_Timer", cameras: dict, latents, cond_latents,
+                 positive, negative, *, callback, should_cancel, on_chunk, trace) -> torch.Tensor:
+        """The rollout of one request (the same on every rank): camera, memory points, context selection."""
+        chunk_size = CHUNK_LATENTS[request.mode]
+        num_latents = latents.shape[2]
+        past = request.history.num_latents if request.history is not None else 0
+        w2c = cameras["w2c"]
+        points_of = MemoryPoints(int(request.seed), num_latents // chunk_size)  # the same on every rank: from the seed
+        cached: dict[int, torch.Tensor] = {}
+
+        def select(chunk_start: int, chunk_size_: int):
+            if chunk_start <= MEMORY_SIZE:  # every earlier latent is context: no points needed
+                return select_context_latents(w2c, chunk_start, chunk_size_, points=torch.zeros(0, 3))
+            chunk = chunk_start // chunk_size
+            if chunk not in cached:
+                cached.clear()
+                cached[chunk] = points_of(chunk)
+            return select_context_latents(w2c, chunk_start, chunk_size_, points=cached[chunk])
+
+        select.memory_size = MEMORY_SIZE  # type: ignore[attr-defined]
+        camera = Camera(
+            viewmats=w2c.unsqueeze(0).to(self.device),
+            intrinsics=cameras["intrinsics"].unsqueeze(0).to(self.device),
+            actions=cameras["actions"].unsqueeze(0).to(self.device),
+        )
+        rollout = ar_rollout if request.mode == "ar" else bidirectional_rollout
+        with timer.stage("denoise"):
+            return rollout(
+                transformer,
+                fresh_scheduler(self.scheduler),
+                RolloutInputs(
+                    latents=latents,
+                    cond_latents=cond_latents,
+                    camera=camera,
+                    positive=positive,
+                    negative=negative,
+                    guidance_scale=request.guidance,
+                    num_steps=request.steps,
+                    select_context=select,
+                    callback=callback,
+                    should_cancel=should_cancel,
+                    on_chunk=on_chunk,
+                    trace=trace,
+                    first_latent=past,
+                ),
+            )
 
     def _conditioning(self, prompt: str, vision: torch.Tensor, *, negative: bool = False) -> Conditioning:
         """The branch's conditioning. The negative (CFG) branch gets an empty byT5 input (zeros, mask 0)
