@@ -511,7 +511,8 @@ class WorldPlayPipeline:
             state=state,
         )
 
-    def _follow(self, request: GenerationRequest, transformer, timer: "_Timer", should_cancel, trace) -> "FollowerResult":
+    def _follow(self, request: GenerationRequest, transformer, timer: "_Timer", should_cancel,
+                trace) -> "FollowerResult":
         """A follower rank's part of :meth:`generate`: rank 0's inputs by broadcast, then the same rollout
         (its share of every DiT pass); no encoder, no decode. The latents are rank 0's too."""
         sp = self.sequence_parallel
