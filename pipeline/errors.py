@@ -72,6 +72,13 @@ class RankFailedError(PipelineError):
     code = "RANK_FAILED"
 
 
+class RankZeroFailedError(PipelineError):
+    """On a sequence-parallel follower: rank 0 failed while preparing the DiT's inputs (before any of them
+    was broadcast) and said so; the ranks stay in step and rank 0 reports its own error."""
+
+    code = "RANK0_FAILED"
+
+
 class StateError(PipelineError):
     """A world state (``continue_from``) is not a valid state object: header, tensors, metadata."""
 

@@ -102,6 +102,12 @@ def _generate_rank(rank: int, world: int, port: int, root: str, requests: list, 
         pipe = (loader.for_follower() if rank else loader)("cpu")
         pipe.use_sequence_parallel(sp)
         assert (pipe.encoders is None and pipe.vae is None) == (rank > 0)
+        from pipeline.errors import ImageError, RankZeroFailedError
+
+        # rank 0 fails while preparing its inputs (no picture): it says so, the follower stops too, and
+        # the ranks stay in step for the next request
+        with pytest.raises(RankZeroFailedError if rank else ImageError):
+            pipe.generate(requests[0].__class__(prompt="x", image=None, camera=requests[0].camera, mode="ar"))
         for i, request in enumerate(requests):
             result = pipe.generate(request)
             if rank:
@@ -146,6 +152,21 @@ def test_follower_holds_no_encoders_and_denoises_the_same(tiny_models, tiny_pipe
             got = torch.load(tmp_path / f"{rank}-{i}.pt")
             assert got.shape == reference.shape
             assert relative(reference, got) <= TOLERANCE, (i, rank)
+
+    # the same through rank 0's RankedPipeline: the follower process loads for_follower() and reports it;
+    # rank 0's failure before the rollout leaves the group usable
+    from pipeline.errors import ImageError
+    from pipeline.generation.ranks import load_ranked
+
+    pipe = load_ranked(PathsLoader(paths, ("ar",)), "cpu", 2)
+    try:
+        assert pipe.health()["sequence_parallel"]["followers"] == [{"rank": 1, "encoders": False, "vae": False}]
+        with pytest.raises(ImageError):
+            pipe.generate(GenerationRequest(prompt="x", image=None, camera=parse_pose("w-7"), mode="ar"))
+        assert pipe.broken is None
+        assert relative(one.state.latents, pipe.generate(first).state.latents) <= TOLERANCE
+    finally:
+        pipe.close()
 
 
 # ---- the CLI ------------------------------------------------------------------------------------

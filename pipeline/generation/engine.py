@@ -25,7 +25,7 @@ from pipeline.dit.checkpoint import load_transformer
 from pipeline.dit.transformer import WorldPlayTransformer, disable_compile, enable_compile
 from pipeline.encoders import components as comp
 from pipeline.encoders.causal_decode import CausalVAEDecoder
-from pipeline.errors import ImageError, PipelineError, SessionTooLongError, StateMismatchError
+from pipeline.errors import ImageError, PipelineError, RankZeroFailedError, SessionTooLongError, StateMismatchError
 from pipeline.generation.camera import MAX_LATENTS, CameraTrajectory, check_latent_count, parse_pose
 from pipeline.generation.memory import MEMORY_SIZE, select_context_latents
 from pipeline.generation.rollout import (
@@ -105,6 +105,8 @@ def _share_inputs(sp, tensors: list[torch.Tensor] | None, device: torch.device |
     """Rank 0's DiT inputs on every rank: rank 0 passes its `tensors`, a follower None. Their shapes and
     dtypes go first (a small pickled header), so a follower, which encodes nothing, can receive them."""
     header = sp.share([(tuple(t.shape), t.dtype) for t in tensors] if tensors is not None else None)
+    if isinstance(header, tuple):  # ("failed", why): rank 0 could not prepare them
+        raise RankZeroFailedError(f"rank 0 failed before the rollout: {header[1]}")
     if tensors is None:
         tensors = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in header]
     sp.broadcast(tensors)
@@ -432,42 +434,48 @@ class WorldPlayPipeline:
             raise PipelineError("this pipeline was loaded without encoders and VAE (a follower rank): it cannot "
                                 "generate on its own")
 
-        if history is None:
-            with timer.stage("prepare_image"):
-                image = _as_rgb(request.image)
-                width, height = comp.select_bucket(image.width, image.height, transformer.config.resolution_base)
-                pixels = comp.prepare_image(image, width, height).to(self.device, self.dtype)
-                image_latent = comp.encode_condition_latents(self.vae, pixels)  # [1, C, 1, h, w]
-                vision = self.encoders.encode_image(image, width, height)
-        else:  # a world session: the image's latent and embedding come from the state
-            width, height = history.width, history.height
-            image_latent = history.image_latent[None, :, None].to(self.device, self.dtype)
-            vision = history.vision[None].to(self.device, self.dtype)
+        try:  # preparing rank 0's inputs; the followers wait for them in _follow
+            if history is None:
+                with timer.stage("prepare_image"):
+                    image = _as_rgb(request.image)
+                    width, height = comp.select_bucket(image.width, image.height, transformer.config.resolution_base)
+                    pixels = comp.prepare_image(image, width, height).to(self.device, self.dtype)
+                    image_latent = comp.encode_condition_latents(self.vae, pixels)  # [1, C, 1, h, w]
+                    vision = self.encoders.encode_image(image, width, height)
+            else:  # a world session: the image's latent and embedding come from the state
+                width, height = history.width, history.height
+                image_latent = history.image_latent[None, :, None].to(self.device, self.dtype)
+                vision = history.vision[None].to(self.device, self.dtype)
 
-        prompts = [request.prompt] + ([request.negative_prompt] if use_cfg else [])
-        need_text_encoder = any(not self.encoders.is_cached(p) for p in prompts)
-        with timer.stage("encode_prompt"), self._text_encoder_on_device(need_text_encoder):
-            positive = self._conditioning(request.prompt, vision)
-            negative = self._conditioning(request.negative_prompt, vision, negative=True) if use_cfg else None
+            prompts = [request.prompt] + ([request.negative_prompt] if use_cfg else [])
+            need_text_encoder = any(not self.encoders.is_cached(p) for p in prompts)
+            with timer.stage("encode_prompt"), self._text_encoder_on_device(need_text_encoder):
+                positive = self._conditioning(request.prompt, vision)
+                negative = self._conditioning(request.negative_prompt, vision, negative=True) if use_cfg else None
 
-        past = history.num_latents if history is not None else 0
-        num_latents = past + request.camera.num_latents
-        _, channels, _, h, w = image_latent.shape
-        cond_latents = torch.zeros(1, channels + 1, num_latents, h, w, device=self.device, dtype=torch.float32)
-        cond_latents[:, :channels, 0] = image_latent[:, :, 0].float()
-        cond_latents[:, channels, 0] = 1.0
+            past = history.num_latents if history is not None else 0
+            num_latents = past + request.camera.num_latents
+            _, channels, _, h, w = image_latent.shape
+            cond_latents = torch.zeros(1, channels + 1, num_latents, h, w, device=self.device, dtype=torch.float32)
+            cond_latents[:, :channels, 0] = image_latent[:, :, 0].float()
+            cond_latents[:, channels, 0] = 1.0
 
-        # the seed scheme (pipeline.generation.seeding): noise and memory points per chunk from (seed, chunk index),
-        # so a session continued after `past` latents draws what one long generation draws
-        chunk_size = CHUNK_LATENTS[request.mode]
-        seed = int(request.seed)
-        latents = torch.empty((1, channels, num_latents, h, w), dtype=torch.float32)
-        if history is not None:
-            latents[:, :, :past] = history.latents.permute(1, 0, 2, 3).unsqueeze(0)
-        for chunk in range(past // chunk_size, num_latents // chunk_size):
-            start = chunk * chunk_size
-            latents[:, :, start:start + chunk_size] = chunk_noise(seed, chunk, (1, channels, chunk_size, h, w))
-        latents = latents.to(self.device)
+            # the seed scheme (pipeline.generation.seeding): noise and memory points per chunk from (seed, chunk index),
+            # so a session continued after `past` latents draws what one long generation draws
+            chunk_size = CHUNK_LATENTS[request.mode]
+            seed = int(request.seed)
+            latents = torch.empty((1, channels, num_latents, h, w), dtype=torch.float32)
+            if history is not None:
+                latents[:, :, :past] = history.latents.permute(1, 0, 2, 3).unsqueeze(0)
+            for chunk in range(past // chunk_size, num_latents // chunk_size):
+                start = chunk * chunk_size
+                latents[:, :, start:start + chunk_size] = chunk_noise(seed, chunk, (1, channels, chunk_size, h, w))
+            latents = latents.to(self.device)
+        except Exception as exc:
+            if sp is not None:  # tell the followers, which wait for the inputs' shapes, instead of hanging them
+                sp.share(("failed", f"{type(exc).__name__}: {exc}"[:500]))
+                exc.ranks_in_step = True  # type: ignore[attr-defined]  # (RankedPipeline.generate)
+            raise
         if sp is not None:
             # every rank denoises rank 0's inputs (noise included); the followers receive them (_follow)
             _share_inputs(sp, [latents, cond_latents, *positive.tensors(), *(negative.tensors() if negative else ())])

@@ -33,7 +33,7 @@ from typing import Callable
 import torch
 
 from pipeline.dit.parallel import check_heads, configured_size, init_process_group, visible_gpus
-from pipeline.errors import GenerationCancelled, PipelineError, RankFailedError
+from pipeline.errors import GenerationCancelled, PipelineError, RankFailedError, RankZeroFailedError
 from pipeline.settings import env_number
 
 logger = logging.getLogger("worldplay.ranks")
@@ -110,6 +110,8 @@ def follower_main(rank: int, world: int, port: int, device_type: str, timeout_s:
             conn.send(("done", None))
         except GenerationCancelled as exc:
             conn.send(("cancelled", exc.message))
+        except RankZeroFailedError as exc:  # rank 0 failed before the rollout and told us: still in step
+            conn.send(("rank0_failed", exc.message))
         except BaseException as exc:  # noqa: BLE001 - this rank may be out of step: leave
             logger.exception("rank %d failed", rank)
             try:
@@ -221,6 +223,10 @@ class RankedPipeline:
             self._expect({"cancelled"}, self.timeout_s, "cancellation")
             raise
         except BaseException as exc:
+            if getattr(exc, "ranks_in_step", False):
+                # rank 0 failed before the rollout and told the followers (engine): the group stays usable
+                self._expect({"rank0_failed"}, self.timeout_s, "rank 0's failure")
+                raise
             # the followers are mid-generation or waiting in a collective: the group is out of step
             dead = self._dead()
             self.broken = dead or f"rank 0 failed: {type(exc).__name__}: {exc}"
