@@ -113,8 +113,19 @@ def _generate_rank(rank: int, world: int, port: int, root: str, requests: list, 
             if rank:
                 assert not hasattr(result, "frames")  # nothing decoded here
             torch.save(result.latents if rank else result.state.latents, f"{out}/{rank}-{i}.pt")
+        torch.distributed.barrier()  # the follower is done before rank 0's decode: wait for it here
     finally:
+        # rank 0 hosts the store: it leaves after the follower (else gloo may abort the follower's exit)
+        import os
+        import time
+
+        marker = f"{out}/left-{rank}"
+        if rank == 0:
+            deadline = time.monotonic() + 60
+            while not os.path.exists(f"{out}/left-1") and time.monotonic() < deadline:
+                time.sleep(0.05)
         torch.distributed.destroy_process_group()
+        open(marker, "w").close()
 
 
 def test_follower_holds_no_encoders_and_denoises_the_same(tiny_models, tiny_pipeline, tmp_path):

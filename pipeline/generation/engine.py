@@ -420,6 +420,9 @@ class WorldPlayPipeline:
         decoded as soon as it is clean (a causal VAE decode, :mod:`pipeline.encoders.causal_decode`, so the
         frames are final) and, with `on_frames`, its uint8 frames [n, H, W, 3] are handed over right
         away, in order, while the next chunk denoises: 13 frames for the first AR chunk, 16 after.
+
+        On a sequence-parallel follower rank (rank > 0) this only denoises rank 0's inputs and returns a
+        :class:`FollowerResult`.
         """
         self.validate(request)
         timer = _Timer(self.device)

@@ -10,11 +10,12 @@ over a pipe before generating. All ranks then run the same ``generate``; the DiT
 between them (:mod:`pipeline.dit.parallel`), cancellation is decided by all ranks at the same step, and
 only rank 0's callbacks reach the caller.
 
-Failures: a request the pipeline rejects is rejected on rank 0 before any follower sees it. A follower
-that dies, fails (anything but a cancellation or a rejected request: it then exits, so that rank 0's
-collectives fail instead of waiting) or does not answer makes the job fail with
-:class:`~pipeline.errors.RankFailedError` (``RANK_FAILED``, the worker is replaced), and so does every
-later job on this group.
+Failures: a request the pipeline rejects is rejected on rank 0 before any follower sees it; when rank 0
+fails while preparing the DiT's inputs it tells the followers (they answer ``rank0_failed``) and the
+group stays usable. A follower that dies, fails (anything but a cancellation or a rejected request: it
+then exits, so that rank 0's collectives fail instead of waiting) or does not answer makes the job fail
+with :class:`~pipeline.errors.RankFailedError` (``RANK_FAILED``, the worker is replaced), and so does
+every later job on this group.
 """
 
 from __future__ import annotations
