@@ -4,11 +4,10 @@
 with N (``WORLDPLAY_SEQUENCE_PARALLEL``) it spawns N-1 followers (one per GPU, ``spawn`` start method),
 joins them in one process group (NCCL on CUDA, gloo on the CPU), has every rank load its models (a
 follower only the transformers when the loader offers ``for_follower()``: rank 0 alone encodes and
-decodes, and broadcasts the DiT's inputs), and
-returns a :class:`RankedPipeline`: the pipeline of rank 0, which hands each request to every follower
-over a pipe before generating. All ranks then run the same ``generate``; the DiT passes are split
-between them (:mod:`pipeline.dit.parallel`), cancellation is decided by all ranks at the same step, and
-only rank 0's callbacks reach the caller.
+decodes, and broadcasts the DiT's inputs), and returns a :class:`RankedPipeline`: the pipeline of rank
+0, which hands each request to every follower over a pipe before generating. All ranks then run the same
+``generate``; the DiT passes are split between them (:mod:`pipeline.dit.parallel`), cancellation is
+decided by all ranks at the same step, and only rank 0's callbacks reach the caller.
 
 Failures: a request the pipeline rejects is rejected on rank 0 before any follower sees it; when rank 0
 fails while preparing the DiT's inputs it tells the followers (they answer ``rank0_failed``) and the
