@@ -72,6 +72,14 @@ class RankFailedError(PipelineError):
     code = "RANK_FAILED"
 
 
+class RankZeroFailedError(PipelineError):
+    """On a sequence-parallel follower: rank 0 failed while preparing the DiT's inputs (before any of them
+    was broadcast) and said so; the ranks stay in step and rank 0 reports its own error."""
+
+    code = "RANK0_FAILED"
+    reaches_clients = False  # passed between ranks only: never a job's result
+
+
 class StateError(PipelineError):
     """A world state (``continue_from``) is not a valid state object: header, tensors, metadata."""
 

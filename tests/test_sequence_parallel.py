@@ -86,6 +86,100 @@ def test_layouts_round_trip_on_three_ranks():
     tmp_mp.spawn(_layout_rank, args=(3, port), nprocs=3, join=True)
 
 
+# ---- a follower rank: no encoders, no VAE --------------------------------------------------------
+
+
+def _generate_rank(rank: int, world: int, port: int, root: str, requests: list, out: str) -> None:
+    """One rank of the follower check: rank 0 loads what the worker loads, a follower what its loader's
+    for_follower() gives; each rank saves the latents it ends every request with."""
+    from pipeline.dit.parallel import init_process_group
+    from pipeline.generation.ranks import PathsLoader
+    from pipeline.model_files.resolve import resolve_models
+
+    sp = init_process_group(rank, world, port, "cpu", 120)
+    try:
+        loader = PathsLoader(resolve_models(["ar"], model_dir=root, allow_download=False, set_offline=False), ("ar",))
+        pipe = (loader.for_follower() if rank else loader)("cpu")
+        pipe.use_sequence_parallel(sp)
+        assert (pipe.encoders is None and pipe.vae is None) == (rank > 0)
+        from pipeline.errors import ImageError, RankZeroFailedError
+
+        # rank 0 fails while preparing its inputs (no picture): it says so, the follower stops too, and
+        # the ranks stay in step for the next request
+        with pytest.raises(RankZeroFailedError if rank else ImageError):
+            pipe.generate(requests[0].__class__(prompt="x", image=None, camera=requests[0].camera, mode="ar"))
+        for i, request in enumerate(requests):
+            result = pipe.generate(request)
+            if rank:
+                assert not hasattr(result, "frames")  # nothing decoded here
+            torch.save(result.latents if rank else result.state.latents, f"{out}/{rank}-{i}.pt")
+        torch.distributed.barrier()  # the follower is done before rank 0's decode: wait for it here
+    finally:
+        # rank 0 hosts the store: it leaves after the follower (else gloo may abort the follower's exit)
+        import os
+        import time
+
+        marker = f"{out}/left-{rank}"
+        if rank == 0:
+            deadline = time.monotonic() + 60
+            while not os.path.exists(f"{out}/left-1") and time.monotonic() < deadline:
+                time.sleep(0.05)
+        torch.distributed.destroy_process_group()
+        open(marker, "w").close()
+
+
+def test_follower_holds_no_encoders_and_denoises_the_same(tiny_models, tiny_pipeline, tmp_path):
+    """A follower loads neither the encoders nor the VAE, receives rank 0's inputs (their shapes first) and
+    ends with the latents of one rank: a fresh AR video with guidance (both CFG branches), then a world
+    session continued from it (the history comes with the request to every rank)."""
+    import io
+
+    from PIL import Image
+
+    from pipeline.errors import PipelineError
+    from pipeline.generation.camera import parse_pose
+    from pipeline.generation.engine import GenerationRequest
+    from pipeline.generation.ranks import PathsLoader
+    from pipeline.model_files.resolve import resolve_models
+
+    image = Image.open(io.BytesIO(png_bytes(96, 64))).convert("RGB")
+    first = GenerationRequest(prompt="a harbour", image=image, camera=parse_pose("w-7"), mode="ar",
+                              negative_prompt="blur", num_inference_steps=2, guidance_scale=3.0, seed=5)
+    one = tiny_pipeline.generate(first)
+    later = GenerationRequest(prompt="a harbour", image=None, camera=parse_pose("right-7"), mode="ar",
+                              num_inference_steps=2, seed=5, history=one.state)
+    two = tiny_pipeline.generate(later)
+    paths = resolve_models(["ar"], model_dir=tiny_models, allow_download=False, set_offline=False)
+    with pytest.raises(PipelineError, match="without encoders"):  # a follower's pipeline cannot work alone
+        PathsLoader(paths, ("ar",)).for_follower()("cpu").generate(first)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tmp_mp.spawn(_generate_rank, args=(2, port, str(tiny_models), [first, later], str(tmp_path)), nprocs=2,
+                 join=True)
+    for i, reference in enumerate((one.state.latents, two.state.latents)):
+        for rank in (0, 1):
+            got = torch.load(tmp_path / f"{rank}-{i}.pt")
+            assert got.shape == reference.shape
+            assert relative(reference, got) <= TOLERANCE, (i, rank)
+
+    # the same through rank 0's RankedPipeline: the follower process loads for_follower() and reports it;
+    # rank 0's failure before the rollout leaves the group usable
+    from pipeline.errors import ImageError
+    from pipeline.generation.ranks import load_ranked
+
+    pipe = load_ranked(PathsLoader(paths, ("ar",)), "cpu", 2)
+    try:
+        assert pipe.health()["sequence_parallel"]["followers"] == [{"rank": 1, "encoders": False, "vae": False}]
+        with pytest.raises(ImageError):
+            pipe.generate(GenerationRequest(prompt="x", image=None, camera=parse_pose("w-7"), mode="ar"))
+        assert pipe.broken is None
+        assert relative(one.state.latents, pipe.generate(first).state.latents) <= TOLERANCE
+    finally:
+        pipe.close()
+
+
 # ---- the CLI ------------------------------------------------------------------------------------
 
 
@@ -176,6 +270,8 @@ def test_handler_on_two_ranks(worker_env):
             assert out["mode"] == mode and out["num_frames"] == {"ar": 29, "bidirectional": 61}[mode]
         health = worker_job.health_report()
         assert health["model"]["sequence_parallel"]["world_size"] == ranks
+        if ranks == 2:  # the follower loaded its transformers only
+            assert health["model"]["sequence_parallel"]["followers"] == [{"rank": 1, "encoders": False, "vae": False}]
         assert set(health["model"]["warm_up_seconds"]) == {"ar", "bidirectional"}
         latents[ranks] = list(captured)
     assert len(latents[1]) == len(latents[2]) == 2

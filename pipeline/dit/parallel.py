@@ -194,6 +194,13 @@ class SequenceParallel:
         """A cancellation poll that every rank calls at the same step and that answers the same on all."""
         return lambda: self.any(bool(should_cancel is not None and should_cancel()), device)
 
+    def share(self, obj=None, src: int = 0):
+        """Rank `src`'s small picklable `obj` (e.g. the shapes of what :meth:`broadcast` sends next), on
+        every rank; the others pass nothing."""
+        box = [obj if self.rank == src else None]
+        dist.broadcast_object_list(box, src=src, group=self.group)
+        return box[0]
+
     def broadcast(self, tensors: Sequence[torch.Tensor], src: int = 0) -> None:
         """Overwrite `tensors` (same shapes on every rank) with rank `src`'s values, in place."""
         for t in tensors:

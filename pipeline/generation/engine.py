@@ -25,7 +25,7 @@ from pipeline.dit.checkpoint import load_transformer
 from pipeline.dit.transformer import WorldPlayTransformer, disable_compile, enable_compile
 from pipeline.encoders import components as comp
 from pipeline.encoders.causal_decode import CausalVAEDecoder
-from pipeline.errors import ImageError, PipelineError, SessionTooLongError, StateMismatchError
+from pipeline.errors import ImageError, PipelineError, RankZeroFailedError, SessionTooLongError, StateMismatchError
 from pipeline.generation.camera import CameraTrajectory, check_latent_count, parse_pose
 from pipeline.generation.memory import MEMORY_SIZE, select_context_latents
 from pipeline.generation.rollout import (
@@ -93,6 +93,27 @@ class GenerationResult:
     state: WorldState | None = None  # the whole session after this video (history + new latents)
 
 
+@dataclass
+class FollowerResult:
+    """What :meth:`WorldPlayPipeline.generate` returns on a sequence-parallel follower rank: the clean
+    latents (rank 0's, [T, C, h, w] like :attr:`WorldState.latents`); the frames and the state are rank 0's."""
+
+    latents: torch.Tensor
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _share_inputs(sp, tensors: list[torch.Tensor] | None, device: torch.device | None = None) -> list[torch.Tensor]:
+    """Rank 0's DiT inputs on every rank: rank 0 passes its `tensors`, a follower None. Their shapes and
+    dtypes go first (a small pickled header), so a follower, which encodes nothing, can receive them."""
+    header = sp.share([(tuple(t.shape), t.dtype) for t in tensors] if tensors is not None else None)
+    if isinstance(header, tuple):  # ("failed", why): rank 0 could not prepare them
+        raise RankZeroFailedError(f"rank 0 failed before the rollout: {header[1]}")
+    if tensors is None:
+        tensors = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in header]
+    sp.broadcast(tensors)
+    return tensors
+
+
 class _Timer:
     """Seconds per stage. A stage opened inside another is not counted in the outer one (the chunk
     decodes run inside the rollout, yet "denoise" stays the denoising time)."""
@@ -135,7 +156,7 @@ class WorldPlayPipeline:
         self,
         *,
         transformers: dict[str, WorldPlayTransformer],
-        encoders: "comp.ConditionEncoders",
+        encoders: "comp.ConditionEncoders | None",
         vae,
         scheduler,
         device: torch.device,
@@ -165,7 +186,9 @@ class WorldPlayPipeline:
         self._text_encoder_host: HostResident | None = None
         self.sequence_parallel = None  # pipeline.dit.parallel.SequenceParallel with several ranks
         placed = time.perf_counter()
-        if offload_encoders:
+        if encoders is None:
+            pass  # a follower rank (dit_only): rank 0 encodes, decodes and broadcasts the DiT's inputs
+        elif offload_encoders:
             # byT5 and SigLIP are small (~2 GB): they stay on the GPU. The Qwen text encoder (~15 GB)
             # lives in pinned host memory and visits the GPU only when a prompt misses the cache.
             for module in (encoders.byt5_encoder, encoders.image_encoder):
@@ -188,8 +211,13 @@ class WorldPlayPipeline:
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         modes: tuple[str, ...] | None = None,
+        dit_only: bool = False,
     ) -> "WorldPlayPipeline":
-        """Load every component from a resolved :class:`pipeline.model_files.resolve.ModelPaths`."""
+        """Load every component from a resolved :class:`pipeline.model_files.resolve.ModelPaths`.
+
+        `dit_only`: the transformers and the scheduler, without the text/image encoders and the VAE
+        (``encoders`` and ``vae`` are None): a sequence-parallel follower rank, which receives its
+        inputs from rank 0 (:meth:`use_sequence_parallel`) and only denoises."""
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or default_dtype(device)
         modes = tuple(modes or paths.transformer.keys())
@@ -204,11 +232,14 @@ class WorldPlayPipeline:
             transformers[mode] = load_transformer(paths.transformer[mode], device=device, dtype=dtype)
             timings[f"transformer_{mode}"] = round(time.perf_counter() - t0, 3)
         offload = should_offload_encoders(device)
+        encoders = vae = None
+        if not dit_only:
+            t0 = time.perf_counter()
+            encoders = comp.ConditionEncoders.from_pretrained(paths.components, device="cpu", dtype=dtype)
+            timings["encoders"] = round(time.perf_counter() - t0, 3)
         t0 = time.perf_counter()
-        encoders = comp.ConditionEncoders.from_pretrained(paths.components, device="cpu", dtype=dtype)
-        timings["encoders"] = round(time.perf_counter() - t0, 3)
-        t0 = time.perf_counter()
-        vae = comp.load_vae(paths.components, device=device, dtype=dtype)
+        if not dit_only:
+            vae = comp.load_vae(paths.components, device=device, dtype=dtype)
         scheduler = comp.load_scheduler(paths.components)
         timings["vae_scheduler"] = round(time.perf_counter() - t0, 3)
         timings["total"] = round(time.perf_counter() - started, 3)
@@ -238,14 +269,18 @@ class WorldPlayPipeline:
     def use_sequence_parallel(self, sp) -> None:
         """Split every DiT pass across the ranks of `sp` (:class:`pipeline.dit.parallel.SequenceParallel`).
 
-        Every rank then runs :meth:`generate` on the same request at the same time; rank 0's image
-        latent and encoder outputs are broadcast so that every rank denoises the same inputs."""
+        Every rank then runs :meth:`generate` on the same request at the same time. Only rank 0 encodes
+        (image latent, prompts, image embedding) and decodes: it broadcasts the DiT's inputs (noise,
+        condition latents, encoder outputs; their shapes first), and the followers only denoise, so a
+        follower needs no encoders nor VAE (``from_paths(..., dit_only=True)``)."""
         from pipeline.dit.parallel import check_heads
 
         for transformer in self.transformers.values():
             check_heads(sp.world, transformer.config.num_heads)
             transformer.sequence_parallel = sp
         self.sequence_parallel = sp
+        if sp.rank == 0 and (self.encoders is None or self.vae is None):
+            raise PipelineError("rank 0 of a sequence-parallel group needs the encoders and the VAE")
         self.load_info["sequence_parallel"] = {"world_size": sp.world, "rank": sp.rank, "backend": sp.backend}
 
     def health(self) -> dict:
@@ -386,100 +421,75 @@ class WorldPlayPipeline:
         decoded as soon as it is clean (a causal VAE decode, :mod:`pipeline.encoders.causal_decode`, so the
         frames are final) and, with `on_frames`, its uint8 frames [n, H, W, 3] are handed over right
         away, in order, while the next chunk denoises: 13 frames for the first AR chunk, 16 after.
+
+        On a sequence-parallel follower rank (rank > 0) this only denoises rank 0's inputs and returns a
+        :class:`FollowerResult`.
         """
         self.validate(request)
         timer = _Timer(self.device)
         transformer = self.transformers[request.mode]
         steps, guidance = request.steps, request.guidance
         use_cfg = guidance > 1.0
-
-        history = request.history
-        if history is None:
-            with timer.stage("prepare_image"):
-                image = _as_rgb(request.image)
-                width, height = comp.select_bucket(image.width, image.height, transformer.config.resolution_base)
-                pixels = comp.prepare_image(image, width, height).to(self.device, self.dtype)
-                image_latent = comp.encode_condition_latents(self.vae, pixels)  # [1, C, 1, h, w]
-                vision = self.encoders.encode_image(image, width, height)
-        else:  # a world session: the image's latent and embedding come from the state
-            width, height = history.width, history.height
-            image_latent = history.image_latent[None, :, None].to(self.device, self.dtype)
-            vision = history.vision[None].to(self.device, self.dtype)
-
-        prompts = [request.prompt] + ([request.negative_prompt] if use_cfg else [])
-        need_text_encoder = any(not self.encoders.is_cached(p) for p in prompts)
-        with timer.stage("encode_prompt"), self._text_encoder_on_device(need_text_encoder):
-            positive = self._conditioning(request.prompt, vision)
-            negative = self._conditioning(request.negative_prompt, vision, negative=True) if use_cfg else None
-
-        past = history.num_latents if history is not None else 0
-        num_latents = past + request.camera.num_latents
-        _, channels, _, h, w = image_latent.shape
-        cond_latents = torch.zeros(1, channels + 1, num_latents, h, w, device=self.device, dtype=torch.float32)
-        cond_latents[:, :channels, 0] = image_latent[:, :, 0].float()
-        cond_latents[:, channels, 0] = 1.0
-
-        # the seed scheme (pipeline.generation.seeding): noise and memory points per chunk from (seed, chunk index),
-        # so a session continued after `past` latents draws what one long generation draws
-        chunk_size = CHUNK_LATENTS[request.mode]
-        seed = int(request.seed)
-        latents = torch.empty((1, channels, num_latents, h, w), dtype=torch.float32)
-        if history is not None:
-            latents[:, :, :past] = history.latents.permute(1, 0, 2, 3).unsqueeze(0)
-        for chunk in range(past // chunk_size, num_latents // chunk_size):
-            start = chunk * chunk_size
-            latents[:, :, start:start + chunk_size] = chunk_noise(seed, chunk, (1, channels, chunk_size, h, w))
-        latents = latents.to(self.device)
         sp = self.sequence_parallel
+        history = request.history
+        if sp is not None and sp.rank > 0:
+            return self._follow(request, transformer, timer, should_cancel, trace)
+        if self.encoders is None or self.vae is None:
+            raise PipelineError("this pipeline was loaded without encoders and VAE (a follower rank): it cannot "
+                                "generate on its own")
+
+        try:  # preparing rank 0's inputs; the followers wait for them in _follow
+            if history is None:
+                with timer.stage("prepare_image"):
+                    image = _as_rgb(request.image)
+                    width, height = comp.select_bucket(image.width, image.height, transformer.config.resolution_base)
+                    pixels = comp.prepare_image(image, width, height).to(self.device, self.dtype)
+                    image_latent = comp.encode_condition_latents(self.vae, pixels)  # [1, C, 1, h, w]
+                    vision = self.encoders.encode_image(image, width, height)
+            else:  # a world session: the image's latent and embedding come from the state
+                width, height = history.width, history.height
+                image_latent = history.image_latent[None, :, None].to(self.device, self.dtype)
+                vision = history.vision[None].to(self.device, self.dtype)
+
+            prompts = [request.prompt] + ([request.negative_prompt] if use_cfg else [])
+            need_text_encoder = any(not self.encoders.is_cached(p) for p in prompts)
+            with timer.stage("encode_prompt"), self._text_encoder_on_device(need_text_encoder):
+                positive = self._conditioning(request.prompt, vision)
+                negative = self._conditioning(request.negative_prompt, vision, negative=True) if use_cfg else None
+
+            past = history.num_latents if history is not None else 0
+            num_latents = past + request.camera.num_latents
+            _, channels, _, h, w = image_latent.shape
+            cond_latents = torch.zeros(1, channels + 1, num_latents, h, w, device=self.device, dtype=torch.float32)
+            cond_latents[:, :channels, 0] = image_latent[:, :, 0].float()
+            cond_latents[:, channels, 0] = 1.0
+
+            # the seed scheme (pipeline.generation.seeding): noise and memory points per chunk from (seed, chunk index),
+            # so a session continued after `past` latents draws what one long generation draws
+            chunk_size = CHUNK_LATENTS[request.mode]
+            seed = int(request.seed)
+            latents = torch.empty((1, channels, num_latents, h, w), dtype=torch.float32)
+            if history is not None:
+                latents[:, :, :past] = history.latents.permute(1, 0, 2, 3).unsqueeze(0)
+            for chunk in range(past // chunk_size, num_latents // chunk_size):
+                start = chunk * chunk_size
+                latents[:, :, start:start + chunk_size] = chunk_noise(seed, chunk, (1, channels, chunk_size, h, w))
+            latents = latents.to(self.device)
+        except Exception as exc:
+            if sp is not None:  # tell the followers, which wait for the inputs' shapes, instead of hanging them
+                sp.share(("failed", f"{type(exc).__name__}: {exc}"[:500]))
+                exc.ranks_in_step = True  # type: ignore[attr-defined]  # (RankedPipeline.generate)
+            raise
         if sp is not None:
-            # every rank denoises rank 0's inputs (noise included); cancelling is decided by all ranks at
-            # the same step
-            sp.broadcast([latents, cond_latents, *positive.tensors(), *(negative.tensors() if negative else ())])
+            # every rank denoises rank 0's inputs (noise included); the followers receive them (_follow)
+            _share_inputs(sp, [latents, cond_latents, *positive.tensors(), *(negative.tensors() if negative else ())])
             should_cancel = sp.agreed(should_cancel, self.device)
         cameras = _session_cameras(history, request.camera)
-        w2c = cameras["w2c"]
-        points_of = MemoryPoints(seed, num_latents // chunk_size)  # the same on every rank: from the seed
-        cached: dict[int, torch.Tensor] = {}
-
-        def select(chunk_start: int, chunk_size_: int):
-            if chunk_start <= MEMORY_SIZE:  # every earlier latent is context: no points needed
-                return select_context_latents(w2c, chunk_start, chunk_size_, points=torch.zeros(0, 3))
-            chunk = chunk_start // chunk_size
-            if chunk not in cached:
-                cached.clear()
-                cached[chunk] = points_of(chunk)
-            return select_context_latents(w2c, chunk_start, chunk_size_, points=cached[chunk])
-
-        select.memory_size = MEMORY_SIZE  # type: ignore[attr-defined]
-        camera = Camera(
-            viewmats=w2c.unsqueeze(0).to(self.device),
-            intrinsics=cameras["intrinsics"].unsqueeze(0).to(self.device),
-            actions=cameras["actions"].unsqueeze(0).to(self.device),
-        )
-        rollout = ar_rollout if request.mode == "ar" else bidirectional_rollout
         chunks = ChunkFrames(self.vae, timer, on_frames, during_denoise=self.decode_during_denoise,
                              history_latents=past)
-
-        with timer.stage("denoise"):
-            latents = rollout(
-                transformer,
-                fresh_scheduler(self.scheduler),
-                RolloutInputs(
-                    latents=latents,
-                    cond_latents=cond_latents,
-                    camera=camera,
-                    positive=positive,
-                    negative=negative,
-                    guidance_scale=guidance,
-                    num_steps=steps,
-                    select_context=select,
-                    callback=callback,
-                    should_cancel=should_cancel,
-                    on_chunk=chunks.chunk_done,
-                    trace=trace,
-                    first_latent=past,
-                ),
-            )
+        latents = self._denoise(request, transformer, timer, cameras, latents, cond_latents, positive, negative,
+                                callback=callback, should_cancel=should_cancel, on_chunk=chunks.chunk_done,
+                                trace=trace)
         if chunks.fell_back:
             # One out-of-memory decode beside the K/V cache is enough to know this card has no room for
             # it: later jobs on this worker decode after their rollout straight away.
@@ -512,6 +522,69 @@ class WorldPlayPipeline:
             timings=timer.timings,
             state=state,
         )
+
+    def _follow(self, request: GenerationRequest, transformer, timer: "_Timer", should_cancel,
+                trace) -> "FollowerResult":
+        """A follower rank's part of :meth:`generate`: rank 0's inputs by broadcast, then the same rollout
+        (its share of every DiT pass); no encoder, no decode. The latents are rank 0's too."""
+        sp = self.sequence_parallel
+        received = _share_inputs(sp, None, self.device)
+        latents, cond_latents = received[:2]
+        positive = Conditioning(*received[2:7])
+        negative = Conditioning(*received[7:12]) if len(received) == 12 else None
+        should_cancel = sp.agreed(should_cancel, self.device)  # what rank 0 decides: followers poll nothing
+        cameras = _session_cameras(request.history, request.camera)
+        latents = self._denoise(request, transformer, timer, cameras, latents, cond_latents, positive, negative,
+                                callback=None, should_cancel=should_cancel, on_chunk=None, trace=trace)
+        return FollowerResult(latents=latents[0].permute(1, 0, 2, 3).float().cpu().contiguous(),
+                              timings=timer.timings)
+
+    def _denoise(self, request: GenerationRequest, transformer, timer: "_Timer", cameras: dict, latents, cond_latents,
+                 positive, negative, *, callback, should_cancel, on_chunk, trace) -> torch.Tensor:
+        """The rollout of one request (the same on every rank): camera, memory points, context selection."""
+        chunk_size = CHUNK_LATENTS[request.mode]
+        num_latents = latents.shape[2]
+        past = request.history.num_latents if request.history is not None else 0
+        w2c = cameras["w2c"]
+        points_of = MemoryPoints(int(request.seed), num_latents // chunk_size)  # the same on every rank: from the seed
+        cached: dict[int, torch.Tensor] = {}
+
+        def select(chunk_start: int, chunk_size_: int):
+            if chunk_start <= MEMORY_SIZE:  # every earlier latent is context: no points needed
+                return select_context_latents(w2c, chunk_start, chunk_size_, points=torch.zeros(0, 3))
+            chunk = chunk_start // chunk_size
+            if chunk not in cached:
+                cached.clear()
+                cached[chunk] = points_of(chunk)
+            return select_context_latents(w2c, chunk_start, chunk_size_, points=cached[chunk])
+
+        select.memory_size = MEMORY_SIZE  # type: ignore[attr-defined]
+        camera = Camera(
+            viewmats=w2c.unsqueeze(0).to(self.device),
+            intrinsics=cameras["intrinsics"].unsqueeze(0).to(self.device),
+            actions=cameras["actions"].unsqueeze(0).to(self.device),
+        )
+        rollout = ar_rollout if request.mode == "ar" else bidirectional_rollout
+        with timer.stage("denoise"):
+            return rollout(
+                transformer,
+                fresh_scheduler(self.scheduler),
+                RolloutInputs(
+                    latents=latents,
+                    cond_latents=cond_latents,
+                    camera=camera,
+                    positive=positive,
+                    negative=negative,
+                    guidance_scale=request.guidance,
+                    num_steps=request.steps,
+                    select_context=select,
+                    callback=callback,
+                    should_cancel=should_cancel,
+                    on_chunk=on_chunk,
+                    trace=trace,
+                    first_latent=past,
+                ),
+            )
 
     def _conditioning(self, prompt: str, vision: torch.Tensor, *, negative: bool = False) -> Conditioning:
         """The branch's conditioning. The negative (CFG) branch gets an empty byT5 input (zeros, mask 0)

@@ -2,17 +2,19 @@
 
 :func:`load_ranked` is how the worker and the CLI load a pipeline: with one rank it is just the loader;
 with N (``WORLDPLAY_SEQUENCE_PARALLEL``) it spawns N-1 followers (one per GPU, ``spawn`` start method),
-joins them in one process group (NCCL on CUDA, gloo on the CPU), has every rank load the models, and
-returns a :class:`RankedPipeline`: the pipeline of rank 0, which hands each request to every follower
-over a pipe before generating. All ranks then run the same ``generate``; the DiT passes are split
-between them (:mod:`pipeline.dit.parallel`), cancellation is decided by all ranks at the same step, and
-only rank 0's callbacks reach the caller.
+joins them in one process group (NCCL on CUDA, gloo on the CPU), has every rank load its models (a
+follower only the transformers when the loader offers ``for_follower()``: rank 0 alone encodes and
+decodes, and broadcasts the DiT's inputs), and returns a :class:`RankedPipeline`: the pipeline of rank
+0, which hands each request to every follower over a pipe before generating. All ranks then run the same
+``generate``; the DiT passes are split between them (:mod:`pipeline.dit.parallel`), cancellation is
+decided by all ranks at the same step, and only rank 0's callbacks reach the caller.
 
-Failures: a request the pipeline rejects is rejected on rank 0 before any follower sees it. A follower
-that dies, fails (anything but a cancellation or a rejected request: it then exits, so that rank 0's
-collectives fail instead of waiting) or does not answer makes the job fail with
-:class:`~pipeline.errors.RankFailedError` (``RANK_FAILED``, the worker is replaced), and so does every
-later job on this group.
+Failures: a request the pipeline rejects is rejected on rank 0 before any follower sees it; when rank 0
+fails while preparing the DiT's inputs it tells the followers (they answer ``rank0_failed``) and the
+group stays usable. A follower that dies, fails (anything but a cancellation or a rejected request: it
+then exits, so that rank 0's collectives fail instead of waiting) or does not answer makes the job fail
+with :class:`~pipeline.errors.RankFailedError` (``RANK_FAILED``, the worker is replaced), and so does
+every later job on this group.
 """
 
 from __future__ import annotations
@@ -25,13 +27,13 @@ import pickle
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
 
 from pipeline.dit.parallel import check_heads, configured_size, init_process_group, visible_gpus
-from pipeline.errors import GenerationCancelled, PipelineError, RankFailedError
+from pipeline.errors import GenerationCancelled, PipelineError, RankFailedError, RankZeroFailedError
 from pipeline.settings import env_number
 
 logger = logging.getLogger("worldplay.ranks")
@@ -84,13 +86,14 @@ def follower_main(rank: int, world: int, port: int, device_type: str, timeout_s:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s rank{rank} %(name)s | %(message)s")
     try:
         sp = init_process_group(rank, world, port, device_type, timeout_s)
-        pipe = load(_device_for(rank, device_type))
+        follower_load = getattr(load, "for_follower", None)  # the transformers only (no encoders, no VAE)
+        pipe = (follower_load() if follower_load is not None else load)(_device_for(rank, device_type))
         pipe.use_sequence_parallel(sp)
     except BaseException as exc:  # noqa: BLE001 - reported to rank 0, which fails the start
         logger.exception("rank %d failed to start", rank)
         conn.send(("failed", *_error_of(exc)))
         os._exit(1)
-    conn.send(("ready", rank))
+    conn.send(("ready", rank, {"encoders": pipe.encoders is not None, "vae": pipe.vae is not None}))
     while True:
         try:
             message = pickle.loads(conn.recv_bytes())
@@ -107,6 +110,8 @@ def follower_main(rank: int, world: int, port: int, device_type: str, timeout_s:
             conn.send(("done", None))
         except GenerationCancelled as exc:
             conn.send(("cancelled", exc.message))
+        except RankZeroFailedError as exc:  # rank 0 failed before the rollout and told us: still in step
+            conn.send(("rank0_failed", exc.message))
         except BaseException as exc:  # noqa: BLE001 - this rank may be out of step: leave
             logger.exception("rank %d failed", rank)
             try:
@@ -129,6 +134,7 @@ class RankedPipeline:
         self.timeout_s = timeout_s
         self.world_size = len(processes) + 1
         self.broken: str | None = None
+        self.followers: list[dict] = []  # what each follower loaded besides its transformers
         atexit.register(self.close)
 
     @classmethod
@@ -155,7 +161,8 @@ class RankedPipeline:
             pipe = load(_device_for(0, device_type))
             pipe.use_sequence_parallel(sp)
             group.pipe = pipe
-            group._expect({"ready"}, start_timeout, "start")
+            ready = group._expect({"ready"}, start_timeout, "start")
+            group.followers = [{"rank": r[1], **(r[2] if len(r) > 2 else {})} for r in ready]
         except BaseException:
             group.close()
             raise
@@ -173,7 +180,7 @@ class RankedPipeline:
         info = self.pipe.health()
         alive = [True] + [p.is_alive() for p in self.processes]
         info["sequence_parallel"] = {**info.get("sequence_parallel", {}), "world_size": self.world_size,
-                                     "ranks_alive": alive, "broken": self.broken}
+                                     "ranks_alive": alive, "broken": self.broken, "followers": self.followers}
         return info
 
     def validate(self, request) -> None:
@@ -216,6 +223,10 @@ class RankedPipeline:
             self._expect({"cancelled"}, self.timeout_s, "cancellation")
             raise
         except BaseException as exc:
+            if getattr(exc, "ranks_in_step", False):
+                # rank 0 failed before the rollout and told the followers (engine): the group stays usable
+                self._expect({"rank0_failed"}, self.timeout_s, "rank 0's failure")
+                raise
             # the followers are mid-generation or waiting in a collective: the group is out of step
             dead = self._dead()
             self.broken = dead or f"rank 0 failed: {type(exc).__name__}: {exc}"
@@ -308,8 +319,10 @@ class RankedPipeline:
                 self.broken = f"rank {rank} unreachable ({type(exc).__name__})"
                 raise RankFailedError(self.broken) from None
 
-    def _expect(self, kinds: set[str], timeout_s: float, what: str) -> None:
+    def _expect(self, kinds: set[str], timeout_s: float, what: str) -> list[tuple]:
+        """Each follower's reply, in rank order; one of another kind breaks the group."""
         deadline = time.monotonic() + timeout_s
+        replies = []
         for rank, (process, conn) in enumerate(zip(self.processes, self.conns), start=1):
             reply = None
             while reply is None:
@@ -332,6 +345,8 @@ class RankedPipeline:
                 if what == "start" and kind == "failed" and rest[0] not in ("EXITED", "TIMEOUT"):
                     raise _start_error(rest[0], rest[1])
                 raise RankFailedError(self.broken)
+            replies.append(reply)
+        return replies
 
 
 def _start_error(code: str, message: str) -> PipelineError:
@@ -353,11 +368,15 @@ class PathsLoader:
 
     paths: object  # pipeline.model_files.resolve.ModelPaths
     modes: tuple
+    dit_only: bool = False  # a follower rank's loader: no encoders, no VAE
 
     def __call__(self, device):
         from pipeline.generation.engine import WorldPlayPipeline
 
-        return WorldPlayPipeline.from_paths(self.paths, device=device, modes=tuple(self.modes))
+        return WorldPlayPipeline.from_paths(self.paths, device=device, modes=tuple(self.modes), dit_only=self.dit_only)
+
+    def for_follower(self) -> "PathsLoader":
+        return replace(self, dit_only=True)
 
     def heads(self) -> list[int]:
         from pipeline.dit.config import WorldPlayConfig

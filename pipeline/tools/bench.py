@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections import defaultdict
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -147,8 +148,8 @@ def sequence_parallel_model(mode: str, worlds: tuple[int, ...], *, measured_dit_
     """Expected DiT seconds of one generation split over N GPUs: the one-GPU measured DiT time divided
     by N (the FLOPs split evenly; kernel efficiency at the smaller per-GPU shapes is not modelled), plus
     the all-to-all traffic at `link_gb_s` per GPU and `latency_us` per collective, not overlapped with
-    compute (the implementation does not overlap them). `rest_seconds` (VAE decode, encoders: on every
-    rank, not split) is added unchanged."""
+    compute (the implementation does not overlap them). `rest_seconds` (VAE decode, encoders: on rank 0
+    alone, not split) is added unchanged."""
     config = WorldPlayConfig.full()
     passes = rollout_passes(mode, frames, steps=steps)
     flops = sum(p["count"] * pass_flops(config, p["kind"], p["query_tokens"], p["key_tokens"]) for p in passes)
@@ -196,9 +197,10 @@ def _random_init_(module: torch.nn.Module, std: float = 0.02) -> None:
 
 
 def build_full_size(modes: tuple[str, ...], device: torch.device, dtype: torch.dtype, scratch: Path,
-                    tiny_root: Path | None = None) -> WorldPlayPipeline:
+                    tiny_root: Path | None = None, dit_only: bool = False) -> WorldPlayPipeline:
     """Every component at its real size with random weights, on `device` (the tokenizers from `tiny_root`,
-    written under `scratch` when not given)."""
+    written under `scratch` when not given). `dit_only`: the transformers alone, as a sequence-parallel
+    follower rank holds them."""
     from diffusers import AutoencoderKLHunyuanVideo15
     from transformers import (
         ByT5Tokenizer,
@@ -224,6 +226,12 @@ def build_full_size(modes: tuple[str, ...], device: torch.device, dtype: torch.d
         model = model.to_empty(device=device).to(dtype)
         _random_init_(model)
         transformers[mode] = model.eval().requires_grad_(False)
+    if dit_only:
+        return WorldPlayPipeline(
+            transformers=transformers, encoders=None, vae=None, scheduler=comp.load_scheduler(tiny_components),
+            device=device, dtype=dtype, offload_encoders=False,
+            load_info={"build_seconds": round(time.perf_counter() - started, 2), "weights": "random, full size"},
+        )
     qwen_config = Qwen2_5_VLTextConfig(
         hidden_size=3584, intermediate_size=18944, num_hidden_layers=28 - comp.TEXT_SKIP_LAYERS,
         num_attention_heads=28, num_key_value_heads=4, vocab_size=152064, rms_norm_eps=1e-6,
@@ -268,17 +276,38 @@ def build_full_size(modes: tuple[str, ...], device: torch.device, dtype: torch.d
     return pipe
 
 
-def build_for_rank(tiny: bool, modes: tuple[str, ...], tiny_root: str, device: str | None) -> WorldPlayPipeline:
+def build_for_rank(tiny: bool, modes: tuple[str, ...], tiny_root: str, device: str | None,
+                   dit_only: bool = False) -> WorldPlayPipeline:
     """The bench's pipeline on one rank (:func:`pipeline.generation.ranks.load_ranked`), from tiny models written
     once beforehand (by the caller: model saving is skipped off rank 0 once torch.distributed is up);
-    full size: the same seeded random weights on every rank."""
+    full size: the same seeded random weights on every rank (the transformers are built first). `dit_only`:
+    a follower rank's pipeline (no encoders, no VAE)."""
     from pipeline.model_files.resolve import layout_paths
 
     torch.manual_seed(0)
     if tiny:
-        return WorldPlayPipeline.from_paths(layout_paths(Path(tiny_root), modes), device="cpu", dtype=torch.float32)
+        return WorldPlayPipeline.from_paths(layout_paths(Path(tiny_root), modes), device="cpu", dtype=torch.float32,
+                                            dit_only=dit_only)
     device = torch.device(device or "cuda")
-    return build_full_size(modes, device, default_dtype(device), Path(tiny_root).parent, Path(tiny_root))
+    return build_full_size(modes, device, default_dtype(device), Path(tiny_root).parent, Path(tiny_root),
+                           dit_only=dit_only)
+
+
+@dataclass(frozen=True)
+class RankBuilder:
+    """:func:`build_for_rank` as a loader for :func:`pipeline.generation.ranks.load_ranked` (picklable, and
+    with ``for_follower()``)."""
+
+    tiny: bool
+    modes: tuple
+    tiny_root: str
+    dit_only: bool = False
+
+    def __call__(self, device: str | None) -> WorldPlayPipeline:
+        return build_for_rank(self.tiny, self.modes, self.tiny_root, device, dit_only=self.dit_only)
+
+    def for_follower(self) -> "RankBuilder":
+        return replace(self, dit_only=True)
 
 
 # ------------------------------------------------------------------------------------ runs
@@ -583,13 +612,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         t0 = time.perf_counter()
-        from functools import partial
-
         from pipeline.generation.ranks import load_ranked
         from pipeline.tools.tiny import write_tiny_models
 
         tiny_root = write_tiny_models(scratch / "tiny", modes=modes if args.tiny else ())
-        pipe = load_ranked(partial(build_for_rank, args.tiny, modes, str(tiny_root)), str(device), args.sp)
+        pipe = load_ranked(RankBuilder(args.tiny, modes, str(tiny_root)), str(device), args.sp)
         ranks = getattr(pipe, "world_size", 1)
         build_s = time.perf_counter() - t0
         reports, warm_ups = [], {}
