@@ -3,7 +3,7 @@
 The MP4 writer's packet tap (``pipeline.video.Mp4Writer(tap=...)``) hands every encoded H.264
 packet to :class:`HlsSegmenter`, which re-muxes them (no second encode) into MPEG-TS segments of
 one chunk each, cut as soon as the encoder has let go of the chunk's last frame. By default the
-encoder runs exactly as without a preview, so the MP4 is byte for byte the same; segments after the
+encoder runs with exactly the settings it has without a preview (nothing is re-encoded); segments after the
 first then continue the previous one's GOP (valid HLS: a player appends them in order; the playlist
 does not claim ``#EXT-X-INDEPENDENT-SEGMENTS``). With ``WORLDPLAY_PREVIEW_LOW_LATENCY=1`` x264 runs
 with ``tune=zerolatency`` and an IDR at each chunk start: each segment is ready the moment its chunk
