@@ -256,7 +256,7 @@ def test_verify_safetensors_reports_truncation_with_sizes(tmp_path):
     [
         (b"", "truncated"),
         (b"\x05\x00\x00", "truncated"),
-        ((10**9).to_bytes(8, "little") + b"{}", "header claims"),
+        ((10**9).to_bytes(8, "little") + b"{}", "header length claims"),
         ((4).to_bytes(8, "little") + b"nope", "corrupt header"),
         ((2).to_bytes(8, "little") + b"[]", "not a JSON object"),
     ],

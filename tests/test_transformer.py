@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from pipeline.dit.ar_cache import ARCacheLayout
-from pipeline.dit.checkpoint import expected_shapes, load_transformer, read_header, write_random_checkpoint
-from pipeline.dit.config import WorldPlayConfig
+from pipeline.dit.checkpoint import expected_shapes, load_transformer, write_random_checkpoint
+from pipeline.dit.config import WorldPlayConfig, checkpoint_shapes
 from pipeline.dit.prope import CameraEncoding
 from pipeline.dit.transformer import WorldPlayTransformer
 from pipeline.errors import CheckpointError
@@ -357,7 +357,7 @@ def test_truncated_checkpoint_is_rejected(tiny_checkpoint, tmp_path):
         load_transformer(path, config=WorldPlayConfig.tiny())
     path.write_bytes(data[:20])
     with pytest.raises(CheckpointError, match="truncated"):
-        read_header(path)
+        checkpoint_shapes(path)
     path.write_bytes(data[:5])
     with pytest.raises(CheckpointError, match="too short"):
         load_transformer(path, config=WorldPlayConfig.tiny())

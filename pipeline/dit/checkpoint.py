@@ -16,8 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from pipeline.dit.config import WorldPlayConfig
-from pipeline.dit.safetensors_header import read_header
+from pipeline.dit.config import WorldPlayConfig, checkpoint_shapes
 from pipeline.dit.transformer import WorldPlayTransformer
 from pipeline.errors import CheckpointError
 
@@ -62,9 +61,8 @@ def load_transformer(
     """Build the transformer for `path` and fill it from the file, strictly."""
     path = Path(path)
     started = time.perf_counter()
-    header = read_header(path)
+    found = checkpoint_shapes(path)
     config = config or WorldPlayConfig.from_checkpoint(path)
-    found = {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
     check_keys(found, expected_shapes(config), str(path))
     device = torch.device(device)
     with torch.device("meta"):

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.dit.safetensors_header import read_header
 from pipeline.errors import CheckpointError
+from pipeline.safetensors_header import SafetensorsHeaderError, read_header
 
 CONFIG_FILENAME = "config.json"
 
@@ -162,7 +162,7 @@ class WorldPlayConfig:
     @classmethod
     def from_checkpoint(cls, path: Path) -> "WorldPlayConfig":
         """Config of a checkpoint file: inferred from its header, overridden by a config.json beside it."""
-        shapes = {k: tuple(v["shape"]) for k, v in read_header(Path(path)).items() if k != "__metadata__"}
+        shapes = checkpoint_shapes(path)
         inferred = cls.from_shapes(shapes)
         config_file = Path(path).parent / CONFIG_FILENAME
         if config_file.is_file():
@@ -175,3 +175,21 @@ class WorldPlayConfig:
                 merged.update({k: v for k, v in data.items() if k in merged})
                 return cls.from_dict(merged)
         return inferred
+
+
+def checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of a checkpoint, read from its header after checking that the file is
+    whole (its size is what the header describes); :class:`CheckpointError` otherwise."""
+    try:
+        header = read_header(path)
+        problem = header.size_problem()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except SafetensorsHeaderError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    if problem:
+        raise CheckpointError(f"{path}: {problem}")
+    try:
+        return {name: tuple(int(d) for d in entry["shape"]) for name, entry in header.tensors.items()}
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{path}: corrupt header: a tensor entry without a valid shape") from None

@@ -30,7 +30,6 @@ action range, camera matrices) are checked. Every fault is a coded :class:`pipel
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import struct
@@ -44,6 +43,7 @@ import torch
 from pipeline.errors import SessionTooLongError, StateError
 from pipeline.generation.camera import MODE_LATENT_MULTIPLE
 from pipeline.limits import MAX_SESSION_LATENTS
+from pipeline.safetensors_header import SafetensorsHeaderError, parse_header
 from pipeline.settings import env_number
 
 __all__ = [
@@ -207,18 +207,11 @@ def check_state_size(size: int, limits: SessionLimits) -> None:
 
 
 def _read_header(data: bytes) -> tuple[dict, int]:
-    if len(data) < 8:
-        raise StateError(f"not a world state: {len(data)} bytes is too short for a safetensors file")
-    (length,) = struct.unpack("<Q", data[:8])
-    if length > MAX_HEADER_BYTES or 8 + length > len(data):
-        raise StateError("not a world state: the safetensors header length is corrupt or too large")
     try:
-        header = json.loads(data[8:8 + length].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise StateError("not a world state: the safetensors header is not valid JSON") from None
-    if not isinstance(header, dict):
-        raise StateError("not a world state: the safetensors header is not a JSON object")
-    return header, 8 + length
+        header = parse_header(data, max_header=MAX_HEADER_BYTES)
+    except SafetensorsHeaderError as exc:
+        raise StateError(f"not a world state: {exc}") from None
+    return dict(header.entries), header.data_start
 
 
 def _check_metadata(meta: Any) -> dict[str, Any]:

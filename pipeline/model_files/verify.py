@@ -8,44 +8,24 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from pathlib import Path
 
 from pipeline.errors import ModelNotFoundError
+from pipeline.safetensors_header import SafetensorsHeaderError, read_header
 
 WEIGHT_FOLDERS: tuple[str, ...] = ("text_encoder", "text_encoder_2", "image_encoder", "vae")  #: must hold weights
 
 
 def safetensors_problem(path: str | os.PathLike) -> str | None:
     """Why ``path`` is not a complete safetensors file: its size must be 8 + header length + the last data offset."""
-    p = Path(path)
     try:
-        size = p.stat().st_size  # follows the cache's symlinks to blobs
-        if size < 8:
-            return f"truncated: {size} bytes, shorter than the 8-byte header length"
-        with open(p, "rb") as fh:
-            (header_len,) = struct.unpack("<Q", fh.read(8))
-            if header_len > min(size - 8, 100 << 20):
-                return f"truncated or corrupt: header claims {header_len} bytes, file has {size - 8} after the length"
-            header = json.loads(fh.read(header_len).decode("utf-8"))
+        return read_header(path).size_problem()
     except FileNotFoundError:
-        return "broken symlink (blob missing)" if p.is_symlink() else "missing"
+        return "broken symlink (blob missing)" if Path(path).is_symlink() else "missing"
     except OSError as exc:
         return f"unreadable: {exc.strerror or exc}"
-    except ValueError as exc:  # bad UTF-8 or JSON
-        return f"corrupt header: {exc}"
-    if not isinstance(header, dict):
-        return "corrupt header: not a JSON object"
-    try:
-        spans = [[int(v) for v in info["data_offsets"]] for name, info in header.items() if name != "__metadata__"]
-    except (KeyError, TypeError, ValueError):
-        return "corrupt header: a tensor entry without valid data_offsets"
-    if any(len(span) != 2 or not 0 <= span[0] <= span[1] for span in spans):
-        return "corrupt header: bad data_offsets"
-    expected = 8 + header_len + max((end for _, end in spans), default=0)
-    if size != expected:
-        return f"{'truncated' if size < expected else 'oversized'}: {size} bytes on disk, the header says {expected}"
-    return None
+    except SafetensorsHeaderError as exc:
+        return str(exc)
 
 
 def verify_safetensors(path: str | os.PathLike) -> int:
