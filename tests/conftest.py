@@ -21,9 +21,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # ==== worker / storage / handler fixtures (schemas, worker, handler, smoke tests) ===============
 import base64 as _base64
-import contextlib as _contextlib
 import io as _io
-import json as _json
 import logging as _logging
 import os as _os
 import socket as _socket
@@ -77,6 +75,23 @@ def decode_rgb(path):
 
 def b64(data: bytes) -> str:
     return _base64.b64encode(data).decode("ascii")
+
+
+def run(job_input: dict, job_id: str = "job-1") -> dict:
+    """One job through the worker's async handler, as RunPod's loop calls it."""
+    import asyncio
+
+    from worker import job as worker_job
+
+    return asyncio.run(worker_job.handler({"id": job_id, "input": job_input}))
+
+
+def code_of(out: dict) -> str:
+    """The error code of a failed job's output (which holds nothing but the error and, for faults that
+    need a new worker, ``refresh_worker``)."""
+    assert set(out) <= {"error", "refresh_worker"}, out
+    assert isinstance(out["error"], str)
+    return out["error"].split(":", 1)[0]
 
 
 @pytest.fixture(scope="session")

@@ -8,22 +8,17 @@ request with ``num_frames`` but no camera field gets a forward path of that leng
 
 from __future__ import annotations
 
-import asyncio
 
 import pytest
-from conftest import b64, png_bytes
+from conftest import b64, png_bytes, run
 
 import schemas
 from pipeline.errors import FrameCountError, PoseSpecError
 from pipeline.generation.camera import check_frame_count, parse_pose, spec_form
-from worker import job as worker_job
 
 IDENTITY = [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
 K = [[969.7, 0, 960], [0, 969.7, 540], [0, 0, 1]]
 
-
-def run(job_input, job_id="units-1"):
-    return asyncio.run(worker_job.handler({"id": job_id, "input": job_input}))
 
 
 def request(**camera):

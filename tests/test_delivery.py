@@ -3,7 +3,6 @@ no storage is configured; incomplete settings answer every job and health with w
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import re
@@ -13,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FakePipeline, b64, png_bytes, stop_process, worker_subprocess_env
+from conftest import FakePipeline, b64, code_of, png_bytes, run, stop_process, worker_subprocess_env
 
 from pipeline.video import probe_mp4
 from worker import delivery
@@ -24,13 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 MINIO_VARS = delivery.STORAGE_VARS
 
 
-def run(job_input, job_id="job-1"):
-    return asyncio.run(worker_job.handler({"id": job_id, "input": job_input}))
-
-
-def code_of(out) -> str:
-    assert set(out) <= {"error", "refresh_worker"}, out
-    return out["error"].split(":", 1)[0]
 
 
 def base_input(**extra):

@@ -9,7 +9,7 @@ from torch import nn
 
 from pipeline.dit.ar_cache import ARCacheLayout
 from pipeline.dit.config import WorldPlayConfig
-from pipeline.dit.transformer import WorldPlayTransformer, disable_compile, enable_compile
+from pipeline.dit.transformer import WorldPlayTransformer, disable_compile
 from pipeline.generation import engine
 from pipeline.generation.engine import HostResident, _compile_with_cache
 

@@ -12,11 +12,10 @@ import os
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import b64, png_bytes
+from conftest import b64, code_of, png_bytes, run
 
 from worker import delivery
 from worker import fetch as fetch_mod
@@ -24,13 +23,6 @@ from worker import job as worker_job
 from worker import storage as storage_mod
 
 
-def run(job_input, job_id="job-13"):
-    return asyncio.run(worker_job.handler({"id": job_id, "input": job_input}))
-
-
-def code_of(out) -> str:
-    assert set(out) <= {"error", "refresh_worker"}, out
-    return out["error"].split(":", 1)[0]
 
 
 def base_input(**extra):

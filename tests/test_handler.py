@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import struct
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from conftest import S3_SECRET_KEY, b64, decode_rgb, png_bytes, worker_subprocess_env
+from conftest import S3_SECRET_KEY, b64, code_of, decode_rgb, png_bytes, run, worker_subprocess_env
 
 from pipeline.video import is_faststart, probe_mp4
 from worker import job as worker_job
@@ -27,14 +26,6 @@ from worker.errors import ERROR_CODES, WorkerError, from_exception
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(job_input, job_id="job-1"):
-    return asyncio.run(worker_job.handler({"id": job_id, "input": job_input}))
-
-
-def code_of(out) -> str:
-    assert set(out) <= {"error", "refresh_worker"}, out
-    assert isinstance(out["error"], str)
-    return out["error"].split(":", 1)[0]
 
 
 def base_input(**extra):

@@ -5,7 +5,6 @@ close it without touching the job's result; request and env switches turn it off
 
 from __future__ import annotations
 
-import asyncio
 import io
 import logging
 import re
@@ -15,16 +14,13 @@ import time
 import numpy as np
 import pytest
 import requests
-from conftest import b64, decode_rgb, png_bytes
+from conftest import b64, decode_rgb, png_bytes, run
 
 from worker import job as worker_job
 from worker import preview as live_preview
 
 WAIT = 60  # bound on every wait in this file (seconds); normally far less
 
-
-def run(job_input, job_id):
-    return asyncio.run(worker_job.handler({"id": job_id, "input": job_input}))
 
 
 def job_input(**extra):

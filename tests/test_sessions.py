@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 
 import numpy as np
 import pytest
 import torch
-from conftest import b64, decode_rgb, png_bytes
+from conftest import b64, decode_rgb, png_bytes, run
 
 from pipeline.generation.world_state import WorldState
-from worker import job as worker_job
 
-
-def run(job_input, job_id):
-    return asyncio.run(worker_job.handler({"id": job_id, "input": job_input}))
 
 
 def code_of(out) -> str:
