@@ -17,6 +17,12 @@ so one code path serves both.
 
 ``WORLDPLAY_SEQUENCE_PARALLEL``: ``1`` (default), ``N``, or ``auto`` (every visible GPU). The ranks use
 NCCL on CUDA and gloo on the CPU (tests).
+
+Every collective a rank runs goes through :class:`Progress`: two counters per rank (collectives entered,
+collectives left) in memory shared with rank 0, whose watchdog (:mod:`pipeline.generation.ranks`) reads
+them while its own thread may be blocked inside a collective. NCCL's error handling is set before the
+group forms (:data:`NCCL_ERROR_HANDLING`): a collective that times out raises in the thread that waits on
+it and aborts the communicator, instead of tearing the process down.
 """
 
 from __future__ import annotations
@@ -32,6 +38,13 @@ import torch.nn.functional as F
 from pipeline.errors import SequenceParallelConfigError
 
 ENV = "WORLDPLAY_SEQUENCE_PARALLEL"
+
+# NCCL's error handling on every rank, set before the group forms (torch's documented meanings):
+# TORCH_NCCL_BLOCKING_WAIT=1: a collective's wait() blocks the calling thread and raises when the group's
+# timeout passes (and the host-side Progress counters follow the collectives as they complete);
+# TORCH_NCCL_ASYNC_ERROR_HANDLING=2: on an error the watchdog aborts the communicator only (1 and 3, the
+# default, would also tear the process down, leaving no coded answer). An operator's own values win.
+NCCL_ERROR_HANDLING = {"TORCH_NCCL_BLOCKING_WAIT": "1", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "2"}
 
 
 # ------------------------------------------------------------------------------------ settings
@@ -103,11 +116,40 @@ class Local:
 LOCAL = Local()
 
 
+class Progress:
+    """Where each rank is in the group's collectives: ``counters`` is a shared int64 array of 2 x world
+    (a ``multiprocessing`` RawArray made by rank 0 and handed to every follower process); rank r counts
+    the collectives it entered in ``[2r]`` and those it left in ``[2r + 1]``. Every rank runs the same
+    collectives in the same order, so rank 0's watchdog can tell a rank that never reached the collective
+    rank 0 waits in (its entered count is lower) from a collective that no rank gets out of."""
+
+    def __init__(self, counters, rank: int):
+        self.counters = counters
+        self.rank = rank
+
+    def run(self, fn: Callable, *args, **kwargs):
+        counters, i = self.counters, 2 * self.rank
+        counters[i] += 1
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            counters[i + 1] += 1
+
+    @staticmethod
+    def snapshot(counters) -> tuple[int, ...]:
+        return tuple(counters[:])
+
+
+def _untracked(fn: Callable, *args, **kwargs):
+    return fn(*args, **kwargs)
+
+
 class Ulysses:
     """The layouts of one token stream of `frames` x `per_frame` tokens over the ranks of `group`."""
 
-    def __init__(self, group, world: int, rank: int, frames: int, per_frame: int):
+    def __init__(self, group, world: int, rank: int, frames: int, per_frame: int, run: Callable = _untracked):
         self.group = group
+        self.run = run  # every collective goes through it (Progress.run)
         self.world = world
         self.rank = rank
         self.frames = frames
@@ -130,7 +172,7 @@ class Ulysses:
         """Every rank's slice [B, T*S'/N, C] -> all tokens [B, T*S, C], in order, padding dropped."""
         b, _, c = x.shape
         parts = [torch.empty_like(x) for _ in range(self.world)]
-        dist.all_gather(parts, x.contiguous(), group=self.group)
+        self.run(dist.all_gather, parts, x.contiguous(), group=self.group)
         full = torch.stack(parts).view(self.world, b, self.frames, self.slice, c)
         full = full.permute(1, 2, 0, 3, 4).reshape(b, self.frames, self.padded, c)
         return full[:, :, : self.per_frame].reshape(b, self.frames * self.per_frame, c)
@@ -139,7 +181,7 @@ class Ulysses:
 
     def _exchange(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.empty_like(x)
-        dist.all_to_all_single(out, x, group=self.group)
+        self.run(dist.all_to_all_single, out, x, group=self.group)
         return out
 
     def to_heads(self, *xs: Optional[torch.Tensor]) -> tuple:
@@ -175,20 +217,25 @@ class Ulysses:
 class SequenceParallel:
     """This process's place in the worker's ranks, and the layouts the transformer asks for."""
 
-    def __init__(self, group=None):
+    def __init__(self, group=None, counters=None):
         self.group = group
         self.world = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
         self.backend = str(dist.get_backend(group))
+        self.progress = Progress(counters, self.rank) if counters is not None else None
+        self.run = self.progress.run if self.progress is not None else _untracked
 
     def layout(self, frames: int, per_frame: int) -> Ulysses:
-        return Ulysses(self.group, self.world, self.rank, frames, per_frame)
+        return Ulysses(self.group, self.world, self.rank, frames, per_frame, self.run)
 
     def any(self, flag: bool, device: torch.device) -> bool:
         """True on every rank when `flag` is true on any (cancellation is decided together)."""
-        t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
-        return bool(t.item())
+        def reduce() -> bool:
+            t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
+            return bool(t.item())
+
+        return self.run(reduce)
 
     def agreed(self, should_cancel: Optional[Callable[[], bool]], device: torch.device) -> Callable[[], bool]:
         """A cancellation poll that every rank calls at the same step and that answers the same on all."""
@@ -198,7 +245,7 @@ class SequenceParallel:
         """Rank `src`'s small picklable `obj` (e.g. the shapes of what :meth:`broadcast` sends next), on
         every rank; the others pass nothing."""
         box = [obj if self.rank == src else None]
-        dist.broadcast_object_list(box, src=src, group=self.group)
+        self.run(dist.broadcast_object_list, box, src=src, group=self.group)
         return box[0]
 
     def broadcast(self, tensors: Sequence[torch.Tensor], src: int = 0) -> None:
@@ -206,10 +253,10 @@ class SequenceParallel:
         for t in tensors:
             if self.backend == "nccl" and t.device.type != "cuda" or not t.is_contiguous():
                 staged = t.to("cuda" if self.backend == "nccl" else t.device).contiguous()
-                dist.broadcast(staged, src=src, group=self.group)
+                self.run(dist.broadcast, staged, src=src, group=self.group)
                 t.copy_(staged)
             else:
-                dist.broadcast(t, src=src, group=self.group)
+                self.run(dist.broadcast, t, src=src, group=self.group)
 
 
 def layout_for(sp: "SequenceParallel | None", frames: int, per_frame: int):
@@ -220,12 +267,24 @@ def backend_for(device_type: str) -> str:
     return "nccl" if device_type == "cuda" else "gloo"
 
 
-def init_process_group(rank: int, world: int, port: int, device_type: str, timeout_s: float) -> SequenceParallel:
-    """Join the worker's ranks (127.0.0.1:`port`, rank 0 hosts the store); NCCL on CUDA, gloo on the CPU."""
+def set_nccl_error_handling(env=None) -> dict:
+    """:data:`NCCL_ERROR_HANDLING` into `env` (default ``os.environ``) where not set already; returns the
+    values in force."""
+    env = os.environ if env is None else env
+    for name, value in NCCL_ERROR_HANDLING.items():
+        env.setdefault(name, value)
+    return {name: env[name] for name in NCCL_ERROR_HANDLING}
+
+
+def init_process_group(rank: int, world: int, port: int, device_type: str, timeout_s: float,
+                       counters=None) -> SequenceParallel:
+    """Join the worker's ranks (127.0.0.1:`port`, rank 0 hosts the store); NCCL on CUDA, gloo on the CPU.
+    `counters`: the group's shared :class:`Progress` counters (rank 0's watchdog reads them), or None."""
     if device_type == "cuda":
+        set_nccl_error_handling()  # read by ProcessGroupNCCL when it is made: before init
         torch.cuda.set_device(rank)
     dist.init_process_group(
         backend_for(device_type), init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
         timeout=timedelta(seconds=timeout_s),
     )
-    return SequenceParallel()
+    return SequenceParallel(counters=counters)

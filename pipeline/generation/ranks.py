@@ -40,6 +40,9 @@ logger = logging.getLogger("worldplay.ranks")
 
 START_TIMEOUT_ENV = "WORLDPLAY_SP_START_TIMEOUT"  # seconds for every rank to load (default 1800)
 TIMEOUT_ENV = "WORLDPLAY_SP_TIMEOUT"  # seconds a collective or a follower's answer may take (default 600)
+STALL_ENV = "WORLDPLAY_SP_STALL_SECONDS"  # no progress while rank 0 waits in a collective: a stuck rank (30)
+CANCEL_GRACE_S = 5.0  # after a cancel, no progress this long while rank 0 waits in a collective: given up
+WATCH_POLL_S = 0.25  # how often rank 0's watchdog looks at the followers and the progress counters
 
 
 def _free_port() -> int:
@@ -81,18 +84,26 @@ def load_ranked(load: Callable, device: str | None = None, world: int | None = N
 
 
 def follower_main(rank: int, world: int, port: int, device_type: str, timeout_s: float, load: Callable,
-                  conn) -> None:
-    """A follower's whole life: join, load, then generate every request rank 0 sends until told to stop."""
+                  conn, counters=None) -> None:
+    """A follower's whole life: join, load, then generate every request rank 0 sends until told to stop.
+
+    It says ``("joining", rank)`` right before it joins the group, so that rank 0 joins only once every
+    follower got that far (a follower that fails earlier never leaves rank 0 waiting in the rendezvous),
+    and ``("failed", code, message)`` before it exits on any failure."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s rank{rank} %(name)s | %(message)s")
     try:
-        sp = init_process_group(rank, world, port, device_type, timeout_s)
         follower_load = getattr(load, "for_follower", None)  # the transformers only (no encoders, no VAE)
-        pipe = (follower_load() if follower_load is not None else load)(_device_for(rank, device_type))
+        rank_load = follower_load() if follower_load is not None else load
+        conn.send(("joining", rank))
+        sp = init_process_group(rank, world, port, device_type, timeout_s, counters)
+        pipe = rank_load(_device_for(rank, device_type))
         pipe.use_sequence_parallel(sp)
     except BaseException as exc:  # noqa: BLE001 - reported to rank 0, which fails the start
         logger.exception("rank %d failed to start", rank)
-        conn.send(("failed", *_error_of(exc)))
-        os._exit(1)
+        try:
+            conn.send(("failed", *_error_of(exc)))
+        finally:
+            os._exit(1)
     conn.send(("ready", rank, {"encoders": pipe.encoders is not None, "vae": pipe.vae is not None}))
     while True:
         try:
@@ -121,50 +132,102 @@ def follower_main(rank: int, world: int, port: int, device_type: str, timeout_s:
     torch.distributed.destroy_process_group()
 
 
+def for_followers(request):
+    """What a follower needs of `request`: a world session's history without its latents, image latent
+    and image embedding (rank 0 broadcasts the DiT's inputs, the history's latents among them); shape-only
+    ``meta`` tensors keep the checks and the lengths the follower reads, and fail loudly if it ever reads
+    their values. Everything else (cameras, actions, seed, steps) is what the rollout needs."""
+    history = getattr(request, "history", None)
+    if history is None:
+        return request
+
+    def shape_only(t: torch.Tensor) -> torch.Tensor:
+        return torch.empty(t.shape, dtype=t.dtype, device="meta")
+
+    slim = replace(history, latents=shape_only(history.latents), image_latent=shape_only(history.image_latent),
+                   vision=shape_only(history.vision))
+    return replace(request, history=slim)
+
+
 # ------------------------------------------------------------------------------------- rank 0
+
+_stale_start: threading.Thread | None = None  # rank 0's half of a failed start, still running (see start)
+
+
+@dataclass(frozen=True)
+class _Fault:
+    """A follower that has exited: ``text`` for the error, its own ``code`` and ``message`` when it said."""
+
+    rank: int
+    text: str
+    code: str | None = None
+    message: str | None = None
 
 
 class RankedPipeline:
     """Rank 0's pipeline, with the followers it drives. Exposes what the worker uses of a pipeline."""
 
-    def __init__(self, pipe, processes, conns, timeout_s: float):
+    def __init__(self, pipe, processes, conns, timeout_s: float, stall_s: float = 30.0, counters=None):
         self.pipe = pipe
         self.processes = processes
         self.conns = conns
         self.timeout_s = timeout_s
+        self.stall_s = stall_s
+        self.counters = counters
         self.world_size = len(processes) + 1
         self.broken: str | None = None
         self.followers: list[dict] = []  # what each follower loaded besides its transformers
+        self.warmed_up = False
         atexit.register(self.close)
 
     @classmethod
     def start(cls, load: Callable, world: int, device_type: str) -> "RankedPipeline":
+        global _stale_start
+        if _stale_start is not None and _stale_start.is_alive():
+            raise RankFailedError("an earlier start of the sequence-parallel ranks is still running on rank 0 "
+                                  "(a follower failed while the group formed); the worker must be replaced")
         timeout_s = env_number(TIMEOUT_ENV, 600.0, float)
         start_timeout = env_number(START_TIMEOUT_ENV, 1800.0, float)
+        stall_s = max(0.5, env_number(STALL_ENV, 30.0, float))
         port = _free_port()
         context = mp.get_context("spawn")
+        counters = context.RawArray("q", 2 * world)  # Progress counters, shared with every follower
         processes, conns = [], []
         started = time.perf_counter()
         for rank in range(1, world):
             parent, child = context.Pipe()
             process = context.Process(
-                target=follower_main, args=(rank, world, port, device_type, timeout_s, load, child),
+                target=follower_main, args=(rank, world, port, device_type, timeout_s, load, child, counters),
                 name=f"worldplay-rank{rank}", daemon=True,
             )
             process.start()
             child.close()
             processes.append(process)
             conns.append(parent)
-        group = cls(None, processes, conns, timeout_s)
+        group = cls(None, processes, conns, timeout_s, stall_s, counters)
+        thread: list[threading.Thread] = []
         try:
-            sp = init_process_group(0, world, port, device_type, timeout_s)
-            pipe = load(_device_for(0, device_type))
-            pipe.use_sequence_parallel(sp)
+            # every follower is about to join: a follower that fails before never leaves rank 0 in the rendezvous
+            group._expect({"joining"}, start_timeout, "start")
+
+            def form():
+                sp = init_process_group(0, world, port, device_type, timeout_s, counters)
+                pipe = load(_device_for(0, device_type))
+                pipe.use_sequence_parallel(sp)
+                return pipe, sp
+
+            # joining and loading on a thread, the followers watched meanwhile: one that fails (or exits)
+            # while the group forms or while the models load fails the start at once, with its own reason
+            pipe, sp = group._watched(form, start=True, threads=thread, deadline_s=start_timeout)
             group.pipe = pipe
             ready = group._expect({"ready"}, start_timeout, "start")
             group.followers = [{"rank": r[1], **(r[2] if len(r) > 2 else {})} for r in ready]
         except BaseException:
             group.close()
+            if thread and thread[0].is_alive():
+                thread[0].join(timeout=1)
+                if thread[0].is_alive():  # rank 0 still joins or loads: no second start in this process
+                    _stale_start = thread[0]
             raise
         pipe.load_info.setdefault("load_seconds", {})["ranks_ready"] = round(time.perf_counter() - started, 3)
         logger.info("%d sequence-parallel ranks ready (%s)", world, sp.backend)
@@ -180,7 +243,8 @@ class RankedPipeline:
         info = self.pipe.health()
         alive = [True] + [p.is_alive() for p in self.processes]
         info["sequence_parallel"] = {**info.get("sequence_parallel", {}), "world_size": self.world_size,
-                                     "ranks_alive": alive, "broken": self.broken, "followers": self.followers}
+                                     "ranks_alive": alive, "broken": self.broken, "followers": self.followers,
+                                     "stall_seconds": self.stall_s}
         return info
 
     def validate(self, request) -> None:
@@ -199,6 +263,12 @@ class RankedPipeline:
     def warm_up(self):
         return self._warm_up(True)
 
+    def _window(self) -> float:
+        """How long the ranks may make no progress while rank 0 waits in a collective: the stall window,
+        but the collective timeout while compiled blocks have not been warmed up (each rank compiles at
+        its own pace)."""
+        return self.timeout_s if getattr(self.pipe, "compiled", False) and not self.warmed_up else self.stall_s
+
     def _warm_up(self, forced: bool):
         self._check()
         self._send(("warm_up", forced))
@@ -208,24 +278,40 @@ class RankedPipeline:
             self.broken = self.broken or f"rank 0 warm-up failed: {type(exc).__name__}: {exc}"
             raise
         self._expect({"done"}, self.timeout_s, "warm-up")
+        self.warmed_up = self.warmed_up or bool(result)
         return result
 
     def generate(self, request, callback=None, should_cancel=None, *, on_frames=None, trace=None):
         self._check()
         self.pipe.validate(request)  # a rejected request never reaches the followers
-        self._send(("generate", request))
+        self._send(("generate", for_followers(request)))
+        abandoned = threading.Event()  # set when the job was answered while rank 0's thread still runs
+
+        def guard(fn):
+            if fn is None:
+                return None
+
+            def guarded(*args, **kwargs):
+                if abandoned.is_set():  # the job has its answer: nothing more reaches the caller
+                    raise RankFailedError("the ranks were given up on")
+                return fn(*args, **kwargs)
+
+            return guarded
+
         try:
-            result = self._watched(lambda: self.pipe.generate(request, callback, should_cancel, on_frames=on_frames,
-                                                              trace=trace))
+            result = self._watched(
+                lambda: self.pipe.generate(request, guard(callback), guard(should_cancel),
+                                           on_frames=guard(on_frames), trace=trace),
+                should_cancel=should_cancel, abandoned=abandoned)
         except RankFailedError:
             raise
         except GenerationCancelled:
-            self._expect({"cancelled"}, self.timeout_s, "cancellation")
+            self._expect({"cancelled"}, self.stall_s, "cancellation")
             raise
         except BaseException as exc:
             if getattr(exc, "ranks_in_step", False):
                 # rank 0 failed before the rollout and told the followers (engine): the group stays usable
-                self._expect({"rank0_failed"}, self.timeout_s, "rank 0's failure")
+                self._expect({"rank0_failed"}, self.stall_s, "rank 0's failure")
                 raise
             # the followers are mid-generation or waiting in a collective: the group is out of step
             dead = self._dead()
@@ -233,12 +319,23 @@ class RankedPipeline:
             if dead:
                 raise RankFailedError(dead) from exc
             raise
-        self._expect({"done"}, self.timeout_s, "generation")
+        self._expect({"done"}, self.stall_s, "generation")
         return result
 
-    def _watched(self, work: Callable):
-        """Run `work` on a thread while watching the followers: a follower that dies fails the job at once
-        (NCCL would otherwise wait in a collective until its timeout; the worker is replaced after)."""
+    def _watched(self, work: Callable, *, should_cancel: Callable | None = None, abandoned=None,
+                 start: bool = False, threads: list | None = None, deadline_s: float | None = None):
+        """Run `work` on a thread while this one watches the followers (the watchdog: it works while the
+        thread is blocked inside a collective). It fails the job at once with RANK_FAILED when
+
+        - a follower exits (with the reason it sent; at start-up its own error, code kept);
+        - rank 0 has waited in a collective with no rank making progress for the stall window
+          (``WORLDPLAY_SP_STALL_SECONDS``): the ranks that never reached that collective are named;
+        - a cancel was asked (`should_cancel`, polled here too) and the ranks then made no progress for
+          :data:`CANCEL_GRACE_S` while rank 0 waits in a collective: a cancel never waits on a stuck rank.
+
+        Giving up kills the followers (a stuck rank cannot be reused; a gloo collective on rank 0 then fails
+        at once) and aborts an NCCL group, so rank 0's thread leaves its collective; the group is broken
+        and every later job fails at once with RANK_FAILED (the worker is replaced)."""
         box: dict = {}
         done = threading.Event()
 
@@ -250,15 +347,78 @@ class RankedPipeline:
             finally:
                 done.set()
 
-        threading.Thread(target=run, name="worldplay-rank0", daemon=True).start()
-        while not done.wait(0.5):
-            dead = self._dead()
-            if dead:
-                self.broken = dead
-                raise RankFailedError(dead)
+        thread = threading.Thread(target=run, name="worldplay-rank0", daemon=True)
+        if threads is not None:
+            threads.append(thread)
+        thread.start()
+        window = self._window()
+        seen, changed = None, time.monotonic()
+        began, cancel_asked = changed, None
+        while not done.wait(WATCH_POLL_S):
+            now = time.monotonic()
+            fault = self._fault()
+            if fault is not None:
+                if start and fault.code not in (None, "EXITED"):
+                    self._give_up(fault.text, abandoned)
+                    raise _start_error(fault.code, f"rank {fault.rank}: {fault.message}")
+                self._give_up(fault.text, abandoned)
+                raise RankFailedError(fault.text)
+            if deadline_s is not None and now - began > deadline_s:
+                why = f"the ranks did not form and load within {deadline_s:.0f} s ({START_TIMEOUT_ENV})"
+                self._give_up(why, abandoned)
+                raise RankFailedError(why)
+            if self.counters is None or start:
+                continue
+            snapshot = tuple(self.counters[:])
+            if snapshot != seen:
+                seen, changed = snapshot, now
+            if should_cancel is not None and cancel_asked is None:
+                try:
+                    if should_cancel():
+                        cancel_asked = now
+                except Exception:  # noqa: BLE001 - the caller's poll failing is no cancel
+                    pass
+            waiting = snapshot[0] > snapshot[1]  # rank 0 is inside a collective
+            idle = now - changed
+            if waiting and idle >= window:
+                why = self._stall_text(snapshot, idle)
+                self._give_up(why, abandoned)
+                raise RankFailedError(why)
+            if waiting and cancel_asked is not None and now - cancel_asked >= CANCEL_GRACE_S \
+                    and idle >= CANCEL_GRACE_S:
+                why = f"cancelled while {self._stall_text(snapshot, idle)}"
+                self._give_up(why, abandoned)
+                raise RankFailedError(why)
         if "error" in box:
             raise box["error"]
         return box["result"]
+
+    def _stall_text(self, snapshot: tuple, idle: float) -> str:
+        entered = snapshot[0]
+        behind = [r for r in range(1, self.world_size) if snapshot[2 * r] < entered]
+        if behind:
+            names = ", ".join(f"rank {r}" for r in behind)
+            return (f"{names} stuck: rank 0 has waited {idle:.0f} s in collective #{entered}, which "
+                    f"{'it has' if len(behind) == 1 else 'they have'} not reached ({STALL_ENV}={self.stall_s:g})")
+        return (f"collective #{entered} made no progress on any rank for {idle:.0f} s "
+                f"({STALL_ENV}={self.stall_s:g})")
+
+    def _give_up(self, why: str, abandoned=None) -> None:
+        """The group is unusable: stop the followers and free rank 0's thread from its collective."""
+        self.broken = self.broken or why
+        if abandoned is not None:
+            abandoned.set()
+        logger.error("sequence-parallel ranks given up: %s", why)
+        for process in self.processes:
+            if process.is_alive():
+                process.kill()
+        for process in self.processes:
+            process.join(timeout=5)
+        if torch.distributed.is_initialized() and torch.distributed.get_backend() == "nccl":
+            try:  # NCCL does not notice a dead peer: abort the communicators so rank 0's wait raises
+                torch.distributed.distributed_c10d._abort_process_group()
+            except Exception:  # noqa: BLE001 - best effort; the worker is replaced anyway
+                logger.exception("aborting the NCCL process group failed")
 
     def close(self) -> None:
         """Stop the followers (at once when the group is out of step: they may wait in a collective)."""
@@ -292,21 +452,26 @@ class RankedPipeline:
             raise RankFailedError(f"sequence-parallel ranks unusable: {self.broken}")
 
     def _dead(self) -> str | None:
+        fault = self._fault()
+        return fault.text if fault is not None else None
+
+    def _fault(self) -> _Fault | None:
         """The first follower that has exited, with its last words (a follower that fails always exits;
         a living one's replies are left for :meth:`_expect`)."""
         for rank, (process, conn) in enumerate(zip(self.processes, self.conns), start=1):
             if process.is_alive():
                 continue
             process.join(timeout=5)
-            note = ""
+            code = message = None
             try:
                 while conn.poll():
                     kind, *rest = conn.recv()
                     if kind == "failed":
-                        note = f": {rest[0]}: {rest[1]}"
+                        code, message = rest[0], rest[1]
             except (EOFError, OSError):
                 pass
-            return f"rank {rank} failed (exit code {process.exitcode}){note}"
+            note = f": {code}: {message}" if code is not None else ""
+            return _Fault(rank, f"rank {rank} failed (exit code {process.exitcode}){note}", code, message)
         return None
 
     def _send(self, message) -> None:
@@ -320,14 +485,15 @@ class RankedPipeline:
                 raise RankFailedError(self.broken) from None
 
     def _expect(self, kinds: set[str], timeout_s: float, what: str) -> list[tuple]:
-        """Each follower's reply, in rank order; one of another kind breaks the group."""
+        """Each follower's reply, in rank order; one of another kind breaks the group. While waiting on one
+        follower every other one is watched too: any that exits fails the wait at once."""
         deadline = time.monotonic() + timeout_s
         replies = []
         for rank, (process, conn) in enumerate(zip(self.processes, self.conns), start=1):
             reply = None
             while reply is None:
                 try:
-                    if conn.poll(min(1.0, max(0.0, deadline - time.monotonic()))):
+                    if conn.poll(min(WATCH_POLL_S, max(0.0, deadline - time.monotonic()))):
                         reply = conn.recv()
                         break
                 except (EOFError, OSError):
@@ -336,6 +502,12 @@ class RankedPipeline:
                 if not process.is_alive() and not conn.poll():
                     process.join(timeout=5)
                     reply = ("failed", "EXITED", f"exit code {process.exitcode}")
+                elif (other := self._fault()) is not None and other.rank != rank:
+                    self.broken = f"{other.text} (during {what})"
+                    self._give_up(self.broken)
+                    if what == "start" and other.code is not None:
+                        raise _start_error(other.code, f"rank {other.rank}: {other.message}")
+                    raise RankFailedError(self.broken)
                 elif time.monotonic() >= deadline:
                     reply = ("failed", "TIMEOUT", f"no answer within {timeout_s:.0f} s")
             kind, *rest = reply
@@ -343,7 +515,9 @@ class RankedPipeline:
                 detail = f"{rest[0]}: {rest[1]}" if kind == "failed" else kind
                 self.broken = f"rank {rank} {what}: {detail}"
                 if what == "start" and kind == "failed" and rest[0] not in ("EXITED", "TIMEOUT"):
+                    self._give_up(self.broken)
                     raise _start_error(rest[0], rest[1])
+                self._give_up(self.broken)
                 raise RankFailedError(self.broken)
             replies.append(reply)
         return replies
