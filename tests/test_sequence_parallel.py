@@ -131,7 +131,8 @@ def _generate_rank(rank: int, world: int, port: int, root: str, requests: list, 
 def test_follower_holds_no_encoders_and_denoises_the_same(tiny_models, tiny_pipeline, tmp_path):
     """A follower loads neither the encoders nor the VAE, receives rank 0's inputs (their shapes first) and
     ends with the latents of one rank: a fresh AR video with guidance (both CFG branches), then a world
-    session continued from it (the history comes with the request to every rank)."""
+    session continued from it (through RankedPipeline the history reaches the follower without its latents:
+    ranks.for_followers)."""
     import io
 
     from PIL import Image
@@ -176,6 +177,8 @@ def test_follower_holds_no_encoders_and_denoises_the_same(tiny_models, tiny_pipe
             pipe.generate(GenerationRequest(prompt="x", image=None, camera=parse_pose("w-7"), mode="ar"))
         assert pipe.broken is None
         assert relative(one.state.latents, pipe.generate(first).state.latents) <= TOLERANCE
+        # a world session: the follower gets the request without the history's latents (rank 0 broadcasts them)
+        assert relative(two.state.latents, pipe.generate(later).state.latents) <= TOLERANCE
     finally:
         pipe.close()
 

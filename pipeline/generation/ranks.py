@@ -151,7 +151,11 @@ def for_followers(request):
 
 # ------------------------------------------------------------------------------------- rank 0
 
-_stale_start: threading.Thread | None = None  # rank 0's half of a failed start, still running (see start)
+# Why this process cannot start ranks again (None: it can). Set when rank 0 entered init_process_group and
+# did not come out of it with a group: torch keeps counting the failed group, so this process's next group
+# would never meet fresh followers in the rendezvous, and the thread may still wait there. The worker is
+# replaced instead (RANK_FAILED).
+_start_blocked: str | None = None
 
 
 @dataclass(frozen=True)
@@ -182,10 +186,10 @@ class RankedPipeline:
 
     @classmethod
     def start(cls, load: Callable, world: int, device_type: str) -> "RankedPipeline":
-        global _stale_start
-        if _stale_start is not None and _stale_start.is_alive():
-            raise RankFailedError("an earlier start of the sequence-parallel ranks is still running on rank 0 "
-                                  "(a follower failed while the group formed); the worker must be replaced")
+        global _start_blocked
+        if _start_blocked is not None:
+            raise RankFailedError(f"this process cannot start the sequence-parallel ranks again ({_start_blocked}); "
+                                  f"the worker must be replaced")
         timeout_s = env_number(TIMEOUT_ENV, 600.0, float)
         start_timeout = env_number(START_TIMEOUT_ENV, 1800.0, float)
         stall_s = max(0.5, env_number(STALL_ENV, 30.0, float))
@@ -205,29 +209,33 @@ class RankedPipeline:
             processes.append(process)
             conns.append(parent)
         group = cls(None, processes, conns, timeout_s, stall_s, counters)
-        thread: list[threading.Thread] = []
+        joined: list[str] = []  # rank 0's progress through init_process_group: "entered", then "done"
         try:
             # every follower is about to join: a follower that fails before never leaves rank 0 in the rendezvous
             group._expect({"joining"}, start_timeout, "start")
 
             def form():
+                joined.append("entered")
                 sp = init_process_group(0, world, port, device_type, timeout_s, counters)
+                joined.append("done")
                 pipe = load(_device_for(0, device_type))
                 pipe.use_sequence_parallel(sp)
                 return pipe, sp
 
             # joining and loading on a thread, the followers watched meanwhile: one that fails (or exits)
             # while the group forms or while the models load fails the start at once, with its own reason
-            pipe, sp = group._watched(form, start=True, threads=thread, deadline_s=start_timeout)
+            pipe, sp = group._watched(form, start=True, deadline_s=start_timeout)
             group.pipe = pipe
             ready = group._expect({"ready"}, start_timeout, "start")
             group.followers = [{"rank": r[1], **(r[2] if len(r) > 2 else {})} for r in ready]
-        except BaseException:
+        except BaseException as exc:
             group.close()
-            if thread and thread[0].is_alive():
-                thread[0].join(timeout=1)
-                if thread[0].is_alive():  # rank 0 still joins or loads: no second start in this process
-                    _stale_start = thread[0]
+            if joined == ["entered"]:  # rank 0 is (or was) stuck in the rendezvous: no second start here
+                _start_blocked = f"the ranks failed while forming their group: {_error_of(exc)[1]}"[:500]
+                if not isinstance(exc, RankFailedError):
+                    code, message = _error_of(exc)
+                    raise RankFailedError(f"{code}: {message} (while the ranks formed their group; the worker "
+                                          f"must be replaced)") from exc
             raise
         pipe.load_info.setdefault("load_seconds", {})["ranks_ready"] = round(time.perf_counter() - started, 3)
         logger.info("%d sequence-parallel ranks ready (%s)", world, sp.backend)
@@ -323,7 +331,7 @@ class RankedPipeline:
         return result
 
     def _watched(self, work: Callable, *, should_cancel: Callable | None = None, abandoned=None,
-                 start: bool = False, threads: list | None = None, deadline_s: float | None = None):
+                 start: bool = False, deadline_s: float | None = None):
         """Run `work` on a thread while this one watches the followers (the watchdog: it works while the
         thread is blocked inside a collective). It fails the job at once with RANK_FAILED when
 
@@ -347,10 +355,7 @@ class RankedPipeline:
             finally:
                 done.set()
 
-        thread = threading.Thread(target=run, name="worldplay-rank0", daemon=True)
-        if threads is not None:
-            threads.append(thread)
-        thread.start()
+        threading.Thread(target=run, name="worldplay-rank0", daemon=True).start()
         window = self._window()
         seen, changed = None, time.monotonic()
         began, cancel_asked = changed, None
