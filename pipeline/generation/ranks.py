@@ -12,9 +12,30 @@ decided by all ranks at the same step, and only rank 0's callbacks reach the cal
 Failures: a request the pipeline rejects is rejected on rank 0 before any follower sees it; when rank 0
 fails while preparing the DiT's inputs it tells the followers (they answer ``rank0_failed``) and the
 group stays usable. A follower that dies, fails (anything but a cancellation or a rejected request: it
-then exits, so that rank 0's collectives fail instead of waiting) or does not answer makes the job fail
-with :class:`~pipeline.errors.RankFailedError` (``RANK_FAILED``, the worker is replaced), and so does
-every later job on this group.
+then exits, so that rank 0's collectives fail instead of waiting), hangs or does not answer makes the job
+fail with :class:`~pipeline.errors.RankFailedError` (``RANK_FAILED``, the worker is replaced), and so does
+every later job on this group, at once.
+
+Hangs. Rank 0 generates on a thread while its calling thread is a watchdog (:meth:`RankedPipeline._watched`),
+which keeps working while that thread is blocked inside a gloo/NCCL collective. Every rank counts the
+collectives it entered and left in memory shared with rank 0 (:class:`pipeline.dit.parallel.Progress`).
+Rank 0 waiting in a collective while no rank's counters move for ``WORLDPLAY_SP_STALL_SECONDS`` (default
+30; the collective timeout while compiled blocks are not warmed up yet) is a stuck group: the ranks that
+never reached that collective are named. A cancel asked meanwhile is polled by the watchdog itself (the
+cancel decision is a collective a stuck rank would block): no progress for :data:`CANCEL_GRACE_S` after
+it gives the group up too. Giving up kills the followers (a gloo collective on rank 0 then fails at once)
+and aborts an NCCL group; NCCL's own error handling is set before the group forms
+(``TORCH_NCCL_BLOCKING_WAIT=1``, ``TORCH_NCCL_ASYNC_ERROR_HANDLING=2``), so a collective that outlives
+``WORLDPLAY_SP_TIMEOUT`` raises instead of tearing the process down.
+
+Start-up. A follower says ``joining`` right before init_process_group and rank 0 joins only after every
+follower did, so a follower that fails earlier (its reason and code kept) never leaves rank 0 in the
+rendezvous; rank 0 then joins and loads on a watched thread, so one that dies while the group forms or
+the models load fails the start at once. Should rank 0 be left in the rendezvous (a follower died inside
+it), this process refuses every later start with ``RANK_FAILED`` at once (torch counted the failed group).
+
+A world-session request reaches the followers without the history's latents (:func:`for_followers`):
+rank 0 broadcasts them with the other DiT inputs.
 """
 
 from __future__ import annotations
