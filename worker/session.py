@@ -40,13 +40,11 @@ class ContinuedWorld:
         return 4 * self.new_latents
 
 
-def open_world(req, spec: Any, storage, modes: Tuple[str, ...]) -> ContinuedWorld:
-    """Load and check the state ``req.continue_from`` and build the continuation request."""
-    from pipeline.generation.continuation import continuation_request
+def read_state(storage, key: str):
+    """The world state stored at ``key`` (size checked before the download, parsed strictly); the
+    continuation of a job and the resume of a live world both read it here. Returns (state, bytes)."""
     from pipeline.generation.world_state import SessionLimits, WorldState, check_state_size
 
-    started = time.perf_counter()
-    key = req.continue_from
     if storage is None:
         raise WorkerError("STORAGE_NOT_CONFIGURED", "continue_from reads the world state from the bucket: "
                                                     "this worker has no storage configured (MINIO_*)")
@@ -60,7 +58,16 @@ def open_world(req, spec: Any, storage, modes: Tuple[str, ...]) -> ContinuedWorl
                                                  "of an earlier job)") from None
         raise
     check_state_size(size, limits)
-    state = WorldState.from_bytes(storage.get_bytes(key, limits.max_bytes), limits)
+    return WorldState.from_bytes(storage.get_bytes(key, limits.max_bytes), limits), size
+
+
+def open_world(req, spec: Any, storage, modes: Tuple[str, ...]) -> ContinuedWorld:
+    """Load and check the state ``req.continue_from`` and build the continuation request."""
+    from pipeline.generation.continuation import continuation_request
+
+    started = time.perf_counter()
+    key = req.continue_from
+    state, size = read_state(storage, key)
     fields = req.model_fields_set
     mode = req.mode if "mode" in fields else state.mode  # another mode than the state's: STATE_MISMATCH
     request = continuation_request(
@@ -103,16 +110,22 @@ def save_world(storage, req, job_id: str, result) -> Dict[str, Any]:
     state = getattr(result, "state", None)
     if state is None or storage is None or not save_enabled(req):
         return {}
-    import worker
-
-    state.worker_version = worker.__version__
     key = f"{req.output.key_prefix}/{job_id}/{STATE_FILE}"
-    data = state.to_bytes()
     try:
-        # retried over the video's upload window: the state is GPU work too
-        storage.put_bytes(key, data, content_type="application/octet-stream", window=upload_window())
+        size = store_state(storage, key, state)
     except WorkerError as exc:
         log.warning("job %s: world state not saved: %s: %s", job_id, exc.code, exc.message)
         return {"state_error": f"{exc.code}: {exc.message}"}
-    log.info("saved world state (%d latents, %d bytes) -> %s", state.num_latents, len(data), key)
+    log.info("saved world state (%d latents, %d bytes) -> %s", state.num_latents, size, key)
     return {"state_key": key, "session_latents": state.num_latents}
+
+
+def store_state(storage, key: str, state) -> int:
+    """Upload a world state as ``key`` (stamped with this worker's version; retried over the video's
+    upload window: the state is GPU work too). Returns its size in bytes; raises WorkerError."""
+    import worker
+
+    state.worker_version = worker.__version__
+    data = state.to_bytes()
+    storage.put_bytes(key, data, content_type="application/octet-stream", window=upload_window())
+    return len(data)

@@ -26,7 +26,7 @@ compile setting.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -46,9 +46,6 @@ from pipeline.generation.rollout import (
 from pipeline.generation.seeding import MemoryPoints, chunk_noise
 from pipeline.generation.world_state import SessionLimits, WorldState
 from pipeline.limits import MAX_SESSION_LATENTS
-
-if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.generation.engine import ChunkFrames, WorldPlayPipeline, _Timer
 
 __all__ = ["ChunkActions", "World", "WorldChunk", "slice_trajectory"]
 
@@ -121,14 +118,15 @@ def slice_trajectory(camera: CameraTrajectory, start: int, end: int) -> CameraTr
 
 
 class World:
-    """A world being generated. Build it with :meth:`WorldPlayPipeline.open_world` /
+    """A world being generated (`pipe`: the :class:`~pipeline.generation.engine.WorldPlayPipeline` holding the
+    models; `frames`: its ``ChunkFrames`` decoder, None on a follower rank; `timer`: its stage timer). Build it with :meth:`WorldPlayPipeline.open_world` /
     :meth:`WorldPlayPipeline.resume_world` (or :meth:`WorldPlayPipeline.generate`, which steps one)."""
 
-    def __init__(self, pipe: "WorldPlayPipeline", *, mode: str, seed: int, prompt: str, negative_prompt: str,
+    def __init__(self, pipe, *, mode: str, seed: int, prompt: str, negative_prompt: str,
                  steps: int, guidance: float, width: int, height: int, image_latent: torch.Tensor,
                  vision: torch.Tensor | None, positive: Conditioning, negative: Conditioning | None,
-                 history: WorldState | None, history_latents: torch.Tensor | None, frames: "ChunkFrames | None",
-                 timer: "_Timer", limits: SessionLimits | None = None):
+                 history: WorldState | None, history_latents: torch.Tensor | None, frames,
+                 timer, limits: SessionLimits | None = None):
         self.pipe = pipe
         self.mode = mode
         self.seed = int(seed)
