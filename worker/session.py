@@ -40,13 +40,11 @@ class ContinuedWorld:
         return 4 * self.new_latents
 
 
-def open_world(req, spec: Any, storage, modes: Tuple[str, ...]) -> ContinuedWorld:
-    """Load and check the state ``req.continue_from`` and build the continuation request."""
-    from pipeline.generation.continuation import continuation_request
+def read_state(key: str, storage):
+    """The world state ``key`` from the bucket, size-checked before the download and parsed strictly:
+    ``(state, size in bytes)``. Shared by ``continue_from`` jobs and live worlds (worker.live_session)."""
     from pipeline.generation.world_state import SessionLimits, WorldState, check_state_size
 
-    started = time.perf_counter()
-    key = req.continue_from
     if storage is None:
         raise WorkerError("STORAGE_NOT_CONFIGURED", "continue_from reads the world state from the bucket: "
                                                     "this worker has no storage configured (MINIO_*)")
@@ -60,7 +58,16 @@ def open_world(req, spec: Any, storage, modes: Tuple[str, ...]) -> ContinuedWorl
                                                  "of an earlier job)") from None
         raise
     check_state_size(size, limits)
-    state = WorldState.from_bytes(storage.get_bytes(key, limits.max_bytes), limits)
+    return WorldState.from_bytes(storage.get_bytes(key, limits.max_bytes), limits), size
+
+
+def open_world(req, spec: Any, storage, modes: Tuple[str, ...]) -> ContinuedWorld:
+    """Load and check the state ``req.continue_from`` and build the continuation request."""
+    from pipeline.generation.continuation import continuation_request
+
+    started = time.perf_counter()
+    key = req.continue_from
+    state, size = read_state(key, storage)
     fields = req.model_fields_set
     mode = req.mode if "mode" in fields else state.mode  # another mode than the state's: STATE_MISMATCH
     request = continuation_request(
