@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
 
+from fastapi import WebSocket
+
 from schemas import live as msgs
 from worker import job
 from worker.errors import WorkerError
@@ -73,7 +75,7 @@ def token_ok(expected: Optional[str], given: Optional[str]) -> bool:
 
 
 def create_app(settings: Optional[LiveSettings] = None, *, preload: bool = True):
-    from fastapi import FastAPI, WebSocket
+    from fastapi import FastAPI
     from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
     from fastapi.staticfiles import StaticFiles
 
