@@ -180,6 +180,8 @@ def stand_in(monkeypatch, tmp_path):
         module = types.ModuleType("pipeline.generation.world")
         module.ChunkActions = _ChunkActions
         monkeypatch.setitem(sys.modules, "pipeline.generation.world", module)
+    import pipeline.generation.camera  # noqa: F401  imported now, not inside the first chunk (torch)
+
     saved = worker_job.MODELS.loader
     pipe = StandInPipeline()
     worker_job.reset_state(loader=lambda modes: pipe)
@@ -361,3 +363,26 @@ def test_playground_layout(browser, live_server, tmp_path):
             assert not [p for p in problems if "favicon" not in p], problems
         finally:
             context.close()
+
+
+def test_action_list_plays_one_chunk_per_row_step(browser, stand_in, live_server):
+    """The editor's rows (what a game controller generates) go out one actions message per chunk."""
+    context, page, problems = _open_page(browser, live_server.url, SIZES[0])
+    try:
+        page.set_input_files("#image-file", files=[{"name": "start.png", "mimeType": "image/png",
+                                                    "buffer": png_bytes(128, 72)}])
+        page.fill("#list-json", '[{"key": "w", "moves": 8, "speed": 0.1}, {"key": "d+right", "moves": 4, "degrees": 5}]')
+        page.click("#import-list")
+        page.click("#connect")
+        _wait(page, "live.state === 'open'", "ready")
+        page.click("#play-list")
+        _wait(page, "!live.listRunning && live.chunks.length === 3 && live.inflight === 0", "the list played")
+        keys = page.evaluate("live.chunks.map(c => c.action.key)")
+        sent = page.evaluate("live.log.filter(l => l.includes('> {\"type\":\"actions\"'))")
+        assert keys == ["w", "w", "d+right"], keys
+        assert len(sent) == 3 and '"speed":0.1' in sent[0] and '"degrees":5' in sent[2], sent
+        path = page.evaluate("live.path")
+        assert path[1]["z"] > path[0]["z"] > 0 and path[2]["yaw"] == pytest.approx(20, abs=1e-3)
+        assert not page.evaluate("live.errors") and not problems
+    finally:
+        context.close()
