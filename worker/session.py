@@ -40,9 +40,9 @@ class ContinuedWorld:
         return 4 * self.new_latents
 
 
-def read_state(storage, key: str):
-    """The world state stored at ``key`` (size checked before the download, parsed strictly); the
-    continuation of a job and the resume of a live world both read it here. Returns (state, bytes)."""
+def read_state(key: str, storage):
+    """The world state ``key`` from the bucket, size-checked before the download and parsed strictly:
+    ``(state, size in bytes)``. Shared by ``continue_from`` jobs and live worlds (worker.live_session)."""
     from pipeline.generation.world_state import SessionLimits, WorldState, check_state_size
 
     if storage is None:
@@ -67,7 +67,7 @@ def open_world(req, spec: Any, storage, modes: Tuple[str, ...]) -> ContinuedWorl
 
     started = time.perf_counter()
     key = req.continue_from
-    state, size = read_state(storage, key)
+    state, size = read_state(key, storage)
     fields = req.model_fields_set
     mode = req.mode if "mode" in fields else state.mode  # another mode than the state's: STATE_MISMATCH
     request = continuation_request(
@@ -104,17 +104,22 @@ def save_enabled(req) -> bool:
 
 
 def save_world(storage, req, job_id: str, result) -> Dict[str, Any]:
-    """Upload the session's state after this job (the video is already stored). Returns the output's
-    ``state_key`` and ``session_latents``, or, when the upload fails, ``state_error`` instead: a
-    storage fault after the video is stored must not turn a finished video into a failed job."""
+    """Upload the session's state after this job (the video is already stored), unless turned off."""
     state = getattr(result, "state", None)
     if state is None or storage is None or not save_enabled(req):
         return {}
-    key = f"{req.output.key_prefix}/{job_id}/{STATE_FILE}"
+    return save_state(storage, req.output.key_prefix, job_id, state)
+
+
+def save_state(storage, key_prefix: str, name: str, state) -> Dict[str, Any]:
+    """Upload a world state as ``{key_prefix}/{name}/world.safetensors`` (a job's or a live world's).
+    Returns ``state_key`` and ``session_latents``, or, when the upload fails, ``state_error`` instead:
+    a storage fault after the video is stored must not turn a finished video into a failure."""
+    key = f"{key_prefix}/{name}/{STATE_FILE}"
     try:
         size = store_state(storage, key, state)
     except WorkerError as exc:
-        log.warning("job %s: world state not saved: %s: %s", job_id, exc.code, exc.message)
+        log.warning("%s: world state not saved: %s: %s", name, exc.code, exc.message)
         return {"state_error": f"{exc.code}: {exc.message}"}
     log.info("saved world state (%d latents, %d bytes) -> %s", state.num_latents, size, key)
     return {"state_key": key, "session_latents": state.num_latents}
