@@ -29,9 +29,11 @@ from pathlib import Path
 
 import torch
 
+import pipeline
 from pipeline.generation.memory import sample_memory_points, select_context_latents
 
-REFERENCE = Path(__file__).resolve().parents[2] / "tests" / "memory_reference.py"
+# the repository's tests/ (absent from the Docker image): the package's folder is <repo>/pipeline
+REFERENCE = Path(pipeline.__file__).resolve().parent.with_name("tests") / "memory_reference.py"
 PATHS = ("walk", "loop")
 
 
