@@ -282,21 +282,24 @@ def _path(num_latents: int, kind: str, seed: int) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     ("kind", "seed"),
-    [("wander", 0), ("wander", 1), ("loop", 2), ("loop", 3), ("corridor", 4), ("pitch", 5), ("spin", 6)],
+    [("wander", 0), ("loop", 2), ("corridor", 4), ("pitch", 5), ("spin", 6)],
 )
 def test_selection_is_the_dense_reference_selection_on_long_sessions(kind, seed):
-    num_latents = 1024
+    # one session at the full 1024 latents, the others shorter (the reference costs ~0.3 s per chunk at
+    # the end of 1024 latents, and it is the competition of blocks, not the length, that is tested)
+    num_latents = 1024 if (kind, seed) == ("wander", 0) else 384
     w2c = _path(num_latents, kind, seed)
     pts = sample_memory_points(torch.Generator().manual_seed(seed))
-    # AR chunks spread over the session (the reference costs ~0.3 s per chunk at the end) ...
-    starts = [24, 28 + 4 * seed, 300 + 60 * seed, 1020]
+    # AR chunks spread over the session ...
+    starts = [24, 28 + 4 * seed, min(300 + 60 * seed, num_latents - 80), num_latents - 4]
     for start in starts:
         assert select_context_latents(w2c, start, 4, points=pts) == reference_select(w2c, start, 4, points=pts), start
     # ... a bidirectional chunk, and a larger budget where several blocks compete.
     assert select_context_latents(w2c, 256, 16, points=pts) == reference_select(w2c, 256, 16, points=pts)
     kwargs = {"memory_size": 48, "temporal_context": 8}
-    assert select_context_latents(w2c, 400, 4, points=pts, **kwargs) == reference_select(
-        w2c, 400, 4, points=pts, **kwargs
+    late = min(400, num_latents - 4)
+    assert select_context_latents(w2c, late, 4, points=pts, **kwargs) == reference_select(
+        w2c, late, 4, points=pts, **kwargs
     )
 
 
