@@ -32,6 +32,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from pydantic import ValidationError
 
 import schemas
+from worker import preview as live_preview
 from worker import session
 from worker.errors import WorkerError, clean_message, from_exception
 
@@ -192,7 +193,8 @@ class ProgressReporter:
         self._closed = False
         self._lock = threading.Lock()
         self.sent = 0
-        self.extra: Dict[str, Any] = {}  # fields every later update carries (live preview)
+        self.extra: Dict[str, Any] = {}  # fields every later update carries
+        self._sources: list = []  # callables whose fields are computed for each update (live preview)
         self._current = ("start", 0, 0)
 
     def _send(self, payload: dict) -> None:
@@ -213,6 +215,11 @@ class ProgressReporter:
                 return
             self._last = now
             payload = {"stage": stage, "step": int(step), "total": int(total), **self.extra}
+            for source in self._sources:
+                try:
+                    payload.update(source())
+                except Exception as exc:  # noqa: BLE001 - progress must never fail a job
+                    log.debug("progress fields not added: %s", type(exc).__name__)
             try:
                 self._send(payload)
                 self.sent += 1
@@ -226,6 +233,12 @@ class ProgressReporter:
             stage, step, total = self._current
         if force:
             self.update(stage, step, total, force=True)
+
+    def attach_source(self, source: Callable[[], Dict[str, Any]]) -> None:
+        """``source()``'s fields go into every later update, computed as each one is sent (a URL
+        signed afresh each time)."""
+        with self._lock:
+            self._sources.append(source)
 
     def close(self) -> None:
         """No update after this; give an in-flight update a moment to land before the result."""
@@ -396,7 +409,8 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
     progress = progress or ProgressReporter(job)
     stages = _Stages()
     workdir = None
-    preview = None
+    preview = storage = None
+    saved: Dict[str, Any] = {}
     try:
         # -- validate
         t0 = time.perf_counter()
@@ -466,8 +480,6 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
             writer.write(chunk)
             streamed += len(chunk)
 
-        from worker import preview as live_preview
-
         preview = live_preview.start(req, job_id, lambda: storage, progress)  # None when off
         # on any failure the writer aborts: queued chunks dropped, thread joined, partial file removed
         with Mp4Writer(path, req.fps, background=True,
@@ -511,9 +523,8 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
             delivered = dict(minio_key=key, bucket=storage.bucket, presigned_url=url,
                              expires_at=expires_at)
             where = f"s3://{storage.bucket}/{key}"
-        if preview is not None and not preview.wait():
-            log.warning("job %s: live preview still uploading; not waiting for it", job_id)
         saved = session.save_world(storage, req, job_id, result)  # state_key or state_error
+        previewed = live_preview.finish(preview)  # waits once (at most 2 s) for the last playlist
         stages.add("upload", time.perf_counter() - t0)
 
         total = round(time.perf_counter() - started, 4)
@@ -523,8 +534,7 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
             duration_seconds=round(info.duration, 4), seed=seed, mode=req.mode,
             num_inference_steps=req.steps, guidance_scale=req.guidance,
             timings=schemas.Timings(**stages.timings), generation_time_seconds=total,
-            **saved,
-            **(preview.result() if preview is not None else {}),
+            **saved, **previewed,
         ).model_dump(by_alias=True, exclude=delivery.left_out(delivered))
         log.info("job %s: done in %.2f s (%s) -> %s", job_id, total,
                  ", ".join(f"{k} {v:.2f}" for k, v in stages.timings.items()), where)
@@ -533,6 +543,8 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
         err = from_exception(exc)
+        live_preview.discard(preview)  # its objects go (WORLDPLAY_PREVIEW_KEEP_FAILED=1 keeps them)
+        session.discard_world(storage, saved)  # a failed job leaves no world state
         if err.code in ("INTERNAL_ERROR", "GPU_OUT_OF_MEMORY", "GPU_ERROR"):
             log.error("job %s failed: %s: %s", job_id, err.code, err.message, exc_info=exc)
             if err.code == "GPU_OUT_OF_MEMORY":
@@ -542,9 +554,7 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
         return err.to_dict()
     finally:
         progress.close()
-        if preview is not None:  # failed or cancelled: the playlist still gets #EXT-X-ENDLIST
-            preview.end()
-            preview.wait(live_preview.FINISH_TIMEOUT)
+        live_preview.close(preview)  # waits (at most 2 s) unless finish() did
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
 

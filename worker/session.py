@@ -116,3 +116,16 @@ def save_world(storage, req, job_id: str, result) -> Dict[str, Any]:
         return {"state_error": f"{exc.code}: {exc.message}"}
     log.info("saved world state (%d latents, %d bytes) -> %s", state.num_latents, len(data), key)
     return {"state_key": key, "session_latents": state.num_latents}
+
+
+def discard_world(storage, saved: Dict[str, Any]) -> None:
+    """A job that fails after :func:`save_world` stored its state (``saved``, what that returned)
+    removes it: nobody learns the key of a failed job's state. Logged, never raised."""
+    key = (saved or {}).get("state_key")
+    if key is None or storage is None:
+        return
+    try:
+        storage.remove_objects([key])
+        log.info("removed the world state of a failed job: %s", key)
+    except WorkerError as exc:
+        log.warning("world state %s of a failed job not removed: %s: %s", key, exc.code, exc.message)
