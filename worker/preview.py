@@ -346,10 +346,10 @@ class LivePreview:
         return self.storage.presigned_get(self.playlist_key, self.expiry)
 
     def expires_at(self, url_expires_at: str) -> str:
-        """When a playlist URL expiring at ``url_expires_at`` stops playing: then, or earlier when a
-        segment URI the stored playlist lists expires first (ISO-8601 UTC)."""
-        entries = self._entries
-        return min([url_expires_at] + [e.expires_at for e in entries])
+        """When a playlist URL expiring at ``url_expires_at`` stops playing once the uploader is done:
+        then, or earlier when a segment URI the stored playlist lists expires first (ISO-8601 UTC).
+        While the job runs the uploader keeps those URIs fresh, so there it is the URL's expiry."""
+        return min([url_expires_at] + [e.expires_at for e in self._entries])
 
     def progress_fields(self) -> dict:
         """What each progress update carries once a segment is listed: a freshly signed playlist
@@ -357,11 +357,12 @@ class LivePreview:
         if not self.segments:
             return {}
         url, url_expires = self.link()
-        return {"preview_url": url, "preview_expires_at": self.expires_at(url_expires),
+        return {"preview_url": url, "preview_expires_at": url_expires,
                 "preview_segments": self.segments}
 
     def result(self) -> dict:
-        """The fields a job's output carries (the playlist URL signed now)."""
+        """The fields a job's output carries (the playlist URL signed now; the expiry also counts
+        the segment URIs listed, signed afresh by :meth:`finish` unless the store was too slow)."""
         try:
             url, url_expires = self.link()
             expires = self.expires_at(url_expires)
