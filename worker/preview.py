@@ -429,7 +429,7 @@ class LivePreview:
     def _close_playlist(self) -> bool:
         try:
             self._closed = True  # from now on every write carries #EXT-X-ENDLIST
-            self._write_playlist(older_than=FRESH_SECONDS, force=True)
+            self._write_playlist(older_than=0, force=True)  # every URI signed now
             return True
         except Exception as exc:  # noqa: BLE001
             self._closed = False
