@@ -395,6 +395,29 @@ def test_failed_or_cancelled_job_keeps_a_closed_playlist_when_asked(real_pipelin
     assert not [t for t in threading.enumerate() if t.name == "hls-preview" and t.is_alive()]
 
 
+def test_a_store_refusing_the_removal_changes_nothing_for_the_job(fake_pipeline, storage, updates,
+                                                                   monkeypatch, caplog):
+    """The failed job's own error is what the client gets; the removal that failed is logged."""
+    from worker.errors import WorkerError
+    from worker.storage import Storage
+
+    def refuse(self, keys):
+        raise WorkerError("STORAGE_ACCESS_DENIED", f"remove of {len(keys)} objects was refused")
+
+    def act():
+        assert updates.wait_for(lambda p: "preview_url" in p) is not None  # a segment is stored
+        raise RuntimeError("CUDA error: an illegal memory access")
+
+    monkeypatch.setattr(Storage, "remove_objects", refuse)
+    _wrap_frames(fake_pipeline, monkeypatch, 3, act)
+    caplog.set_level(logging.WARNING, "worldplay.preview")
+    out = run(job_input(), "refused-1")
+    assert out["error"].startswith("GPU_ERROR:"), out
+    assert "could not remove its objects: STORAGE_ACCESS_DENIED" in caplog.text
+    assert "worldplay/refused-1/preview/index.m3u8" in _objects(storage, "worldplay/refused-1/")
+    assert not [t for t in threading.enumerate() if t.name == "hls-preview" and t.is_alive()]
+
+
 def test_upload_failure_ends_the_preview_not_the_job(fake_pipeline, storage, monkeypatch, caplog):
     from worker.storage import Storage
 
