@@ -404,7 +404,11 @@ class JobOutput(BaseModel):
     preview_key: Optional[str] = Field(None, description="Object key of the live preview's HLS "
                                                          "playlist (null when the preview is off).")
     preview_url: Optional[str] = Field(None, description="Presigned URL of that playlist (same "
-                                                         "lifetime as presigned_url).")
+                                                         "lifetime as presigned_url), signed as the "
+                                                         "job ends.")
+    preview_expires_at: Optional[str] = Field(None, description="Until when preview_url and the "
+                                                                "segment URLs its playlist lists "
+                                                                "play, ISO-8601 UTC.")
     preview_segments: Optional[int] = Field(None, description="Segments the playlist lists.")
     state_key: Optional[str] = Field(None, description="Object key of the world state (the whole session so "
                                                        "far); pass it as continue_from. null when not saved.")

@@ -30,6 +30,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from pydantic import ValidationError
 
 import schemas
+from worker import preview as live_preview
 from worker import session
 from worker.errors import WorkerError, clean_message, from_exception
 
@@ -184,7 +185,8 @@ class ProgressReporter:
         self._closed = False
         self._lock = threading.Lock()
         self.sent = 0
-        self.extra: Dict[str, Any] = {}  # fields every later update carries (live preview)
+        self.extra: Dict[str, Any] = {}  # fields every later update carries
+        self._sources: list = []  # callables whose fields are computed for each update (live preview)
         self._current = ("start", 0, 0)
 
     def _send(self, payload: dict) -> None:
@@ -205,6 +207,11 @@ class ProgressReporter:
                 return
             self._last = now
             payload = {"stage": stage, "step": int(step), "total": int(total), **self.extra}
+            for source in self._sources:
+                try:
+                    payload.update(source())
+                except Exception as exc:  # noqa: BLE001 - progress must never fail a job
+                    log.debug("progress fields not added: %s", type(exc).__name__)
             try:
                 self._send(payload)
                 self.sent += 1
@@ -218,6 +225,12 @@ class ProgressReporter:
             stage, step, total = self._current
         if force:
             self.update(stage, step, total, force=True)
+
+    def attach_source(self, source: Callable[[], Dict[str, Any]]) -> None:
+        """``source()``'s fields go into every later update, computed as each one is sent (a URL
+        signed afresh each time)."""
+        with self._lock:
+            self._sources.append(source)
 
     def close(self) -> None:
         """No update after this; give an in-flight update a moment to land before the result."""
@@ -341,7 +354,6 @@ def render(pipe, plan: JobPlan, inputs: JobInputs, workdir: str, progress: "Prog
     """The generate + encode stages: the world's chunks stream into a background H.264 writer (and
     the live preview) as they are decoded; on any failure the writer drops its partial file."""
     from pipeline.video import Mp4Writer
-    from worker import preview as live_preview
 
     req = inputs.req
     path = os.path.join(workdir, "video.mp4")
@@ -388,7 +400,6 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
     """Run one job through its stages (validate -> fetch -> load -> render -> deliver -> save);
     returns the output or an error dict; never raises."""
     from worker import delivery
-    from worker import preview as live_preview
 
     started = time.perf_counter()
     job = job if isinstance(job, dict) else {}
@@ -396,7 +407,8 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
     progress = progress or ProgressReporter(job)
     stages = _Stages()
     workdir = None
-    preview = None
+    preview = storage = None
+    saved: Dict[str, Any] = {}
     try:
         t0 = time.perf_counter()
         plan = validate_job(job)
@@ -426,9 +438,8 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
         t0 = time.perf_counter()
         delivered = delivery.deliver_video(storage, f"{req.output.key_prefix}/{job_id}/video.mp4",
                                            rendered.path, req.output.presign_expiry_seconds)
-        if preview is not None and not preview.wait():
-            log.warning("job %s: live preview still uploading; not waiting for it", job_id)
         saved = session.save_world(storage, req, job_id, rendered.result)  # state_key or state_error
+        previewed = live_preview.finish(preview)  # waits once (at most 2 s) for the last playlist
         stages.add("upload", time.perf_counter() - t0)
 
         total = round(time.perf_counter() - started, 4)
@@ -439,8 +450,7 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
             duration_seconds=round(info.duration, 4), seed=inputs.seed, mode=req.mode,
             num_inference_steps=req.steps, guidance_scale=req.guidance,
             timings=schemas.Timings(**stages.timings), generation_time_seconds=total,
-            **saved,
-            **(preview.result() if preview is not None else {}),
+            **saved, **previewed,
         ).model_dump(by_alias=True, exclude=delivery.left_out(delivered))
         where = (f"s3://{storage.bucket}/{delivered['minio_key']}" if storage is not None
                  else "inline video_base64")
@@ -450,12 +460,12 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
     except BaseException as exc:  # noqa: BLE001 - every failure becomes an error dict
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
+        live_preview.discard(preview)  # its objects go (WORLDPLAY_PREVIEW_KEEP_FAILED=1 keeps them)
+        session.discard_world(storage, saved)  # a failed job leaves no world state
         return failure(exc, job_id)
     finally:
         progress.close()
-        if preview is not None:  # failed or cancelled: the playlist still gets #EXT-X-ENDLIST
-            preview.end()
-            preview.wait(live_preview.FINISH_TIMEOUT)
+        live_preview.close(preview)  # waits (at most 2 s) unless finish() did
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
 

@@ -134,3 +134,16 @@ def store_state(storage, key: str, state) -> int:
     data = state.to_bytes()
     storage.put_bytes(key, data, content_type="application/octet-stream", window=upload_window())
     return len(data)
+
+
+def discard_world(storage, saved: Dict[str, Any]) -> None:
+    """A job that fails after :func:`save_world` stored its state (``saved``, what that returned)
+    removes it: nobody learns the key of a failed job's state. Logged, never raised."""
+    key = (saved or {}).get("state_key")
+    if key is None or storage is None:
+        return
+    try:
+        storage.remove_objects([key])
+        log.info("removed the world state of a failed job: %s", key)
+    except WorkerError as exc:
+        log.warning("world state %s of a failed job not removed: %s: %s", key, exc.code, exc.message)
