@@ -61,7 +61,8 @@ ACTION_ITEM_SCHEMA: Dict[str, Any] = {
     "oneOf": [{"required": ["moves"]}, {"required": ["latents"]}],
     "properties": {
         "key": {"type": "string", "description": "w, s, a, d, up, down, left, right; several "
-                                                 "held together joined with '+', e.g. 'w+left'"},
+                                                 "held together joined with '+', e.g. 'w+left'; "
+                                                 "'idle' stands still"},
         "moves": {"type": "integer", "minimum": 1,
                   "description": "moves of this action, 1 latent (4 frames) each; the start latent "
                                  "is extra, so moves adding up to 31 give 125 frames"},
@@ -403,7 +404,11 @@ class JobOutput(BaseModel):
     preview_key: Optional[str] = Field(None, description="Object key of the live preview's HLS "
                                                          "playlist (null when the preview is off).")
     preview_url: Optional[str] = Field(None, description="Presigned URL of that playlist (same "
-                                                         "lifetime as presigned_url).")
+                                                         "lifetime as presigned_url), signed as the "
+                                                         "job ends.")
+    preview_expires_at: Optional[str] = Field(None, description="Until when preview_url and the "
+                                                                "segment URLs its playlist lists "
+                                                                "play, ISO-8601 UTC.")
     preview_segments: Optional[int] = Field(None, description="Segments the playlist lists.")
     state_key: Optional[str] = Field(None, description="Object key of the world state (the whole session so "
                                                        "far); pass it as continue_from. null when not saved.")

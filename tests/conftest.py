@@ -299,6 +299,8 @@ class HttpStub:
                     self.rfile.read(length)
                 self._serve()
 
+            do_POST = do_PUT  # multi-object DELETE (POST ?delete)
+
         self.server = _ThreadingHTTPServer(("127.0.0.1", 0), _H)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]

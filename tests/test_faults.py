@@ -529,24 +529,37 @@ def _open_fds():
     return out
 
 
-@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux /dev/full")
-def test_disk_full_while_writing_the_video(fake_pipeline, monkeypatch, tmp_path):
-    """/dev/full fails every write with ENOSPC, like a full temp filesystem."""
+def _bucket_objects(storage, prefix):
+    return sorted(o.object_name for o in storage._client.list_objects(storage.bucket, prefix=prefix,
+                                                                       recursive=True))
+
+
+def _video_on_dev_full(monkeypatch):
+    """The job's temp dir holds video.mp4 as a link to /dev/full (written through, never replaced)."""
     import tempfile
 
     real_mkdtemp = tempfile.mkdtemp
 
     def mkdtemp(*args, **kwargs):
         path = real_mkdtemp(*args, **kwargs)
-        os.symlink("/dev/full", os.path.join(path, "video.mp4"))  # written through, never replaced
+        os.symlink("/dev/full", os.path.join(path, "video.mp4"))
         return path
 
     monkeypatch.setattr(worker_job.tempfile, "mkdtemp", mkdtemp)
+    return lambda: monkeypatch.setattr(worker_job.tempfile, "mkdtemp", real_mkdtemp)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux /dev/full")
+def test_disk_full_while_writing_the_video(fake_pipeline, storage, monkeypatch, tmp_path):
+    """/dev/full fails every write with ENOSPC, like a full temp filesystem. The preview segments
+    cut before the failure are removed with their playlist: the job leaves nothing in the bucket."""
+    restore = _video_on_dev_full(monkeypatch)
     before = _open_fds()
     tmpdir = Path(os.environ["WORLDPLAY_TMPDIR"])
     out = run(base_input(pose="w-7"))
-    monkeypatch.setattr(worker_job.tempfile, "mkdtemp", real_mkdtemp)
+    restore()
     assert code_of(out) == "DISK_FULL", out
+    assert _bucket_objects(storage, "") == []
     assert out.get("refresh_worker") is True
     assert "WORLDPLAY_TMPDIR" in out["error"]
     leaked = {fd: target for fd, target in _open_fds().items()
@@ -558,21 +571,52 @@ def test_disk_full_while_writing_the_video(fake_pipeline, monkeypatch, tmp_path)
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux /dev/full")
-def test_disk_full_with_the_real_pipeline(real_pipeline, monkeypatch):
-    import tempfile
-
-    real_mkdtemp = tempfile.mkdtemp
-
-    def mkdtemp(*args, **kwargs):
-        path = real_mkdtemp(*args, **kwargs)
-        os.symlink("/dev/full", os.path.join(path, "video.mp4"))
-        return path
-
-    monkeypatch.setattr(worker_job.tempfile, "mkdtemp", mkdtemp)
+def test_disk_full_with_the_real_pipeline(real_pipeline, storage, monkeypatch):
+    """The real pipeline returns a world state too: a job whose video failed stores none of it."""
+    _video_on_dev_full(monkeypatch)
     before = _open_fds()
-    out = run(base_input(pose="w-3"))
+    out = run(base_input(pose="w-7"), "full-real")
     assert code_of(out) == "DISK_FULL" and out["refresh_worker"] is True
     assert {fd: t for fd, t in _open_fds().items() if fd not in before and "full" in t} == {}
+    assert _bucket_objects(storage, "") == []
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux /dev/full")
+def test_disk_full_keeps_the_preview_when_asked(fake_pipeline, storage, monkeypatch):
+    """WORLDPLAY_PREVIEW_KEEP_FAILED=1: the failed job's playlist stays, closed, listing what was cut
+    before the failure (still no video and no world state)."""
+    import requests
+
+    monkeypatch.setenv("WORLDPLAY_PREVIEW_KEEP_FAILED", "1")
+    _video_on_dev_full(monkeypatch)
+    out = run(base_input(pose="w-15"), "full-keep")
+    assert code_of(out) == "DISK_FULL", out
+    kept = _bucket_objects(storage, "")
+    assert kept and all(k.startswith("worldplay/full-keep/preview/") for k in kept), kept
+    assert "worldplay/full-keep/preview/index.m3u8" in kept
+    url, _ = storage.presigned_get("worldplay/full-keep/preview/index.m3u8")
+    text = requests.get(url, timeout=10).text
+    assert text.rstrip().endswith("#EXT-X-ENDLIST")
+    listed = [line.split("?")[0].rsplit("/", 1)[1] for line in text.splitlines() if line.startswith("http")]
+    assert sorted(f"worldplay/full-keep/preview/{name}" for name in listed) == [
+        k for k in kept if k.endswith(".ts")]
+
+
+def test_a_job_failing_after_its_state_was_saved_removes_it(real_pipeline, storage, monkeypatch):
+    """Nobody learns the state key of a failed job: a failure after the state went up (here, building
+    the output) removes it, with the preview."""
+    import schemas
+
+    def broken_output(**fields):
+        assert fields["state_key"] == "worldplay/late-fail/world.safetensors"
+        assert storage.stat_size(fields["state_key"]) > 0  # it was stored
+        raise RuntimeError("output could not be built")
+
+    monkeypatch.setattr(schemas, "JobOutput", broken_output)
+    out = run(base_input(pose="w-3"), "late-fail")
+    assert code_of(out) == "INTERNAL_ERROR", out
+    assert [k for k in _bucket_objects(storage, "worldplay/late-fail/")
+            if not k.endswith("video.mp4")] == []
 
 
 def test_mp4_writer_abort_releases_the_file_when_close_fails(tmp_path):

@@ -117,6 +117,30 @@ def decode_segments(entries):
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
+def _query(url):
+    from urllib.parse import parse_qs, urlsplit
+
+    return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+
+
+def signed_at(url):
+    """When a presigned URL was signed (its X-Amz-Date)."""
+    from datetime import datetime, timezone
+
+    return datetime.strptime(_query(url)["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+
+
+def url_expires(url):
+    """When a presigned URL stops working (X-Amz-Date + X-Amz-Expires)."""
+    from datetime import timedelta
+
+    return signed_at(url) + timedelta(seconds=int(_query(url)["X-Amz-Expires"]))
+
+
+def iso(moment) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def playlist(url):
     got = requests.get(url, timeout=10)
     assert got.status_code == 200, got.text[:200]
@@ -146,9 +170,11 @@ def test_live_preview_through_the_real_handler(real_pipeline, storage, updates, 
     entries, ended = parse_playlist(seen_mid_job["playlist"])
     assert not ended and len(entries) >= 1  # live: players keep polling
 
-    # the final output names the playlist; it is closed and lists every frame of the video
+    # the final output names the playlist (a URL signed as the job ended); it is closed and lists
+    # every frame of the video
     assert out["preview_key"] == "worldplay/live-1/preview/index.m3u8"
-    assert out["preview_url"] == first["preview_url"]
+    assert out["preview_url"].split("?")[0] == first["preview_url"].split("?")[0]
+    assert signed_at(out["preview_url"]) >= signed_at(first["preview_url"])
     text = playlist(out["preview_url"])
     entries, ended = parse_playlist(text)
     assert ended and len(entries) == out["preview_segments"] == 4
@@ -163,6 +189,125 @@ def test_live_preview_through_the_real_handler(real_pipeline, storage, updates, 
     assert preview_frames.shape[0] == out["num_frames"] == 61
     assert np.array_equal(preview_frames, mp4_frames)
     assert time.perf_counter() - t0 < WAIT
+
+
+def test_urls_are_signed_afresh_and_outlive_the_job(fake_pipeline, storage, updates, chunks):
+    """presign_expiry_seconds 60 at fps 5: each progress update and the output carry a playlist URL
+    signed when they are sent, with preview_expires_at; the final playlist's segment URIs are signed
+    as the job ends (not when each segment went up), so all of it plays for 60 s after the job; and
+    #EXT-X-TARGETDURATION is 4 (16 frames / 5 fps, rounded up) in the very first playlist, although the
+    first segment is only 13 frames long (2.6 s)."""
+    from datetime import datetime, timedelta, timezone
+
+    seen = {}
+
+    def later():
+        time.sleep(1.1)  # the job takes a while between chunks: signatures of different seconds
+
+    def before_last_chunk():
+        later()
+        first = updates.wait_for(lambda p: "preview_url" in p)
+        seen["playlist"] = playlist(first["preview_url"])
+
+    chunks.before(1, later)
+    chunks.before(2, before_last_chunk)
+    out = run(job_input(pose="w-11", fps=5, output={"presign_expiry_seconds": 60}), "fresh-1")
+    ended_at = datetime.now(timezone.utc)
+    assert "error" not in out, out
+
+    listed = [p for p in updates if "preview_url" in p]
+    assert len(listed) >= 2 and listed[0]["preview_segments"] == 1
+    for update in listed:  # each URL was signed when its update was made, for 60 s
+        assert update["preview_expires_at"] == iso(url_expires(update["preview_url"]))
+        assert int(_query(update["preview_url"])["X-Amz-Expires"]) == 60
+    assert signed_at(listed[-1]["preview_url"]) > signed_at(listed[0]["preview_url"])
+
+    mid_entries, mid_ended = parse_playlist(seen["playlist"])
+    assert not mid_ended and "#EXT-X-TARGETDURATION:4" in seen["playlist"].splitlines()
+    assert round(mid_entries[0][0] * 5) == 13
+    final = playlist(out["preview_url"])
+    assert "#EXT-X-TARGETDURATION:4" in final.splitlines()
+    entries, ended = parse_playlist(final)
+    assert ended and [round(d * 5) for d, _ in entries] == [13, 16, 16]
+
+    # the output's URL and every segment URI it lists play for 60 s from the job's end (a signature
+    # has whole seconds: up to 1 s of rounding, plus the time between signing and returning)
+    lasts_until = ended_at + timedelta(seconds=60 - 2)
+    assert url_expires(out["preview_url"]) >= lasts_until
+    assert all(url_expires(uri) >= lasts_until for _, uri in entries)
+    assert entries[0][1] != mid_entries[0][1]  # segment 0 was signed again
+    assert out["preview_expires_at"] == min(iso(url_expires(u)) for u in
+                                            [out["preview_url"]] + [uri for _, uri in entries])
+    assert out["preview_expires_at"] >= iso(lasts_until)
+    assert decode_segments(entries).shape[0] == out["num_frames"] == 45
+
+
+def test_listed_segment_uris_are_signed_again_while_the_job_waits(storage):
+    """A long gap between chunks (bidirectional: minutes) with a short expiry: the uploader signs the
+    listed URIs again once half their lifetime is gone, without a new segment."""
+    preview = live_preview.LivePreview(storage, "refresh/job/preview", expiry=2)
+    try:
+        preview._segment_made(live_preview.Segment(0, b"\x47" * 188, 13, 13 / 24))
+        deadline = time.monotonic() + WAIT
+        while not preview.segments and time.monotonic() < deadline:
+            time.sleep(0.05)
+        url, _ = preview.link()
+        (_, first_uri), = parse_playlist(playlist(url))[0]
+        time.sleep(2.5)  # past the first signature's expiry; the refresh runs every second
+        entries, ended = parse_playlist(playlist(preview.link()[0]))
+        assert not ended and len(entries) == 1
+        assert signed_at(entries[0][1]) > signed_at(first_uri)
+        assert url_expires(entries[0][1]) > url_expires(first_uri)
+    finally:
+        preview.finish(WAIT)
+
+
+def test_pipeline_handing_over_everything_at_once_still_gets_short_segments(fake_pipeline, storage):
+    """The fixed target duration holds for a pipeline that does not stream: the segments are cut at
+    the longest chunk's length (16 frames in AR mode)."""
+    fake_pipeline.stream = False
+    out = run(job_input(pose="w-11", fps=8), "whole-1")
+    assert "error" not in out, out
+    text = playlist(out["preview_url"])
+    assert "#EXT-X-TARGETDURATION:2" in text.splitlines()
+    entries, ended = parse_playlist(text)
+    assert ended and [round(d * 8) for d, _ in entries] == [16, 16, 13]
+    assert decode_segments(entries).shape[0] == out["num_frames"] == 45
+
+
+def test_a_done_job_waits_for_its_preview_once(fake_pipeline, storage, monkeypatch):
+    """With the last playlist write stuck, a successful job waits FINISH_TIMEOUT once (not once more
+    in its clean-up) and still answers with its video and a playable preview URL."""
+    release = threading.Event()
+    waits = []
+    real_init = live_preview.LivePreview.__init__
+    real_write = live_preview.LivePreview._write_playlist
+
+    class CountingEvent(threading.Event):
+        def wait(self, timeout=None):
+            if threading.current_thread().name != "hls-preview":
+                waits.append(timeout)
+            return super().wait(timeout)
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        self._done = CountingEvent()
+
+    def write(self, **kwargs):
+        if self._closed:
+            release.wait(WAIT)  # the store hangs on the closing playlist
+        return real_write(self, **kwargs)
+
+    monkeypatch.setattr(live_preview.LivePreview, "__init__", init)
+    monkeypatch.setattr(live_preview.LivePreview, "_write_playlist", write)
+    t0 = time.perf_counter()
+    out = run(job_input(pose="w-11"), "once-1")
+    took = time.perf_counter() - t0
+    release.set()
+    assert "error" not in out, out
+    assert waits == [live_preview.FINISH_TIMEOUT]
+    assert took < 2 * live_preview.FINISH_TIMEOUT
+    assert out["preview_url"] and out["preview_segments"] >= 1
 
 
 def test_playlist_plays_in_ffmpeg_hls_demuxer(fake_pipeline, storage):
@@ -201,8 +346,33 @@ def _wrap_frames(pipe, monkeypatch, after_chunks, action):
 
 
 @pytest.mark.parametrize("how, code", [("fail", "GPU_ERROR"), ("cancel", "CANCELLED")])
-def test_failed_or_cancelled_job_closes_the_playlist(real_pipeline, storage, updates,
-                                                     monkeypatch, how, code):
+def test_failed_or_cancelled_job_removes_its_preview(real_pipeline, storage, updates, monkeypatch,
+                                                     how, code):
+    """Segments were listed (a client may have played them), then the job failed: the playlist and
+    every segment are gone when the job returns, and so is the uploader thread."""
+    cancel = threading.Event()
+
+    def act():
+        assert updates.wait_for(lambda p: "preview_url" in p) is not None
+        if how == "fail":
+            raise RuntimeError("CUDA error: an illegal memory access")
+        cancel.set()
+
+    _wrap_frames(real_pipeline, monkeypatch, 3, act)
+    out = worker_job.run_job({"id": f"gone-{how}", "input": job_input()}, cancel_event=cancel)
+    assert out["error"].startswith(code + ":"), out
+    listed = [p for p in updates if "preview_url" in p]
+    assert listed and listed[-1]["preview_segments"] >= 1
+    assert _objects(storage, f"worldplay/gone-{how}/") == []
+    assert requests.get(listed[-1]["preview_url"], timeout=10).status_code == 404
+    assert not [t for t in threading.enumerate() if t.name == "hls-preview" and t.is_alive()]
+
+
+@pytest.mark.parametrize("how, code", [("fail", "GPU_ERROR"), ("cancel", "CANCELLED")])
+def test_failed_or_cancelled_job_keeps_a_closed_playlist_when_asked(real_pipeline, storage, updates,
+                                                                    monkeypatch, how, code):
+    """WORLDPLAY_PREVIEW_KEEP_FAILED=1: what was made before the end stays, closed by #EXT-X-ENDLIST."""
+    monkeypatch.setenv("WORLDPLAY_PREVIEW_KEEP_FAILED", "1")
     cancel = threading.Event()
 
     def act():
@@ -222,6 +392,29 @@ def test_failed_or_cancelled_job_closes_the_playlist(real_pipeline, storage, upd
     assert 1 <= len(entries) <= 3
     frames = decode_segments(entries)
     assert frames.shape[0] in (13, 29, 45)
+    assert not [t for t in threading.enumerate() if t.name == "hls-preview" and t.is_alive()]
+
+
+def test_a_store_refusing_the_removal_changes_nothing_for_the_job(fake_pipeline, storage, updates,
+                                                                   monkeypatch, caplog):
+    """The failed job's own error is what the client gets; the removal that failed is logged."""
+    from worker.errors import WorkerError
+    from worker.storage import Storage
+
+    def refuse(self, keys):
+        raise WorkerError("STORAGE_ACCESS_DENIED", f"remove of {len(keys)} objects was refused")
+
+    def act():
+        assert updates.wait_for(lambda p: "preview_url" in p) is not None  # a segment is stored
+        raise RuntimeError("CUDA error: an illegal memory access")
+
+    monkeypatch.setattr(Storage, "remove_objects", refuse)
+    _wrap_frames(fake_pipeline, monkeypatch, 3, act)
+    caplog.set_level(logging.WARNING, "worldplay.preview")
+    out = run(job_input(), "refused-1")
+    assert out["error"].startswith("GPU_ERROR:"), out
+    assert "could not remove its objects: STORAGE_ACCESS_DENIED" in caplog.text
+    assert "worldplay/refused-1/preview/index.m3u8" in _objects(storage, "worldplay/refused-1/")
     assert not [t for t in threading.enumerate() if t.name == "hls-preview" and t.is_alive()]
 
 
@@ -332,15 +525,22 @@ def test_mp4_encode_is_unchanged_by_the_preview(fake_pipeline, storage, tmp_path
 # ---- units -------------------------------------------------------------------------------------
 def test_playlist_text():
     text = live_preview.playlist_text([(13 / 24, "http://s/a.ts?x=1"), (16 / 24, "http://s/b.ts")],
-                                      ended=False)
+                                      ended=False, target=1)
     assert text.splitlines() == [
         "#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-PLAYLIST-TYPE:EVENT", "#EXT-X-TARGETDURATION:1",
         "#EXT-X-MEDIA-SEQUENCE:0",
         "#EXTINF:0.541667,", "http://s/a.ts?x=1", "#EXTINF:0.666667,", "http://s/b.ts"]
-    independent = live_preview.playlist_text([(1.0, "u")], ended=False, independent=True)
+    independent = live_preview.playlist_text([(1.0, "u")], ended=False, target=1, independent=True)
     assert "#EXT-X-INDEPENDENT-SEGMENTS" in independent.splitlines()
-    closed = live_preview.playlist_text([(64 / 24, "u")], ended=True)
+    closed = live_preview.playlist_text([(64 / 24, "u")], ended=True, target=3)
     assert "#EXT-X-TARGETDURATION:3" in closed and closed.endswith("#EXT-X-ENDLIST\n")
+
+
+def test_target_duration_is_the_longest_chunk_rounded_up():
+    assert live_preview.segment_frames("ar") == 16
+    assert live_preview.segment_frames("bidirectional") == 64
+    assert [live_preview.target_duration(fps, 16) for fps in (24, 16, 15, 8, 5, 1)] == [1, 1, 2, 2, 4, 16]
+    assert [live_preview.target_duration(fps, 64) for fps in (60, 24, 5)] == [2, 3, 13]
 
 
 def test_full_queue_ends_the_preview_instead_of_blocking(storage, monkeypatch, caplog):
@@ -358,9 +558,9 @@ def test_full_queue_ends_the_preview_instead_of_blocking(storage, monkeypatch, c
     assert time.perf_counter() - t0 < 0.5
     assert preview.stopped and "waiting for upload" in caplog.text
     release.set()
-    preview.end()
-    assert preview.wait(WAIT)
-    entries, ended = parse_playlist(playlist(preview.playlist_url))
+    preview.finish(WAIT)
+    assert preview.wait(0)
+    entries, ended = parse_playlist(playlist(preview.link()[0]))
     assert ended and not preview.complete
     assert 2 <= len(entries) <= 3  # 0, 1 (and 2 when the uploader had taken 0 already)
     assert [uri.split("?")[0].rsplit("/", 1)[1] for _, uri in entries] == [

@@ -126,6 +126,52 @@ def test_no_such_key_from_xml_not_retried(http_stub):
     assert http_stub.hits["/stub-bucket/gone.png"] == 1
 
 
+def test_remove_objects(storage):
+    for key in ("p/a.ts", "p/b.ts", "p/index.m3u8", "q/keep.mp4"):
+        storage.put_bytes(key, b"x")
+    # missing keys count as removed (S3's rule); a key named twice is sent once
+    assert storage.remove_objects(["p/a.ts", "p/b.ts", "p/index.m3u8", "p/never.ts", "p/a.ts"]) == 4
+    left = [o.object_name for o in storage._client.list_objects(storage.bucket, recursive=True)]
+    assert left == ["q/keep.mp4"]
+    assert storage.remove_objects([]) == 0
+    many = [f"m/{i:05d}" for i in range(1001)]  # more than one request's 1000 keys
+    storage.put_bytes(many[-1], b"x")
+    assert storage.remove_objects(many) == 1001
+    with pytest.raises(WorkerError) as info:
+        storage.stat_size(many[-1])
+    assert info.value.code == "OBJECT_NOT_FOUND"
+
+
+def _delete_result(code: str) -> bytes:
+    return ('<?xml version="1.0" encoding="UTF-8"?><DeleteResult><Deleted><Key>a</Key></Deleted>'
+            f"<Error><Key>b</Key><Code>{code}</Code><Message>no</Message></Error>"
+            "</DeleteResult>").encode()
+
+
+@pytest.mark.parametrize("code, expected", [
+    ("AccessDenied", "STORAGE_ACCESS_DENIED"),
+    ("InternalError", "STORAGE_UNAVAILABLE"),
+])
+def test_remove_objects_names_the_keys_it_could_not_remove(http_stub, code, expected):
+    """A multi-object DELETE answers 200 and lists per-key errors: any of them is a coded error (the
+    request itself succeeded: not sent again)."""
+    http_stub.route("/stub-bucket", (200, _XML, _delete_result(code)))
+    st = stub_storage(http_stub)
+    with pytest.raises(WorkerError) as info:
+        st.remove_objects(["a", "b"])
+    assert info.value.code == expected
+    assert "1 of 2 objects" in info.value.message and "'b'" in info.value.message
+    assert code in info.value.message
+    assert http_stub.hits["/stub-bucket"] == 1
+
+
+def test_remove_objects_retries_a_failed_request(http_stub):
+    http_stub.route("/stub-bucket", (503, _XML, s3_error("SlowDown")),
+                    (200, _XML, b'<DeleteResult><Deleted><Key>a</Key></Deleted></DeleteResult>'))
+    assert stub_storage(http_stub).remove_objects(["a"]) == 1
+    assert http_stub.hits["/stub-bucket"] == 2
+
+
 @pytest.mark.parametrize("raw, use_ssl, expected", [
     ("minio:9000", None, ("minio:9000", False)),
     ("minio:9000", True, ("minio:9000", True)),

@@ -75,7 +75,7 @@ def paced_once(frames, storage, workdir: Path, *, preview_on: bool, first: float
     storage.put_file(f"bench/{name}/video.mp4", path, content_type="video/mp4")
     storage.presigned_get(f"bench/{name}/video.mp4")
     if preview is not None:
-        preview.wait()
+        preview.finish()  # what run_job does: one wait for the closed, freshly signed playlist
     end = time.perf_counter()
     return {
         "total_s": end - t0,

@@ -40,13 +40,11 @@ class ContinuedWorld:
         return 4 * self.new_latents
 
 
-def open_world(req, spec: Any, storage, modes: Tuple[str, ...]) -> ContinuedWorld:
-    """Load and check the state ``req.continue_from`` and build the continuation request."""
-    from pipeline.generation.continuation import continuation_request
+def read_state(key: str, storage):
+    """The world state ``key`` from the bucket, size-checked before the download and parsed strictly:
+    ``(state, size in bytes)``. Shared by ``continue_from`` jobs and live worlds (worker.live_session)."""
     from pipeline.generation.world_state import SessionLimits, WorldState, check_state_size
 
-    started = time.perf_counter()
-    key = req.continue_from
     if storage is None:
         raise WorkerError("STORAGE_NOT_CONFIGURED", "continue_from reads the world state from the bucket: "
                                                     "this worker has no storage configured (MINIO_*)")
@@ -60,7 +58,16 @@ def open_world(req, spec: Any, storage, modes: Tuple[str, ...]) -> ContinuedWorl
                                                  "of an earlier job)") from None
         raise
     check_state_size(size, limits)
-    state = WorldState.from_bytes(storage.get_bytes(key, limits.max_bytes), limits)
+    return WorldState.from_bytes(storage.get_bytes(key, limits.max_bytes), limits), size
+
+
+def open_world(req, spec: Any, storage, modes: Tuple[str, ...]) -> ContinuedWorld:
+    """Load and check the state ``req.continue_from`` and build the continuation request."""
+    from pipeline.generation.continuation import continuation_request
+
+    started = time.perf_counter()
+    key = req.continue_from
+    state, size = read_state(key, storage)
     fields = req.model_fields_set
     mode = req.mode if "mode" in fields else state.mode  # another mode than the state's: STATE_MISMATCH
     request = continuation_request(
@@ -97,22 +104,46 @@ def save_enabled(req) -> bool:
 
 
 def save_world(storage, req, job_id: str, result) -> Dict[str, Any]:
-    """Upload the session's state after this job (the video is already stored). Returns the output's
-    ``state_key`` and ``session_latents``, or, when the upload fails, ``state_error`` instead: a
-    storage fault after the video is stored must not turn a finished video into a failed job."""
+    """Upload the session's state after this job (the video is already stored), unless turned off."""
     state = getattr(result, "state", None)
     if state is None or storage is None or not save_enabled(req):
         return {}
+    return save_state(storage, req.output.key_prefix, job_id, state)
+
+
+def save_state(storage, key_prefix: str, name: str, state) -> Dict[str, Any]:
+    """Upload a world state as ``{key_prefix}/{name}/world.safetensors`` (a job's or a live world's).
+    Returns ``state_key`` and ``session_latents``, or, when the upload fails, ``state_error`` instead:
+    a storage fault after the video is stored must not turn a finished video into a failure."""
+    key = f"{key_prefix}/{name}/{STATE_FILE}"
+    try:
+        size = store_state(storage, key, state)
+    except WorkerError as exc:
+        log.warning("%s: world state not saved: %s: %s", name, exc.code, exc.message)
+        return {"state_error": f"{exc.code}: {exc.message}"}
+    log.info("saved world state (%d latents, %d bytes) -> %s", state.num_latents, size, key)
+    return {"state_key": key, "session_latents": state.num_latents}
+
+
+def store_state(storage, key: str, state) -> int:
+    """Upload a world state as ``key`` (stamped with this worker's version; retried over the video's
+    upload window: the state is GPU work too). Returns its size in bytes; raises WorkerError."""
     import worker
 
     state.worker_version = worker.__version__
-    key = f"{req.output.key_prefix}/{job_id}/{STATE_FILE}"
     data = state.to_bytes()
+    storage.put_bytes(key, data, content_type="application/octet-stream", window=upload_window())
+    return len(data)
+
+
+def discard_world(storage, saved: Dict[str, Any]) -> None:
+    """A job that fails after :func:`save_world` stored its state (``saved``, what that returned)
+    removes it: nobody learns the key of a failed job's state. Logged, never raised."""
+    key = (saved or {}).get("state_key")
+    if key is None or storage is None:
+        return
     try:
-        # retried over the video's upload window: the state is GPU work too
-        storage.put_bytes(key, data, content_type="application/octet-stream", window=upload_window())
+        storage.remove_objects([key])
+        log.info("removed the world state of a failed job: %s", key)
     except WorkerError as exc:
-        log.warning("job %s: world state not saved: %s: %s", job_id, exc.code, exc.message)
-        return {"state_error": f"{exc.code}: {exc.message}"}
-    log.info("saved world state (%d latents, %d bytes) -> %s", state.num_latents, len(data), key)
-    return {"state_key": key, "session_latents": state.num_latents}
+        log.warning("world state %s of a failed job not removed: %s: %s", key, exc.code, exc.message)

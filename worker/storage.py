@@ -362,6 +362,35 @@ class Storage:
     def remove(self, key: str) -> None:
         self._call("remove", key, lambda: self._client.remove_object(self.bucket, key))
 
+    def remove_objects(self, keys) -> int:
+        """Delete ``keys`` (missing ones count as deleted, as in S3) with one multi-object DELETE
+        per 1000 keys. Returns how many keys were asked for; a key the store refused raises the
+        same coded errors as the other operations, naming how many of them failed."""
+        from minio.deleteobjects import DeleteObject
+
+        keys = list(dict.fromkeys(keys))  # in order, once each
+        for start in range(0, len(keys), 1000):
+            batch = keys[start:start + 1000]
+
+            def _delete(batch=batch):
+                # the errors come back lazily: reading them is what sends the request
+                return list(self._client.remove_objects(self.bucket,
+                                                        [DeleteObject(k) for k in batch]))
+
+            errors = self._call("remove", batch[0] if len(batch) == 1 else None, _delete)
+            if errors:
+                first = errors[0]
+                code, name = getattr(first, "code", "Error"), getattr(first, "name", None)
+                if code in _DENIED_S3_CODES:
+                    raise WorkerError("STORAGE_ACCESS_DENIED",
+                                      f"remove of {len(errors)} of {len(batch)} objects in bucket "
+                                      f"{self.bucket!r} was refused ({code}, first {name!r}); check "
+                                      "MINIO_ACCESS_KEY / MINIO_SECRET_KEY and the bucket policy")
+                raise WorkerError("STORAGE_UNAVAILABLE",
+                                  f"remove of {len(errors)} of {len(batch)} objects in bucket "
+                                  f"{self.bucket!r} failed ({code}: first {name!r})")
+        return len(keys)
+
     def presigned_get(self, key: str, expiry: int = 3600) -> Tuple[str, str]:
         """A GET URL valid for ``expiry`` seconds and its expiry as ISO-8601 UTC."""
         expiry = int(expiry)
