@@ -942,10 +942,29 @@ def run(ctx: Ctx, selected: list[Item], budget: float | None) -> dict:
         results[item.name]["expected_seconds"] = _cost(item, ctx.tiny)
         print(f"[gpu_check] {item.name}: {results[item.name]['status']} in {results[item.name]['seconds']} s "
               f"{results[item.name].get('headline') or results[item.name].get('reason', '')}", flush=True)
+        _write_partial(ctx, setup_info, results, started, budget)
     if "peak_memory" not in results:
         results["peak_memory"] = _peak_summary(ctx, results)
     return {"setup": setup_info, "items": {i.name: results[i.name] for i in ITEMS},
             "wall_seconds": round(time.perf_counter() - started, 2)}
+
+
+def _write_partial(ctx: Ctx, setup_info: dict, results: dict, started: float, budget: float | None) -> None:
+    """The files so far, rewritten after every item: a run killed at its time limit still leaves them
+    (items not reached yet read ``pending``)."""
+    try:
+        items = {i.name: results.get(i.name, {"status": "pending", "reason": "not reached yet (run stopped?)"})
+                 for i in ITEMS}
+        report = {"environment": ctx.shared.get("environment") or {}, "setup": setup_info, "items": items,
+                  "wall_seconds": round(time.perf_counter() - started, 2), "budget_seconds": budget}
+        write_report(ctx.out, report)
+    except Exception:  # noqa: BLE001 - a partial write must never stop the run
+        traceback.print_exc()
+
+
+def write_report(out: Path, report: dict) -> None:
+    (out / JSON_NAME).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (out / MD_NAME).write_text(markdown(report))
 
 
 def _free(ctx: Ctx) -> None:
@@ -1081,8 +1100,7 @@ def main(argv: list[str] | None = None) -> int:
         report = _run_all(args, selected, budget)
     finally:
         torch.set_num_threads(threads)
-    (args.out / JSON_NAME).write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (args.out / MD_NAME).write_text(markdown(report))
+    write_report(args.out, report)
     print(markdown(report), flush=True)
     return 1 if any(r["status"] == "failed" for r in report["items"].values()) else 0
 
@@ -1093,6 +1111,7 @@ def _run_all(args, selected: list[Item], budget: float | None) -> dict:
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         ctx = Ctx(tiny=args.tiny, out=args.out, scratch=Path(tmp), args=args,
                   device=torch.device("cpu" if args.tiny else "cuda"))
+        ctx.shared["environment"] = environment(ctx)  # for the partial files; again at the end (kernel chosen)
         report = run(ctx, selected, budget)
         report["environment"] = environment(ctx)
         report["budget_seconds"] = budget
