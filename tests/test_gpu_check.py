@@ -103,3 +103,15 @@ def test_no_gpu_without_tiny_is_a_clear_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(["--out", str(tmp_path)]) == 2
     assert "--tiny" in capsys.readouterr().err
+
+
+def test_the_paced_preview_copy_gives_a_first_playable_segment(tmp_path):
+    """The fallback copy of the preview bench's paced run (used when preview_bench moved or changed its
+    signature) cuts and publishes segments into the in-memory storage."""
+    from pipeline.video import synthetic_pan
+
+    storage = gpu_check.MemoryStorage()
+    run = gpu_check._paced_local(synthetic_pan(45, 64, 48), storage, tmp_path, preview_on=True, first=0.05,
+                                 gap=0.05, name="copy")
+    assert run["first_playable_s"] > 0 and run["segments"] == 3 and run["mp4_bytes"] > 0
+    assert any(key.endswith("index.m3u8") for key in storage.objects)

@@ -348,9 +348,10 @@ def item_vae_decode(ctx: Ctx) -> dict:
            "full_total_seconds": round(sum(full), 3), "peak_gpu_memory_gb": ctx.peak_gb()}
     try:
         fast = _decode_chunks(ctx, _fast_decoder(pipe), latents)
-    except Skip as why:
-        out["fast"] = f"skipped: {why}"
-        out["headline"] = f"full {out['full_total_seconds']} s for {len(full)} chunks; fast skipped"
+    except Exception as exc:  # noqa: BLE001 - the full decode's figures stand whatever the fast one does
+        word = "skipped" if isinstance(exc, Skip) else "failed"
+        out["fast"] = f"{word}: {exc}" if isinstance(exc, Skip) else f"{word}: {type(exc).__name__}: {exc}"[:400]
+        out["headline"] = f"full {out['full_total_seconds']} s for {len(full)} chunks; fast {word}"
         return out
     out.update({"fast_first_chunk_seconds": round(fast[0], 3),
                 "fast_chunk_median_seconds": round(statistics.median(fast[1:] or fast), 3),
@@ -530,6 +531,7 @@ def item_live_server(ctx: Ctx) -> dict:
     saved_loader = job.MODELS.loader
     job.reset_state(loader=lambda modes: pipe)
     server = None
+    thread = None
     try:
         job.MODELS.get(("ar",))
         app = create_app(LiveSettings(), preload=False)
@@ -605,6 +607,8 @@ def item_live_server(ctx: Ctx) -> dict:
     finally:
         if server is not None:
             server.should_exit = True
+            if thread is not None and thread.is_alive():
+                thread.join(timeout=10)
         job.reset_state(loader=saved_loader)
         os.environ.update(saved_env)
 
