@@ -95,14 +95,6 @@ class SessionLimits:
         )
 
 
-def worker_version() -> str:
-    try:
-        from worker import __version__
-    except Exception:  # noqa: BLE001 - the pipeline package also runs without the worker
-        return "unknown"
-    return str(__version__)
-
-
 @dataclass
 class WorldState:
     """A world session after its last request (see the module docstring for the fields)."""
@@ -146,7 +138,7 @@ class WorldState:
             "width": str(int(self.width)),
             "height": str(int(self.height)),
             "checkpoint": self.checkpoint,
-            "worker_version": self.worker_version or worker_version(),
+            "worker_version": self.worker_version or "unknown",  # the worker sets its own version
         }
 
     def tensors(self) -> dict[str, torch.Tensor]:
