@@ -220,7 +220,8 @@ def _check_metadata(meta: Any) -> dict[str, Any]:
 
     def integer(name: str, low: int, high: int) -> int:
         text = meta[name]
-        if not text.isdigit() or len(text) > 20 or not low <= int(text) <= high:
+        # ASCII digits only: str.isdigit() also accepts e.g. '²', which int() refuses
+        if not (text.isascii() and text.isdigit()) or len(text) > 20 or not low <= int(text) <= high:
             raise StateError(f"world state metadata {name}={text[:40]!r} is not an integer in {low}..{high}")
         return int(text)
 
