@@ -16,8 +16,7 @@ import struct
 import threading
 
 import pytest
-import torch
-from conftest import b64, png_bytes
+from conftest import b64, png_bytes, small_world_state
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -306,20 +305,7 @@ def test_pose_key_with_a_huge_integer_is_invalid_pose(s3_env, storage):
 
 
 # ---- world-state files --------------------------------------------------------------------------------
-def small_state() -> WorldState:
-    gen = torch.Generator().manual_seed(0)
-    num = 4
-    c2w = torch.eye(4, dtype=torch.float64).repeat(num, 1, 1)
-    c2w[:, 2, 3] = torch.arange(num, dtype=torch.float64) * 0.1
-    k = torch.tensor([[0.5, 0.0, 0.5], [0.0, 0.9, 0.5], [0.0, 0.0, 1.0]]).repeat(num, 1, 1)
-    return WorldState(latents=torch.randn(num, 2, 3, 4, generator=gen), c2w=c2w, intrinsics=k,
-                      actions=torch.zeros(num, dtype=torch.int64), image_latent=torch.randn(2, 3, 4, generator=gen),
-                      vision=torch.randn(5, 8, generator=gen), prompt="a harbour", negative_prompt="", seed=5,
-                      mode="ar", num_inference_steps=4, guidance_scale=1.0, width=64, height=48,
-                      checkpoint="sha256:" + "0" * 32, worker_version="test")
-
-
-STATE = small_state().to_bytes()
+STATE = small_world_state().to_bytes()
 
 
 def split_state(data: bytes) -> tuple[dict, bytes]:

@@ -1,5 +1,15 @@
 """World sessions in the job flow: continue a job's world from its saved state, and save the new one.
 
+Trust (README, *World sessions*): with ``WORLDPLAY_STATE_SECRET`` set, ``save_world`` signs every state
+it writes and ``open_world`` refuses a state whose signature is missing or wrong (``INVALID_STATE``)
+before a byte of it is parsed. The signature is HMAC-SHA256 under the secret over
+``b"worldplay-world-state/v1\0"``, the object key's length (8 bytes, big-endian), the key (UTF-8) and
+the object's bytes exactly as stored (the safetensors file): no field is parsed or re-serialised to
+check it, and a state copied to another key no longer verifies. It travels as the object's user metadata
+``x-amz-meta-worldplay-signature: v1:<hex>``, so the object stays a plain safetensors file.
+``WORLDPLAY_CONTINUE_PREFIXES`` (comma-separated key prefixes) limits the keys ``continue_from`` may
+name (``STATE_FORBIDDEN``), checked before the bucket is asked anything.
+
 ``open_world`` reads the state named by ``continue_from`` from the bucket (size checked before the
 download), parses it strictly (:mod:`pipeline.generation.world_state`) and builds the continuation's
 ``GenerationRequest`` with :func:`pipeline.generation.world_state.continuation_request` — the same code path as
@@ -10,7 +20,11 @@ it off, no storage is configured, or the pipeline returned no state.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import os
+import struct
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
@@ -21,6 +35,51 @@ from worker.storage import upload_window
 log = logging.getLogger("worldplay.session")
 
 STATE_FILE = "world.safetensors"
+SECRET_ENV = "WORLDPLAY_STATE_SECRET"
+PREFIXES_ENV = "WORLDPLAY_CONTINUE_PREFIXES"
+SIGNATURE_META = "worldplay-signature"  # stored as the object's x-amz-meta-worldplay-signature
+_SIGNATURE_VERSION = "v1"
+_DOMAIN = b"worldplay-world-state/v1\0"
+
+
+def state_secret(env=None) -> Optional[bytes]:
+    """``WORLDPLAY_STATE_SECRET`` as bytes, or None when unset or empty (states are then not signed)."""
+    env = os.environ if env is None else env
+    value = env.get(SECRET_ENV, "")
+    return value.encode("utf-8") if value else None
+
+
+def continue_prefixes(env=None) -> Tuple[str, ...]:
+    """``WORLDPLAY_CONTINUE_PREFIXES``: the key prefixes continue_from may name (empty: any key)."""
+    env = os.environ if env is None else env
+    return tuple(p.strip() for p in env.get(PREFIXES_ENV, "").split(",") if p.strip())
+
+
+def sign_state(secret: bytes, key: str, data: bytes) -> str:
+    """The signature of the state ``data`` stored at ``key``: ``v1:`` + hex HMAC-SHA256 (module docstring)."""
+    raw_key = key.encode("utf-8")
+    mac = hmac.new(secret, _DOMAIN + struct.pack(">Q", len(raw_key)) + raw_key, hashlib.sha256)
+    mac.update(data)
+    return f"{_SIGNATURE_VERSION}:{mac.hexdigest()}"
+
+
+def verify_state(secret: bytes, key: str, data: bytes, signature: Optional[str]) -> None:
+    """Raise INVALID_STATE unless ``signature`` is this deployment's signature of ``data`` at ``key``
+    (constant-time comparison; neither the secret nor the expected signature is ever shown)."""
+    if not signature:
+        raise WorkerError("INVALID_STATE", f"world state {key!r} is not signed; this worker continues only "
+                                           f"states it wrote itself ({SECRET_ENV} is set)")
+    expected = sign_state(secret, key, data)
+    if not hmac.compare_digest(expected.encode("ascii"), signature.strip().encode("utf-8", "replace")):
+        raise WorkerError("INVALID_STATE", f"world state {key!r} does not carry a valid signature of this "
+                                           "deployment: it was altered, moved to another key, or written "
+                                           f"with another {SECRET_ENV}")
+
+
+def check_continue_key(key: str, prefixes: Tuple[str, ...]) -> None:
+    if prefixes and not any(key.startswith(prefix) for prefix in prefixes):
+        raise WorkerError("STATE_FORBIDDEN", f"continue_from {key!r} is outside the key prefixes this worker "
+                                             f"continues ({PREFIXES_ENV}={','.join(prefixes)})")
 
 
 @dataclass
@@ -47,12 +106,13 @@ def open_world(req, spec: Any, storage, modes: Tuple[str, ...]) -> ContinuedWorl
 
     started = time.perf_counter()
     key = req.continue_from
+    check_continue_key(key, continue_prefixes())  # before the bucket is asked anything
     if storage is None:
         raise WorkerError("STORAGE_NOT_CONFIGURED", "continue_from reads the world state from the bucket: "
                                                     "this worker has no storage configured (MINIO_*)")
     limits = SessionLimits.from_env()
     try:
-        size = storage.stat_size(key)
+        size, meta = storage.stat(key)
     except WorkerError as exc:
         if exc.code == "OBJECT_NOT_FOUND":
             raise WorkerError("STATE_NOT_FOUND", f"world state {key!r} does not exist in bucket "
@@ -60,7 +120,12 @@ def open_world(req, spec: Any, storage, modes: Tuple[str, ...]) -> ContinuedWorl
                                                  "of an earlier job)") from None
         raise
     check_state_size(size, limits)
-    state = WorldState.from_bytes(storage.get_bytes(key, limits.max_bytes), limits)
+    data = storage.get_bytes(key, limits.max_bytes)
+    secret = state_secret()
+    if secret is not None:  # checked before any byte of the state is parsed
+        # the signature is read with the first stat: an object replaced in between fails the check
+        verify_state(secret, key, data, meta.get(SIGNATURE_META))
+    state = WorldState.from_bytes(data, limits)
     fields = req.model_fields_set
     mode = req.mode if "mode" in fields else state.mode  # another mode than the state's: STATE_MISMATCH
     request = continuation_request(
@@ -108,9 +173,12 @@ def save_world(storage, req, job_id: str, result) -> Dict[str, Any]:
     state.worker_version = worker.__version__
     key = f"{req.output.key_prefix}/{job_id}/{STATE_FILE}"
     data = state.to_bytes()
+    secret = state_secret()
+    headers = {f"x-amz-meta-{SIGNATURE_META}": sign_state(secret, key, data)} if secret is not None else None
     try:
         # retried over the video's upload window: the state is GPU work too
-        storage.put_bytes(key, data, content_type="application/octet-stream", window=upload_window())
+        storage.put_bytes(key, data, content_type="application/octet-stream", headers=headers,
+                          window=upload_window())
     except WorkerError as exc:
         log.warning("job %s: world state not saved: %s: %s", job_id, exc.code, exc.message)
         return {"state_error": f"{exc.code}: {exc.message}"}
