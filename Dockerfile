@@ -34,6 +34,7 @@ COPY handler.py download_models.py smoke_test.py test_input.json entrypoint.sh /
 COPY pipeline/ /app/pipeline/
 COPY schemas/ /app/schemas/
 COPY worker/ /app/worker/
+COPY viewer/ /app/viewer/
 RUN chmod +x /app/entrypoint.sh /app/download_models.py
 
 # Optional: bake one mode's weights into the image (none | ar | bidirectional | all).
@@ -58,4 +59,6 @@ ENV WORLDPLAY_MODEL_DIR=/models \
     WORLDPLAY_ALLOW_DOWNLOAD=1 \
     PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 
+# The live server (WORLDPLAY_SERVE=live) listens on PORT (default 8000); the queue handler needs no port.
+EXPOSE 8000
 ENTRYPOINT ["/app/entrypoint.sh"]

@@ -10,6 +10,8 @@
 #   MINIO_ENDPOINT, MINIO_ACCESS_KEY, MINIO_SECRET_KEY, MINIO_BUCKET   output storage (all or none)
 #   WORLDPLAY_ALLOW_CPU=1     start without a visible GPU (tests, CPU smoke runs)
 #   WORLDPLAY_SEQUENCE_PARALLEL  ranks (GPUs) per pass: N or auto (default 1); N > visible GPUs fails here
+#   WORLDPLAY_SERVE           queue (default: the RunPod queue handler) or live (python -m worker.live:
+#                             the live-world server on PORT, health on PORT_HEALTH; load-balancing endpoints)
 #   WORLDPLAY_LOCAL_SERVE=1   run RunPod's local API server (--rp_serve_api on 0.0.0.0)
 #   WORLDPLAY_LOCAL_PORT      port of that server (default: the SDK's, 8000)
 #   WORLDPLAY_PYTHON          python command to run (default: python)
@@ -86,6 +88,17 @@ fi
 
 # --- run --------------------------------------------------------------------------------------
 PY="${WORLDPLAY_PYTHON:-python}"
+serve="${WORLDPLAY_SERVE:-queue}"
+cd "$(dirname "${BASH_SOURCE[0]}")"
+case "${serve}" in
+    queue) ;;
+    live)
+        log "WORLDPLAY_SERVE=live: live-world server on port ${PORT:-8000} (health on ${PORT_HEALTH:-${PORT:-8000}})"
+        # shellcheck disable=SC2086
+        exec ${PY} -u -m worker.live "$@"
+        ;;
+    *) die "WORLDPLAY_SERVE=${serve} is not queue or live" ;;
+esac
 args=()
 if [[ "${WORLDPLAY_LOCAL_SERVE:-0}" == "1" ]]; then
     args+=(--rp_serve_api --rp_api_host 0.0.0.0)
@@ -93,6 +106,5 @@ if [[ "${WORLDPLAY_LOCAL_SERVE:-0}" == "1" ]]; then
         args+=(--rp_api_port "${WORLDPLAY_LOCAL_PORT}")
     fi
 fi
-cd "$(dirname "${BASH_SOURCE[0]}")"
 # shellcheck disable=SC2086  # WORLDPLAY_PYTHON may carry arguments (e.g. "python -X faulthandler")
 exec ${PY} -u handler.py "${args[@]}" "$@"

@@ -347,6 +347,208 @@ class Mp4Writer:
         self.encode_seconds += time.perf_counter() - t0
 
 
+# ---- fragmented MP4 for MediaSource (live worlds) -----------------------------------------------
+LIVE_PRESET = "veryfast"
+LIVE_CRF = 20
+LIVE_MAX_KBPS = 3600  # x264 VBV cap: 832x480 at 24 fps stays under 4 Mbit/s whatever the content
+
+
+def _box(kind: bytes, *parts: bytes) -> bytes:
+    body = b"".join(parts)
+    return (8 + len(body)).to_bytes(4, "big") + kind + body
+
+
+def _full_box(kind: bytes, version: int, flags: int, *parts: bytes) -> bytes:
+    return _box(kind, bytes([version]) + flags.to_bytes(3, "big"), *parts)
+
+
+def _u(value: int, size: int) -> bytes:
+    return int(value).to_bytes(size, "big")
+
+
+def annexb_nal_units(data: bytes) -> list:
+    """The NAL units of an Annex B byte stream (start codes 00 00 01 / 00 00 00 01 removed)."""
+    units, i, n = [], 0, len(data)
+    starts = []
+    while True:
+        j = data.find(b"\x00\x00\x01", i)
+        if j < 0:
+            break
+        starts.append(j + 3)
+        i = j + 3
+    for k, start in enumerate(starts):
+        end = starts[k + 1] - 3 if k + 1 < len(starts) else n
+        unit = data[start:end]
+        if k + 1 < len(starts):
+            unit = unit.rstrip(b"\x00") if unit.endswith(b"\x00") else unit  # 4-byte start code
+        if unit:
+            units.append(unit)
+    return units
+
+
+def avc_codecs_string(sps: bytes) -> str:
+    """RFC 6381 ``avc1.PPCCLL`` from an SPS NAL unit (profile_idc, constraint flags, level_idc)."""
+    return "avc1." + sps[1:4].hex()
+
+
+def _matrix() -> bytes:
+    return b"".join(_u(v, 4) for v in (0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000))
+
+
+class FragmentedMp4Encoder:
+    """H.264 (libx264) to fragmented MP4 in memory, for MediaSource players: an init segment
+    (``ftyp`` + ``moov``, available at once) and one ``moof`` + ``mdat`` fragment per
+    :meth:`encode_chunk` call, each starting with an IDR frame, so each chunk plays as soon as it
+    arrives. x264 runs with ``tune=zerolatency`` (no look-ahead, no B-frames: a chunk's packets come
+    out while its frames go in) and a VBV cap (``max_kbps``). The init segment followed by every
+    fragment, in order, is itself a valid MP4 (the session recording).
+
+    The boxes are written here rather than by FFmpeg's mp4 muxer because its fragments are only cut
+    when the *next* keyframe arrives (PyAV cannot ask the muxer to flush one), i.e. a chunk late.
+    """
+
+    def __init__(self, width: int, height: int, fps: float = 24, *, crf: int = LIVE_CRF,
+                 preset: str = LIVE_PRESET, max_kbps: Optional[int] = LIVE_MAX_KBPS,
+                 threads: int = 0):
+        import av
+
+        self.fps = _check_fps(fps)
+        self.width, self.height = int(width) + int(width) % 2, int(height) + int(height) % 2
+        ctx = av.CodecContext.create("libx264", "w")
+        ctx.width, ctx.height = self.width, self.height
+        ctx.pix_fmt = "yuv420p"
+        ctx.time_base = 1 / self.fps
+        ctx.framerate = self.fps
+        ctx.color_range = 1
+        ctx.flags |= av.codec.context.Flags.global_header  # SPS/PPS in extradata, known before any frame
+        params = "colorprim=smpte170m:transfer=smpte170m:colormatrix=smpte170m"
+        if max_kbps:
+            params += f":vbv-maxrate={int(max_kbps)}:vbv-bufsize={int(max_kbps)}"
+        ctx.options = {"crf": str(int(crf)), "preset": str(preset), "tune": "zerolatency",
+                       "forced-idr": "1", "threads": str(int(threads) if threads else (os.cpu_count() or 1)),
+                       "x264-params": params}
+        ctx.open()
+        self._ctx = ctx
+        units = annexb_nal_units(bytes(ctx.extradata or b""))
+        sps = next((u for u in units if u[0] & 0x1F == 7), None)
+        pps = next((u for u in units if u[0] & 0x1F == 8), None)
+        if sps is None or pps is None:
+            raise RuntimeError("libx264 gave no SPS/PPS in its global header")
+        self.codecs = avc_codecs_string(sps)
+        self.mime = f'video/mp4; codecs="{self.codecs}"'
+        fps_frac = Fraction(self.fps)
+        self.timescale = 90000 if (90000 * fps_frac.denominator) % fps_frac.numerator == 0 \
+            else fps_frac.numerator * 1000
+        self.sample_duration = self.timescale * fps_frac.denominator // fps_frac.numerator
+        self.init_segment = self._init_segment(sps, pps)
+        self._sequence = 0
+        self._count = 0  # frames in
+        self._pending: list = []  # packets out of the encoder not yet in a fragment
+        self.bytes_out = len(self.init_segment)
+        self.frames_out = 0
+        self.encode_seconds = 0.0
+        self._closed = False
+
+    @property
+    def num_frames(self) -> int:
+        return self._count
+
+    def _init_segment(self, sps: bytes, pps: bytes) -> bytes:
+        avcc = bytes([1, sps[1], sps[2], sps[3], 0xFF, 0xE1]) + _u(len(sps), 2) + sps + b"\x01" + \
+            _u(len(pps), 2) + pps
+        if sps[1] not in (66, 77, 88):  # High profiles: chroma format and bit depths (4:2:0, 8 bit)
+            avcc += bytes([0xFC | 1, 0xF8, 0xF8, 0])
+        w, h = self.width, self.height
+        avc1 = _box(b"avc1", b"\x00" * 6, _u(1, 2), b"\x00" * 16, _u(w, 2), _u(h, 2),
+                    _u(0x00480000, 4), _u(0x00480000, 4), _u(0, 4), _u(1, 2), b"\x00" * 32,
+                    _u(0x18, 2), b"\xff\xff", _box(b"avcC", avcc))
+        stbl = _box(b"stbl", _full_box(b"stsd", 0, 0, _u(1, 4), avc1),
+                    _full_box(b"stts", 0, 0, _u(0, 4)), _full_box(b"stsc", 0, 0, _u(0, 4)),
+                    _full_box(b"stsz", 0, 0, _u(0, 4), _u(0, 4)), _full_box(b"stco", 0, 0, _u(0, 4)))
+        minf = _box(b"minf", _full_box(b"vmhd", 0, 1, b"\x00" * 8),
+                    _box(b"dinf", _full_box(b"dref", 0, 0, _u(1, 4), _full_box(b"url ", 0, 1))),
+                    stbl)
+        mdia = _box(b"mdia",
+                    _full_box(b"mdhd", 0, 0, _u(0, 4), _u(0, 4), _u(self.timescale, 4), _u(0, 4),
+                              _u(0x55C4, 2), _u(0, 2)),  # language "und"
+                    _full_box(b"hdlr", 0, 0, _u(0, 4), b"vide", b"\x00" * 12, b"VideoHandler\x00"),
+                    minf)
+        trak = _box(b"trak",
+                    _full_box(b"tkhd", 0, 3, _u(0, 4), _u(0, 4), _u(1, 4), _u(0, 4), _u(0, 4),
+                              b"\x00" * 8, _u(0, 2), _u(0, 2), _u(0, 2), _u(0, 2), _matrix(),
+                              _u(w << 16, 4), _u(h << 16, 4)),
+                    mdia)
+        mvhd = _full_box(b"mvhd", 0, 0, _u(0, 4), _u(0, 4), _u(1000, 4), _u(0, 4), _u(0x10000, 4),
+                         _u(0x100, 2), b"\x00" * 10, _matrix(), b"\x00" * 24, _u(2, 4))
+        mvex = _box(b"mvex", _full_box(b"trex", 0, 0, _u(1, 4), _u(1, 4), _u(0, 4), _u(0, 4), _u(0, 4)))
+        ftyp = _box(b"ftyp", b"isom", _u(0x200, 4), b"isom", b"iso6", b"avc1", b"mp41")
+        return ftyp + _box(b"moov", mvhd, trak, mvex)
+
+    def encode_chunk(self, frames: np.ndarray) -> bytes:
+        """Encode one chunk (uint8 [T, H, W, 3], RGB), its first frame an IDR; return the fragment
+        (``moof`` + ``mdat``) of every packet the encoder has let go of (with zerolatency: all of
+        this chunk's)."""
+        import av
+
+        if self._closed:
+            raise RuntimeError("FragmentedMp4Encoder is closed")
+        t0 = time.perf_counter()
+        frames = _pad_even(_check_frames(frames))
+        if (frames.shape[2], frames.shape[1]) != (self.width, self.height):
+            raise ValueError(f"frames are {frames.shape[2]}x{frames.shape[1]}, the stream "
+                             f"{self.width}x{self.height}")
+        for index, frame in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(_rgb_to_i420(frame), format="yuv420p")
+            vf.pts = self._count
+            vf.time_base = 1 / self.fps
+            if index == 0:
+                vf.pict_type = av.video.frame.PictureType.I  # an IDR (forced-idr=1)
+            self._pending.extend(self._packet(p) for p in self._ctx.encode(vf))
+            self._count += 1
+        out = self._fragment()
+        self.encode_seconds += time.perf_counter() - t0
+        return out
+
+    def close(self) -> bytes:
+        """Drain the encoder; the last fragment (empty when nothing was left)."""
+        if self._closed:
+            return b""
+        self._closed = True
+        self._pending.extend(self._packet(p) for p in self._ctx.encode(None))
+        return self._fragment()
+
+    @staticmethod
+    def _packet(packet) -> tuple:
+        data = b"".join(_u(len(u), 4) + u for u in annexb_nal_units(bytes(packet)))
+        return (int(packet.pts), int(packet.dts if packet.dts is not None else packet.pts),
+                bool(packet.is_keyframe), data)
+
+    def _fragment(self) -> bytes:
+        packets, self._pending = self._pending, []
+        if not packets:
+            return b""
+        self._sequence += 1
+        d = self.sample_duration
+        samples = b"".join(
+            _u(d, 4) + _u(len(data), 4) + _u(0x02000000 if key else 0x01010000, 4)
+            + ((pts - dts) * d).to_bytes(4, "big", signed=True)
+            for pts, dts, key, data in packets)
+        mdat = _box(b"mdat", *(data for *_, data in packets))
+
+        def moof(offset: int) -> bytes:
+            trun = _full_box(b"trun", 1, 0x000F01, _u(len(packets), 4), offset.to_bytes(4, "big", signed=True),
+                             samples)
+            traf = _box(b"traf", _full_box(b"tfhd", 0, 0x020000, _u(1, 4)),
+                        _full_box(b"tfdt", 1, 0, _u(packets[0][1] * d, 8)), trun)
+            return _box(b"moof", _full_box(b"mfhd", 0, 0, _u(self._sequence, 4)), traf)
+
+        size = len(moof(0))
+        out = moof(size + 8) + mdat
+        self.frames_out += len(packets)
+        self.bytes_out += len(out)
+        return out
+
+
 def encode_mp4(
     frames: np.ndarray,
     path: PathLike,

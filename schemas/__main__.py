@@ -10,6 +10,7 @@ import json
 import sys
 
 from schemas.job import json_schemas
+from schemas.live import json_schemas as live_json_schemas
 
 
 def main(argv=None) -> int:
@@ -18,11 +19,12 @@ def main(argv=None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example: python -m schemas > worldplay.schema.json; "
                "python -m schemas --part input")
-    parser.add_argument("--part", choices=["job", "input", "output"], default="job",
+    parser.add_argument("--part", choices=["job", "input", "output", "live"], default="job",
                         help="job: a whole {\"input\": ...} job (default); input: job[\"input\"] "
-                             "alone; output: a job's output alone")
+                             "alone; output: a job's output alone; live: the live socket's "
+                             "messages (WS /session, docs/LIVE.md)")
     args = parser.parse_args(argv)
-    json.dump(json_schemas(args.part), sys.stdout, indent=2, sort_keys=False)
+    json.dump(live_json_schemas() if args.part == "live" else json_schemas(args.part), sys.stdout, indent=2, sort_keys=False)
     sys.stdout.write("\n")
     return 0
 

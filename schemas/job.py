@@ -61,7 +61,8 @@ ACTION_ITEM_SCHEMA: Dict[str, Any] = {
     "oneOf": [{"required": ["moves"]}, {"required": ["latents"]}],
     "properties": {
         "key": {"type": "string", "description": "w, s, a, d, up, down, left, right; several "
-                                                 "held together joined with '+', e.g. 'w+left'"},
+                                                 "held together joined with '+', e.g. 'w+left'; "
+                                                 "'idle' stands still"},
         "moves": {"type": "integer", "minimum": 1,
                   "description": "moves of this action, 1 latent (4 frames) each; the start latent "
                                  "is extra, so moves adding up to 31 give 125 frames"},

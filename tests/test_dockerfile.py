@@ -25,6 +25,7 @@ EXPECTED_COPY_SOURCES = {
     "pipeline/",
     "schemas/",
     "worker/",
+    "viewer/",
 }
 SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|ACCESS_KEY|API_KEY|CREDENTIAL)", re.I)
 
@@ -88,7 +89,8 @@ def test_copy_source_exists_in_repo(source):
     path = REPO_ROOT / source.rstrip("/")
     if source.endswith("/"):
         assert path.is_dir(), f"Dockerfile copies {source} but the folder is missing"
-        assert any(path.glob("*.py")), f"{source} holds no Python files"
+        code = "*.html" if source == "viewer/" else "*.py"  # viewer/: the pages GET / serves
+        assert any(path.glob(code)), f"{source} holds no {code} files"
     else:
         assert path.is_file(), f"Dockerfile copies {source} but the file is missing"
 

@@ -214,3 +214,20 @@ def test_local_serve_flags(env):
     assert parsed(run(env, "--rp_log_level", "DEBUG").stdout)["ARGS"] == (
         "-u handler.py --rp_serve_api --rp_api_host 0.0.0.0 --rp_api_port 8123 --rp_log_level DEBUG"
     )
+
+
+def test_serve_live_runs_the_live_server(env):
+    env["WORLDPLAY_SERVE"] = "live"
+    env["PORT"] = "8080"
+    res = run(env, "--health-port", "8081")
+    assert res.returncode == 0, res.stderr
+    assert parsed(res.stdout)["ARGS"] == "-u -m worker.live --health-port 8081"
+    assert "live-world server on port 8080" in res.stderr
+
+
+def test_serve_queue_is_the_default_and_unknown_values_fail(env):
+    env["WORLDPLAY_SERVE"] = "queue"
+    assert parsed(run(env).stdout)["ARGS"] == "-u handler.py"
+    env["WORLDPLAY_SERVE"] = "websocket"
+    res = run(env)
+    assert res.returncode != 0 and "WORLDPLAY_SERVE=websocket is not queue or live" in res.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -238,3 +239,117 @@ def test_rejects_malformed_inputs(points):
         select_context_latents(_straight_walk(32)[None], 24, 4, points=points)
     with pytest.raises(ValueError, match="points"):
         select_context_latents(_straight_walk(32), 24, 4, points=points[:, :2])
+
+
+# ---- the vectorised selection against the dense reference (issue 20, item 7) ------------------------------
+
+from memory_reference import _count_seen as reference_count_seen  # noqa: E402
+from memory_reference import select_context_latents as reference_select  # noqa: E402
+
+from pipeline.generation.memory import _count_seen  # noqa: E402
+
+
+def _path(num_latents: int, kind: str, seed: int) -> torch.Tensor:
+    """w2c of a long session: random turns, loops, corridors walked back and forth, pitch and jumps."""
+    rng = torch.Generator().manual_seed(seed)
+
+    def rand() -> float:
+        return float(torch.rand((), generator=rng))
+
+    poses, yaw, pitch, pos = [], 0.0, 0.0, torch.zeros(3, dtype=torch.float64)
+    for i in range(num_latents):
+        c2w = _pose(math.degrees(yaw), tuple(pos.tolist()))
+        cp, sp = math.cos(pitch), math.sin(pitch)
+        c2w[:3, :3] = c2w[:3, :3] @ torch.tensor([[1.0, 0, 0], [0, cp, -sp], [0, sp, cp]], dtype=torch.float64)
+        poses.append(c2w)
+        if kind == "loop":  # a circle of 40..120 latents, walked again and again
+            yaw += 2 * math.pi / (40 + 80 * (seed % 3) / 2)
+        elif kind == "corridor":  # back and forth along 64 latents, turning 180 degrees at each end
+            yaw += math.pi if i % 64 == 63 else 0.0
+        elif kind == "pitch":  # looking up and down (pitch up to ~85 degrees) while turning
+            pitch = math.radians(85.0) * math.sin(i / 17.0)
+            yaw += 0.3 * (rand() - 0.5)
+        elif kind == "spin":  # turning in place, grid-aligned headings: exact ties between blocks
+            yaw = math.radians(45.0 * (i % 8))
+            continue
+        else:  # "wander": random turns, now and then a jump back to an earlier spot
+            yaw += 0.4 * (rand() - 0.5)
+            if rand() < 0.01:
+                pos = poses[int(rand() * len(poses))][:3, 3].clone()
+        pos = pos + c2w[:3, :3] @ torch.tensor([0.0, 0.0, 0.04 + 0.2 * rand()], dtype=torch.float64)
+    return _w2c(poses)
+
+
+@pytest.mark.parametrize(
+    ("kind", "seed"),
+    [("wander", 0), ("wander", 1), ("loop", 2), ("loop", 3), ("corridor", 4), ("pitch", 5), ("spin", 6)],
+)
+def test_selection_is_the_dense_reference_selection_on_long_sessions(kind, seed):
+    num_latents = 1024
+    w2c = _path(num_latents, kind, seed)
+    pts = sample_memory_points(torch.Generator().manual_seed(seed))
+    # AR chunks spread over the session (the reference costs ~0.3 s per chunk at the end) ...
+    starts = [24, 28 + 4 * seed, 300 + 60 * seed, 1020]
+    for start in starts:
+        assert select_context_latents(w2c, start, 4, points=pts) == reference_select(w2c, start, 4, points=pts), start
+    # ... a bidirectional chunk, and a larger budget where several blocks compete.
+    assert select_context_latents(w2c, 256, 16, points=pts) == reference_select(w2c, 256, 16, points=pts)
+    kwargs = {"memory_size": 48, "temporal_context": 8}
+    assert select_context_latents(w2c, 400, 4, points=pts, **kwargs) == reference_select(
+        w2c, 400, 4, points=pts, **kwargs
+    )
+
+
+def test_block_distances_are_the_dense_reference_distances(points):
+    w2c = _path(400, "loop", 7)
+    cone = _points_in_query_cone(points)
+    starts = list(range(4, 380, 4))
+    import memory_reference
+
+    assert _block_distances(w2c, [384, 385, 386, 387], starts, cone) == memory_reference._block_distances(
+        w2c, [384, 385, 386, 387], starts, cone
+    )
+
+
+def test_seen_counts_are_the_dense_reference_counts():
+    rng = torch.Generator().manual_seed(11)
+    cone = _points_in_query_cone(sample_memory_points(rng))
+    # Lattice points and cameras on lattice positions with right-angle headings: many pairs lie exactly
+    # on a bound, where only the same float operations give the same answer.
+    axis = torch.arange(-8.0, 8.5, 0.5, dtype=torch.float64)
+    lattice = torch.cartesian_prod(axis, axis[::4], axis)
+    lattice = lattice[lattice.norm(dim=1) <= 8.0]
+    for pts in (cone, lattice, torch.cat([cone, lattice])):
+        n = 2000
+        centres = (torch.rand(n, 3, generator=rng, dtype=torch.float64) - 0.5) * 24.0
+        centres[: n // 4] = torch.round(centres[: n // 4])
+        centres[n // 4 : n // 2] = 0.0
+        forward = torch.randn(n, 3, generator=rng, dtype=torch.float64)
+        headings = torch.tensor([[0.0, 0, 1], [1, 0, 0], [1, 0, 1], [0, 1, 1], [0, -1, 0], [0, 1, 1e-9]],
+                                dtype=torch.float64)
+        forward[: n // 2] = headings[torch.randint(len(headings), (n // 2,), generator=rng)]
+        forward = forward.reshape(4, n // 4, 3)
+        centres = centres.reshape(4, n // 4, 3)
+        assert torch.equal(_count_seen(pts, centres, forward), reference_count_seen(pts, centres, forward))
+    empty = torch.zeros(0, 3, dtype=torch.float64)
+    assert _count_seen(empty, centres, forward).eq(0).all()
+
+
+def test_selection_at_1024_latents_is_fast(points):
+    # The target is <= 20 ms per AR chunk on one thread (docs/PERFORMANCE.md, `memory_bench`); this
+    # guard is loose so that a slow or busy CI machine does not fail it. The reference took ~0.35 s.
+    from pipeline.tools.memory_bench import camera_path
+
+    w2c = camera_path("walk", 1024)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        select_context_latents(w2c, 1020, 4, points=points)
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            select_context_latents(w2c, 1020, 4, points=points)
+            times.append(time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(threads)
+    assert min(times) < 0.2

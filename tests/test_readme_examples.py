@@ -95,7 +95,7 @@ def test_readme_job_passes_schema_camera_parser_and_json_schema(job, exported_sc
     if isinstance(req, schemas.HealthInput):
         return
     if req.pose_key is None:  # a pose_key example needs the bucket; the rest is parsed here
-        trajectory = worker_job.parse_camera(req, worker_job.camera_spec(req))
+        trajectory = worker_job.parse_camera(req, worker_job.camera_spec(req, worker_job.get_storage))
         if req.num_frames is not None:
             assert trajectory.num_frames == req.num_frames
 

@@ -149,6 +149,17 @@ def inline_video(path) -> Dict[str, str]:
         return {"video_base64": base64.b64encode(fh.read()).decode("ascii")}
 
 
+def deliver_video(storage, key: str, path, expiry_seconds: int) -> Dict[str, Any]:
+    """The deliver stage, shared by jobs (their MP4) and live worlds (their recording): upload ``path``
+    as ``key`` (one PUT retried over the upload window) and presign it, or, with no storage (``None``),
+    the MP4 inline as ``video_base64``."""
+    if storage is None:
+        return inline_video(path)
+    storage.put_file(key, path, content_type="video/mp4")
+    url, expires_at = storage.presigned_get(key, expiry_seconds)
+    return dict(minio_key=key, bucket=storage.bucket, presigned_url=url, expires_at=expires_at)
+
+
 def left_out(delivered: Dict[str, Any]) -> set:
     """Output fields the other way out would have filled (dropped from the result)."""
     return {name for name in BUCKET_FIELDS + INLINE_FIELDS if name not in delivered}

@@ -12,10 +12,7 @@ Models are loaded once per process (``ModelHolder``), on first use or by ``prelo
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import functools
-import io
 import json
 import logging
 import os
@@ -27,6 +24,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from pydantic import ValidationError
@@ -167,12 +165,6 @@ def _request_class():
     return GenerationRequest
 
 
-def _camera_api():
-    from pipeline.generation import camera
-
-    return camera
-
-
 # ---- progress ---------------------------------------------------------------------------------
 def _progress_enabled(job: dict) -> bool:
     """Only on the real platform: locally (test_input, rp_serve_api) there is nowhere to send."""
@@ -239,133 +231,8 @@ class ProgressReporter:
                     time.sleep(0.25 - gap)
 
 
-# ---- inputs -----------------------------------------------------------------------------------
-_MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"\xff\xd8\xff", "JPEG"),
-)
-
-
-def _sniff(data: bytes) -> Optional[str]:
-    for magic, fmt in _MAGIC:
-        if data.startswith(magic):
-            return fmt
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    return None
-
-
-def decode_base64_image(value: str) -> bytes:
-    body = schemas.strip_data_url(value.strip())
-    if body.startswith("data:"):
-        raise WorkerError("INVALID_IMAGE", "image_base64 data: URL must be image/png, image/jpeg "
-                                           "or image/webp with ;base64")
-    compact = "".join(body.split())
-    try:
-        if "-" in compact or "_" in compact:
-            data = base64.urlsafe_b64decode(compact + "=" * (-len(compact) % 4))
-        else:
-            data = base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        raise WorkerError("INVALID_IMAGE", "image_base64 is not valid base64") from None
-    if len(data) > schemas.MAX_IMAGE_BYTES:
-        raise WorkerError("INVALID_IMAGE", f"decoded image is {len(data)} bytes; the limit is "
-                                           f"{schemas.MAX_IMAGE_BYTES} bytes")
-    return data
-
-
-def load_image(data: bytes, source: str = "image"):
-    """Bytes -> RGB PIL image. PNG/JPEG/WebP only; pixel count checked before decoding."""
-    import warnings
-
-    from PIL import Image, ImageOps
-
-    Image.MAX_IMAGE_PIXELS = schemas.MAX_IMAGE_PIXELS
-    if not data:
-        raise WorkerError("INVALID_IMAGE", f"{source} is empty")
-    fmt = _sniff(data)
-    if fmt is None:
-        raise WorkerError("INVALID_IMAGE", f"{source} is not a PNG, JPEG or WebP image")
-    try:
-        with warnings.catch_warnings():
-            # 1x..2x the limit only warns in PIL: our own check below rejects it with the size
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=[fmt])
-            w, h = img.size
-            if w * h > schemas.MAX_IMAGE_PIXELS:
-                raise WorkerError("INVALID_IMAGE", f"{source} is {w}x{h} = {w * h / 1e6:.1f} MP; "
-                                                   f"the limit is "
-                                                   f"{schemas.MAX_IMAGE_PIXELS / 1e6:.0f} MP")
-            if min(w, h) < schemas.MIN_IMAGE_SIDE:
-                raise WorkerError("INVALID_IMAGE", f"{source} is {w}x{h}; each side must be at "
-                                                   f"least {schemas.MIN_IMAGE_SIDE} pixels")
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(background, rgba)
-            return img.convert("RGB")
-    except WorkerError:
-        raise
-    except Image.DecompressionBombError:
-        raise WorkerError("INVALID_IMAGE", f"{source} has more pixels than the limit of "
-                                           f"{schemas.MAX_IMAGE_PIXELS / 1e6:.0f} MP") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise WorkerError("INVALID_IMAGE", f"{source} could not be decoded as {fmt}: "
-                                           f"{type(exc).__name__}") from None
-
-
-def fetch_image(req: "schemas.JobInput", cancel_event: Optional[threading.Event] = None):
-    if req.image_base64 is not None:
-        return load_image(decode_base64_image(req.image_base64), "image_base64")
-    if req.image_url is not None:
-        from worker.fetch import fetch_url  # public addresses only, deadline, honours cancel
-
-        return load_image(fetch_url(req.image_url, schemas.MAX_IMAGE_BYTES,
-                                    cancel_event=cancel_event), "image_url")
-    data = get_storage().get_bytes(req.image_key, schemas.MAX_IMAGE_BYTES)
-    return load_image(data, f"image_key {req.image_key!r}")
-
-
-def camera_spec(req: "schemas.JobInput") -> Any:
-    if req.pose_key is not None:
-        raw = get_storage().get_bytes(req.pose_key, schemas.MAX_POSE_JSON_BYTES)
-        try:
-            spec = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise WorkerError("INVALID_POSE", f"pose_key {req.pose_key!r} is not valid JSON: "
-                                              f"{type(exc).__name__}") from None
-        except RecursionError:
-            raise WorkerError("INVALID_POSE", f"pose_key {req.pose_key!r} is nested too deeply"
-                              ) from None
-        except ValueError:  # an integer past Python's 4,300-digit limit (not a JSONDecodeError)
-            raise WorkerError("INVALID_POSE", f"pose_key {req.pose_key!r} holds an integer with "
-                                              "too many digits") from None
-        if not isinstance(spec, dict):
-            raise WorkerError("INVALID_POSE", f"pose_key {req.pose_key!r} must hold a JSON "
-                                              f"object, got {type(spec).__name__}")
-        return spec
-    if req.pose_json is not None:
-        return req.pose_json
-    if req.actions is not None:
-        return req.actions
-    return req.pose
-
-
-def parse_camera(req: "schemas.JobInput", spec: Any):
-    camera = _camera_api()
-    num_latents = None
-    if req.num_frames is not None:  # checked first, so its error speaks in frames
-        num_latents = camera.check_frame_count(req.num_frames, req.mode)
-    # errors in the units the spec was written in (pose string / action moves, pose JSON entries)
-    traj = camera.parse_pose(spec, num_latents=num_latents, mode=req.mode)
-    if num_latents is not None and traj.num_latents != num_latents:  # defensive
-        raise WorkerError("INVALID_FRAME_COUNT",
-                          f"num_frames {req.num_frames} does not match the camera path "
-                          f"({traj.num_frames} frames)")
-    camera.check_latent_count(traj.num_latents, req.mode)
-    return traj
+# ---- inputs (worker.inputs: shared by the queue job and the live socket) ----------------------
+from worker.inputs import camera_spec, fetch_image, parse_camera  # noqa: E402 - the fetch stage's pieces
 
 
 def _job_id(job: dict) -> str:
@@ -390,9 +257,139 @@ def _check_cancel(cancel_event: Optional[threading.Event], stage: str) -> None:
         raise WorkerError("CANCELLED", f"job cancelled before {stage}")
 
 
+@dataclass
+class JobPlan:
+    """What the validate stage decided: the request, where the video goes (``storage`` None: inline),
+    the seed, and the modes this worker serves."""
+
+    req: Any
+    job_id: str
+    storage: Any
+    seed: int
+    modes: Tuple[str, ...]
+
+
+@dataclass
+class JobInputs:
+    """What the fetch stage produced: the generation request (a new world, or a continuation of a
+    saved one), the job input with a continuation's settings filled in, and the frames expected."""
+
+    request: Any
+    req: Any
+    seed: int
+    expected_frames: int
+
+
+@dataclass
+class Rendered:
+    """What the render stage produced: the finished MP4 on local disk and the pipeline's result."""
+
+    path: str
+    info: Any
+    result: Any
+
+
+def validate_job(job: dict) -> "JobPlan | dict":
+    """The validate stage: the schema, the mode, the storage (checked now, not after paid GPU time)
+    and the seed. A health request returns the health report instead."""
+    job_id = _job_id(job)
+    try:
+        req = schemas.parse_input(job.get("input"))
+    except ValidationError as exc:
+        raise WorkerError("INVALID_INPUT", schemas.format_validation_error(exc)) from None
+    except TypeError as exc:
+        raise WorkerError("INVALID_INPUT", str(exc)) from None
+    if isinstance(req, schemas.HealthInput):
+        return health_report()
+    modes = configured_modes()
+    # a continuation's mode defaults to its state's: checked once the state is read
+    if req.mode not in modes and (req.continue_from is None or "mode" in req.model_fields_set):
+        raise WorkerError("MODE_UNAVAILABLE",
+                          f"mode {req.mode!r} is not served by this worker "
+                          f"(WORLDPLAY_MODES={','.join(modes)}); send it to an endpoint "
+                          f"started with WORLDPLAY_MODES including {req.mode}")
+    from worker import delivery
+
+    storage = delivery.preflight(req, get_storage)  # None: inline result
+    seed = req.seed if req.seed is not None else random_seed()
+    log.info("job %s: %s", job_id, json.dumps({**req.summary(), "seed": seed}))
+    return JobPlan(req=req, job_id=job_id, storage=storage, seed=seed, modes=modes)
+
+
+def random_seed() -> int:
+    return random.SystemRandom().randint(0, schemas.RANDOM_SEED_MAX)
+
+
+def fetch_inputs(plan: JobPlan, cancel_event: Optional[threading.Event] = None) -> JobInputs:
+    """The fetch stage: the camera spec and the picture, or the saved world a continuation resumes."""
+    req = plan.req
+    spec = camera_spec(req, get_storage)
+    if req.continue_from is not None:  # a world session: no image, new latents only
+        world = session.open_world(req, spec, plan.storage, plan.modes)
+        return JobInputs(request=world.request, req=world.req, seed=world.seed,
+                         expected_frames=world.num_frames)
+    trajectory = parse_camera(req, spec)
+    image = fetch_image(req, get_storage, cancel_event)
+    request = _request_class()(
+        prompt=req.prompt, negative_prompt=req.negative_prompt, image=image, camera=trajectory,
+        mode=req.mode, num_inference_steps=req.steps, guidance_scale=req.guidance, seed=plan.seed)
+    return JobInputs(request=request, req=req, seed=plan.seed, expected_frames=trajectory.num_frames)
+
+
+def render(pipe, plan: JobPlan, inputs: JobInputs, workdir: str, progress: "ProgressReporter",
+           cancel_event: Optional[threading.Event], preview, stages: "_Stages") -> Rendered:
+    """The generate + encode stages: the world's chunks stream into a background H.264 writer (and
+    the live preview) as they are decoded; on any failure the writer drops its partial file."""
+    from pipeline.video import Mp4Writer
+    from worker import preview as live_preview
+
+    req = inputs.req
+    path = os.path.join(workdir, "video.mp4")
+    streamed = 0
+    t0 = time.perf_counter()
+
+    def _on_frames(chunk) -> None:
+        nonlocal streamed
+        writer.write(chunk)
+        streamed += len(chunk)
+
+    def _callback(stage: str, step: int, total: int) -> None:
+        progress.update(stage, step, total)
+
+    with Mp4Writer(path, req.fps, background=True, **live_preview.writer_options(preview)) as writer:
+        should_cancel = cancel_event.is_set if cancel_event is not None else None
+        result = pipe.generate(inputs.request, callback=_callback, should_cancel=should_cancel,
+                               on_frames=_on_frames)
+        frames = result.frames
+        stages.add("generate", time.perf_counter() - t0)
+        if getattr(frames, "shape", None) is None or len(frames.shape) != 4:
+            raise WorkerError("INTERNAL_ERROR", "pipeline returned frames of an unexpected shape")
+        if streamed not in (0, frames.shape[0]):
+            raise WorkerError("INTERNAL_ERROR", f"pipeline handed over {streamed} frames but "
+                                                f"returned {frames.shape[0]}")
+        if frames.shape[0] != inputs.expected_frames:
+            log.warning("job %s: pipeline returned %d frames, camera path has %d", plan.job_id,
+                        frames.shape[0], inputs.expected_frames)
+        _check_cancel(cancel_event, "encoding")
+
+        # -- encode: what is left of it (the last chunk, the container's index)
+        t0 = time.perf_counter()
+        progress.update("encode", force=True)
+        progress.close()
+        if streamed == 0:  # a pipeline that does not stream: encode everything now
+            writer.write(frames)
+        info = writer.close()
+    stages.add("encode", time.perf_counter() - t0)
+    return Rendered(path=path, info=info, result=result)
+
+
 def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
             progress: Optional[ProgressReporter] = None) -> dict:
-    """Run one job; returns the output or an error dict; never raises."""
+    """Run one job through its stages (validate -> fetch -> load -> render -> deliver -> save);
+    returns the output or an error dict; never raises."""
+    from worker import delivery
+    from worker import preview as live_preview
+
     started = time.perf_counter()
     job = job if isinstance(job, dict) else {}
     job_id = _job_id(job)
@@ -401,148 +398,59 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
     workdir = None
     preview = None
     try:
-        # -- validate
         t0 = time.perf_counter()
-        try:
-            req = schemas.parse_input(job.get("input"))
-        except ValidationError as exc:
-            raise WorkerError("INVALID_INPUT", schemas.format_validation_error(exc)) from None
-        except TypeError as exc:
-            raise WorkerError("INVALID_INPUT", str(exc)) from None
-        if isinstance(req, schemas.HealthInput):
-            return health_report()
-        modes = configured_modes()
-        # a continuation's mode defaults to its state's: checked once the state is read
-        if req.mode not in modes and (req.continue_from is None or "mode" in req.model_fields_set):
-            raise WorkerError("MODE_UNAVAILABLE",
-                              f"mode {req.mode!r} is not served by this worker "
-                              f"(WORLDPLAY_MODES={','.join(modes)}); send it to an endpoint "
-                              f"started with WORLDPLAY_MODES including {req.mode}")
-        # where the video will go, checked now (not after paid GPU time); None: inline result
-        from worker import delivery
-
-        storage = delivery.preflight(req, get_storage)
-        seed = req.seed if req.seed is not None else random.SystemRandom().randint(
-            0, schemas.RANDOM_SEED_MAX)
-        log.info("job %s: %s", job_id, json.dumps({**req.summary(), "seed": seed}))
+        plan = validate_job(job)
+        if not isinstance(plan, JobPlan):
+            return plan  # the health report
         stages.add("validate", time.perf_counter() - t0)
 
-        # -- fetch inputs + camera
         t0 = time.perf_counter()
         progress.update("fetch", force=True)
-        spec = camera_spec(req)
-        world = None
-        if req.continue_from is not None:  # a world session: no image, new latents only
-            world = session.open_world(req, spec, storage, modes)
-            req, seed, trajectory, image = world.req, world.seed, world.request.camera, None
-        else:
-            trajectory = parse_camera(req, spec)
-            image = fetch_image(req, cancel_event)
+        inputs = fetch_inputs(plan, cancel_event)
+        req, storage = inputs.req, plan.storage
         stages.add("fetch", time.perf_counter() - t0)
         _check_cancel(cancel_event, "loading")
 
-        # -- load (once per worker)
         t0 = time.perf_counter()
         progress.update("load", force=True)
-        pipe, _ = MODELS.get(modes)
+        pipe, _ = MODELS.get(plan.modes)  # once per worker
         stages.add("load", time.perf_counter() - t0)
         _check_cancel(cancel_event, "generation")
 
-        # -- generate, with H.264 encoding of each finished chunk on a background thread
-        t0 = time.perf_counter()
-        request = world.request if world is not None else _request_class()(
-            prompt=req.prompt, negative_prompt=req.negative_prompt, image=image,
-            camera=trajectory, mode=req.mode, num_inference_steps=req.steps,
-            guidance_scale=req.guidance, seed=seed)
-
-        def _callback(stage: str, step: int, total: int) -> None:
-            progress.update(stage, step, total)
-
-        from pipeline.video import Mp4Writer
-
         workdir = tempfile.mkdtemp(prefix="worldplay-", dir=os.environ.get("WORLDPLAY_TMPDIR"))
-        path = os.path.join(workdir, "video.mp4")
-        streamed = 0
-
-        def _on_frames(chunk) -> None:
-            nonlocal streamed
-            writer.write(chunk)
-            streamed += len(chunk)
-
-        from worker import preview as live_preview
-
         preview = live_preview.start(req, job_id, lambda: storage, progress)  # None when off
-        # on any failure the writer aborts: queued chunks dropped, thread joined, partial file removed
-        with Mp4Writer(path, req.fps, background=True,
-                       **live_preview.writer_options(preview)) as writer:
-            should_cancel = cancel_event.is_set if cancel_event is not None else None
-            result = pipe.generate(request, callback=_callback, should_cancel=should_cancel,
-                                   on_frames=_on_frames)
-            frames = result.frames
-            stages.add("generate", time.perf_counter() - t0)
-            if getattr(frames, "shape", None) is None or len(frames.shape) != 4:
-                raise WorkerError("INTERNAL_ERROR", "pipeline returned frames of an unexpected shape")
-            if streamed not in (0, frames.shape[0]):
-                raise WorkerError("INTERNAL_ERROR", f"pipeline handed over {streamed} frames but "
-                                                    f"returned {frames.shape[0]}")
-            expected = world.num_frames if world is not None else trajectory.num_frames
-            if frames.shape[0] != expected:
-                log.warning("job %s: pipeline returned %d frames, camera path has %d", job_id,
-                            frames.shape[0], expected)
-            _check_cancel(cancel_event, "encoding")
-
-            # -- encode: what is left of it (the last chunk, the container's index)
-            t0 = time.perf_counter()
-            progress.update("encode", force=True)
-            progress.close()
-            if streamed == 0:  # a pipeline that does not stream: encode everything now
-                writer.write(frames)
-            info = writer.close()
-        stages.add("encode", time.perf_counter() - t0)
+        rendered = render(pipe, plan, inputs, workdir, progress, cancel_event, preview, stages)
         if preview is not None:
             preview.end()  # the last segment and #EXT-X-ENDLIST upload beside the MP4
 
-        # -- upload (or, with no storage configured, the MP4 inline as base64)
         t0 = time.perf_counter()
-        if storage is None:
-            delivered = delivery.inline_video(path)
-            where = "inline video_base64"
-        else:
-            key = f"{req.output.key_prefix}/{job_id}/video.mp4"
-            storage.put_file(key, path, content_type="video/mp4")
-            url, expires_at = storage.presigned_get(key, req.output.presign_expiry_seconds)
-            delivered = dict(minio_key=key, bucket=storage.bucket, presigned_url=url,
-                             expires_at=expires_at)
-            where = f"s3://{storage.bucket}/{key}"
+        delivered = delivery.deliver_video(storage, f"{req.output.key_prefix}/{job_id}/video.mp4",
+                                           rendered.path, req.output.presign_expiry_seconds)
         if preview is not None and not preview.wait():
             log.warning("job %s: live preview still uploading; not waiting for it", job_id)
-        saved = session.save_world(storage, req, job_id, result)  # state_key or state_error
+        saved = session.save_world(storage, req, job_id, rendered.result)  # state_key or state_error
         stages.add("upload", time.perf_counter() - t0)
 
         total = round(time.perf_counter() - started, 4)
+        info = rendered.info
         out = schemas.JobOutput(
             **delivered,
             num_frames=info.num_frames, fps=req.fps, width=info.width, height=info.height,
-            duration_seconds=round(info.duration, 4), seed=seed, mode=req.mode,
+            duration_seconds=round(info.duration, 4), seed=inputs.seed, mode=req.mode,
             num_inference_steps=req.steps, guidance_scale=req.guidance,
             timings=schemas.Timings(**stages.timings), generation_time_seconds=total,
             **saved,
             **(preview.result() if preview is not None else {}),
         ).model_dump(by_alias=True, exclude=delivery.left_out(delivered))
+        where = (f"s3://{storage.bucket}/{delivered['minio_key']}" if storage is not None
+                 else "inline video_base64")
         log.info("job %s: done in %.2f s (%s) -> %s", job_id, total,
                  ", ".join(f"{k} {v:.2f}" for k, v in stages.timings.items()), where)
         return out
     except BaseException as exc:  # noqa: BLE001 - every failure becomes an error dict
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
-        err = from_exception(exc)
-        if err.code in ("INTERNAL_ERROR", "GPU_OUT_OF_MEMORY", "GPU_ERROR"):
-            log.error("job %s failed: %s: %s", job_id, err.code, err.message, exc_info=exc)
-            if err.code == "GPU_OUT_OF_MEMORY":
-                _free_cuda_cache()
-        else:
-            log.warning("job %s failed: %s: %s", job_id, err.code, err.message)
-        return err.to_dict()
+        return failure(exc, job_id)
     finally:
         progress.close()
         if preview is not None:  # failed or cancelled: the playlist still gets #EXT-X-ENDLIST
@@ -550,6 +458,18 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
             preview.wait(live_preview.FINISH_TIMEOUT)
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def failure(exc: BaseException, what: str) -> dict:
+    """The coded error dict of a failed job or live world (logged; GPU memory freed after an OOM)."""
+    err = from_exception(exc)
+    if err.code in ("INTERNAL_ERROR", "GPU_OUT_OF_MEMORY", "GPU_ERROR"):
+        log.error("%s failed: %s: %s", what, err.code, err.message, exc_info=exc)
+        if err.code == "GPU_OUT_OF_MEMORY":
+            _free_cuda_cache()
+    else:
+        log.warning("%s failed: %s: %s", what, err.code, err.message)
+    return err.to_dict()
 
 
 def _free_cuda_cache() -> None:

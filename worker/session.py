@@ -1,21 +1,22 @@
 """World sessions in the job flow: continue a job's world from its saved state, and save the new one.
 
-Trust (README, *World sessions*): with ``WORLDPLAY_STATE_SECRET`` set, ``save_world`` signs every state
-it writes and ``open_world`` refuses a state whose signature is missing or wrong (``INVALID_STATE``)
-before a byte of it is parsed. The signature is HMAC-SHA256 under the secret over
-``b"worldplay-world-state/v1\0"``, the object key's length (8 bytes, big-endian), the key (UTF-8) and
-the object's bytes exactly as stored (the safetensors file): no field is parsed or re-serialised to
-check it, and a state copied to another key no longer verifies. It travels as the object's user metadata
-``x-amz-meta-worldplay-signature: v1:<hex>``, so the object stays a plain safetensors file.
-``WORLDPLAY_CONTINUE_PREFIXES`` (comma-separated key prefixes) limits the keys ``continue_from`` may
-name (``STATE_FORBIDDEN``), checked before the bucket is asked anything.
-
 ``open_world`` reads the state named by ``continue_from`` from the bucket (size checked before the
 download), parses it strictly (:mod:`pipeline.generation.world_state`) and builds the continuation's
 ``GenerationRequest`` with :func:`pipeline.generation.world_state.continuation_request` — the same code path as
 ``python -m pipeline --continue-from``. ``save_world`` writes ``{key_prefix}/{job_id}/world.safetensors``
 after the video, unless the request (``output.save_state: false``) or ``WORLDPLAY_SAVE_STATE=0`` turns
 it off, no storage is configured, or the pipeline returned no state.
+
+Trust (README, *World sessions*): with ``WORLDPLAY_STATE_SECRET`` set, ``store_state`` signs every state
+the worker writes (jobs and live worlds) and ``read_state`` (``continue_from`` of jobs and live worlds)
+refuses a state whose signature is missing or wrong (``INVALID_STATE``) before a byte of it is parsed.
+The signature is HMAC-SHA256 under the secret over ``b"worldplay-world-state/v1\\0"``, the object key's
+length (8 bytes, big-endian), the key (UTF-8) and the object's bytes exactly as stored (the safetensors
+file): no field is parsed or re-serialised to check it, and a state copied to another key no longer
+verifies. It travels as the object's user metadata
+``x-amz-meta-worldplay-signature: v1:<hex>``, so the object stays a plain safetensors file.
+``WORLDPLAY_CONTINUE_PREFIXES`` (comma-separated key prefixes) limits the keys ``continue_from`` may
+name (``STATE_FORBIDDEN``), checked before the bucket is asked anything.
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ def check_continue_key(key: str, prefixes: Tuple[str, ...]) -> None:
                                              f"continues ({PREFIXES_ENV}={','.join(prefixes)})")
 
 
+
+
 @dataclass
 class ContinuedWorld:
     """A continuation ready to generate: the request, the resolved job input and the state's size."""
@@ -99,13 +102,11 @@ class ContinuedWorld:
         return 4 * self.new_latents
 
 
-def open_world(req, spec: Any, storage, modes: Tuple[str, ...]) -> ContinuedWorld:
-    """Load and check the state ``req.continue_from`` and build the continuation request."""
-    from pipeline.generation.continuation import continuation_request
+def read_state(key: str, storage):
+    """The world state ``key`` from the bucket, size-checked before the download and parsed strictly:
+    ``(state, size in bytes)``. Shared by ``continue_from`` jobs and live worlds (worker.live_session)."""
     from pipeline.generation.world_state import SessionLimits, WorldState, check_state_size
 
-    started = time.perf_counter()
-    key = req.continue_from
     check_continue_key(key, continue_prefixes())  # before the bucket is asked anything
     if storage is None:
         raise WorkerError("STORAGE_NOT_CONFIGURED", "continue_from reads the world state from the bucket: "
@@ -125,7 +126,16 @@ def open_world(req, spec: Any, storage, modes: Tuple[str, ...]) -> ContinuedWorl
     if secret is not None:  # checked before any byte of the state is parsed
         # the signature is read with the first stat: an object replaced in between fails the check
         verify_state(secret, key, data, meta.get(SIGNATURE_META))
-    state = WorldState.from_bytes(data, limits)
+    return WorldState.from_bytes(data, limits), size
+
+
+def open_world(req, spec: Any, storage, modes: Tuple[str, ...]) -> ContinuedWorld:
+    """Load and check the state ``req.continue_from`` and build the continuation request."""
+    from pipeline.generation.continuation import continuation_request
+
+    started = time.perf_counter()
+    key = req.continue_from
+    state, size = read_state(key, storage)
     fields = req.model_fields_set
     mode = req.mode if "mode" in fields else state.mode  # another mode than the state's: STATE_MISMATCH
     request = continuation_request(
@@ -162,25 +172,37 @@ def save_enabled(req) -> bool:
 
 
 def save_world(storage, req, job_id: str, result) -> Dict[str, Any]:
-    """Upload the session's state after this job (the video is already stored). Returns the output's
-    ``state_key`` and ``session_latents``, or, when the upload fails, ``state_error`` instead: a
-    storage fault after the video is stored must not turn a finished video into a failed job."""
+    """Upload the session's state after this job (the video is already stored), unless turned off."""
     state = getattr(result, "state", None)
     if state is None or storage is None or not save_enabled(req):
         return {}
+    return save_state(storage, req.output.key_prefix, job_id, state)
+
+
+def save_state(storage, key_prefix: str, name: str, state) -> Dict[str, Any]:
+    """Upload a world state as ``{key_prefix}/{name}/world.safetensors`` (a job's or a live world's).
+    Returns ``state_key`` and ``session_latents``, or, when the upload fails, ``state_error`` instead:
+    a storage fault after the video is stored must not turn a finished video into a failure."""
+    key = f"{key_prefix}/{name}/{STATE_FILE}"
+    try:
+        size = store_state(storage, key, state)
+    except WorkerError as exc:
+        log.warning("%s: world state not saved: %s: %s", name, exc.code, exc.message)
+        return {"state_error": f"{exc.code}: {exc.message}"}
+    log.info("saved world state (%d latents, %d bytes) -> %s", state.num_latents, size, key)
+    return {"state_key": key, "session_latents": state.num_latents}
+
+
+def store_state(storage, key: str, state) -> int:
+    """Upload a world state as ``key`` (stamped with this worker's version, signed with
+    ``WORLDPLAY_STATE_SECRET`` when set; retried over the video's upload window: the state is GPU work
+    too). Returns its size in bytes; raises WorkerError."""
     import worker
 
     state.worker_version = worker.__version__
-    key = f"{req.output.key_prefix}/{job_id}/{STATE_FILE}"
     data = state.to_bytes()
     secret = state_secret()
     headers = {f"x-amz-meta-{SIGNATURE_META}": sign_state(secret, key, data)} if secret is not None else None
-    try:
-        # retried over the video's upload window: the state is GPU work too
-        storage.put_bytes(key, data, content_type="application/octet-stream", headers=headers,
-                          window=upload_window())
-    except WorkerError as exc:
-        log.warning("job %s: world state not saved: %s: %s", job_id, exc.code, exc.message)
-        return {"state_error": f"{exc.code}: {exc.message}"}
-    log.info("saved world state (%d latents, %d bytes) -> %s", state.num_latents, len(data), key)
-    return {"state_key": key, "session_latents": state.num_latents}
+    storage.put_bytes(key, data, content_type="application/octet-stream", headers=headers,
+                      window=upload_window())
+    return len(data)

@@ -9,7 +9,7 @@ Accepted specs
 1. Pose string, ``"w-10, right-6, a-4"``: comma separated ``KEY-COUNT`` segments, COUNT *moves*
    each (one move = one latent of motion = 4 frames). N moves give N + 1 latents (latent 0 is the
    start camera), so ``"w-31"`` is 32 latents / 125 frames. Keys are case-insensitive, whitespace around keys, dashes and commas is
-   ignored; COUNT must be a positive whole number (``"w-3.5"``, ``"w-0"`` are rejected, as are
+   ignored; the key ``idle`` stands still (a live world's chunk with no key held); COUNT must be a positive whole number (``"w-3.5"``, ``"w-0"`` are rejected, as are
    empty strings, empty segments such as a trailing comma, and unknown keys).
 2. Upstream pose JSON, as a dict or a JSON text: ``{"0": {"extrinsic": 4x4 c2w, "K": 3x3 pixel
    intrinsics}, "1": ...}``. It counts *latents*, the start included: one entry per latent. Keys are
@@ -84,6 +84,7 @@ __all__ = [
     "DEFAULT_K_PIXELS",
     "MOVE_KEYS",
     "TURN_KEYS",
+    "IDLE_KEY",
     "MODE_LATENT_MULTIPLE",
     "continue_pose",
     "check_continuation_count",
@@ -126,8 +127,10 @@ TURN_KEYS: dict[str, tuple[str, int]] = {
     "up": ("pitch", 1),
     "down": ("pitch", -1),
 }
-_ALL_KEYS = {**MOVE_KEYS, **TURN_KEYS}
-_KEY_LIST = "w, s, a, d, up, down, left, right"
+IDLE_KEY = "idle"
+"""Stand still for the move (no translation, no turn): a live world's chunk with no key held."""
+_ALL_KEYS = {**MOVE_KEYS, **TURN_KEYS, IDLE_KEY: ("", 0)}
+_KEY_LIST = "w, s, a, d, up, down, left, right, idle"
 
 MODE_LATENT_MULTIPLE = {"ar": 4, "bidirectional": 16}
 
@@ -628,6 +631,8 @@ def _key_step(
     motion = {"yaw": 0.0, "pitch": 0.0, "forward": 0.0, "right": 0.0}
     angle = float(np.deg2rad(degrees))
     for key in keys:
+        if key == IDLE_KEY:
+            continue
         if key in MOVE_KEYS:
             axis, sign = MOVE_KEYS[key]
             motion[axis] = sign * speed
@@ -676,6 +681,8 @@ def _parse_action_list(items: Sequence[Any]) -> list[tuple[float, float, float, 
                 )
         if len(set(keys)) != len(keys):
             raise PoseSpecError(f"{where}: a key is repeated")
+        if IDLE_KEY in keys and len(keys) > 1:
+            raise PoseSpecError(f"{where}: 'idle' (stand still) cannot be held with other keys")
         for pair in _OPPOSITES:
             if pair <= set(keys):
                 a, b = sorted(pair)

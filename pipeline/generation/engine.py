@@ -27,20 +27,15 @@ from pipeline.encoders import components as comp
 from pipeline.encoders.causal_decode import CausalVAEDecoder
 from pipeline.errors import ImageError, PipelineError, RankZeroFailedError, SessionTooLongError, StateMismatchError
 from pipeline.generation.camera import CameraTrajectory, check_latent_count, parse_pose
-from pipeline.generation.memory import MEMORY_SIZE, select_context_latents
 from pipeline.generation.rollout import (
     AR_CHUNK_LATENTS,
     BIDIRECTIONAL_CHUNK_LATENTS,
-    Camera,
     Conditioning,
-    RolloutInputs,
+    Progress,
     Trace,
-    ar_rollout,
-    bidirectional_rollout,
-    fresh_scheduler,
 )
-from pipeline.generation.seeding import MemoryPoints, chunk_noise
-from pipeline.generation.world_state import SessionLimits, WorldState, c2w64_of, checkpoint_fingerprint
+from pipeline.generation.world import World, slice_trajectory
+from pipeline.generation.world_state import SessionLimits, WorldState, checkpoint_fingerprint
 from pipeline.limits import MAX_SESSION_LATENTS
 from pipeline.settings import env_flag
 
@@ -373,17 +368,21 @@ class WorldPlayPipeline:
 
     def _validate_continuation(self, request: GenerationRequest) -> None:
         """A world state fits this model, this mode and the session limits; the new part is whole chunks."""
+        self._check_state(request.history, request.mode, new_latents=request.camera.num_latents)
+
+    def _check_state(self, state: WorldState, mode: str, *, new_latents: int) -> None:
+        """A world state fits this model and this mode, `new_latents` (> 0) are whole chunks and stay within
+        the session limit."""
         from pipeline.encoders.components import bucket_sizes
         from pipeline.generation.camera import check_continuation_count
 
-        state = request.history
-        transformer = self.transformers[request.mode]
-        if state.mode != request.mode:
-            raise StateMismatchError(f"the world state was made in {state.mode} mode; this request is {request.mode}")
-        if state.checkpoint != self.checkpoint_ids[request.mode]:
+        transformer = self.transformers[mode]
+        if state.mode != mode:
+            raise StateMismatchError(f"the world state was made in {state.mode} mode; this request is {mode}")
+        if state.checkpoint != self.checkpoint_ids[mode]:
             raise StateMismatchError(
-                f"the world state was made with another {request.mode} checkpoint ({state.checkpoint}); this "
-                f"worker runs {self.checkpoint_ids[request.mode]}"
+                f"the world state was made with another {mode} checkpoint ({state.checkpoint}); this "
+                f"worker runs {self.checkpoint_ids[mode]}"
             )
         channels, h, w = state.latents.shape[1:]
         buckets = bucket_sizes(transformer.config.resolution_base)
@@ -400,9 +399,10 @@ class WorldPlayPipeline:
             want = f" (this model's image encoder makes {list(expected)})" if expected is not None else ""
             raise StateMismatchError(f"the world state's image embedding {list(state.vision.shape)} does not fit "
                                      f"this model's image encoder{want}")
-        check_continuation_count(request.camera.num_latents, request.mode)
+        if new_latents:
+            check_continuation_count(new_latents, mode)
         limits = SessionLimits.from_env()
-        total = state.num_latents + request.camera.num_latents
+        total = state.num_latents + new_latents
         if total > min(limits.max_latents, MAX_SESSION_LATENTS):
             raise SessionTooLongError(
                 f"the session would reach {total} latents ({4 * (total - 1) + 1} frames); this worker allows at "
@@ -419,7 +419,8 @@ class WorldPlayPipeline:
         on_frames: Callable[[np.ndarray], None] | None = None,
         trace: Trace | None = None,
     ) -> GenerationResult:
-        """Render one video.
+        """Render one video: open a world (or resume the request's history) and step it over the camera
+        path's chunks (:mod:`pipeline.generation.world`, the object a live world steps too).
 
         `callback(stage, step, total)` is called once per denoising step (stage "denoising") and once
         after decoding ("decoded"); `should_cancel()` is polled before every step. Each chunk is
@@ -432,89 +433,48 @@ class WorldPlayPipeline:
         """
         self.validate(request)
         timer = _Timer(self.device)
-        transformer = self.transformers[request.mode]
-        steps, guidance = request.steps, request.guidance
-        use_cfg = guidance > 1.0
         sp = self.sequence_parallel
+        follower = sp is not None and sp.rank > 0
         history = request.history
-        if sp is not None and sp.rank > 0:
-            return self._follow(request, transformer, timer, should_cancel, trace)
-        if self.encoders is None or self.vae is None:
-            raise PipelineError("this pipeline was loaded without encoders and VAE (a follower rank): it cannot "
-                                "generate on its own")
-
-        try:  # preparing rank 0's inputs; the followers wait for them in _follow
-            if history is None:
-                with timer.stage("prepare_image"):
-                    image = _as_rgb(request.image)
-                    width, height = comp.select_bucket(image.width, image.height, transformer.config.resolution_base)
-                    pixels = comp.prepare_image(image, width, height).to(self.device, self.dtype)
-                    image_latent = comp.encode_condition_latents(self.vae, pixels)  # [1, C, 1, h, w]
-                    vision = self.encoders.encode_image(image, width, height)
-            else:  # a world session: the image's latent and embedding come from the state
-                width, height = history.width, history.height
-                image_latent = history.image_latent[None, :, None].to(self.device, self.dtype)
-                vision = history.vision[None].to(self.device, self.dtype)
-
-            prompts = [request.prompt] + ([request.negative_prompt] if use_cfg else [])
-            need_text_encoder = any(not self.encoders.is_cached(p) for p in prompts)
-            with timer.stage("encode_prompt"), self._text_encoder_on_device(need_text_encoder):
-                positive = self._conditioning(request.prompt, vision)
-                negative = self._conditioning(request.negative_prompt, vision, negative=True) if use_cfg else None
-
-            past = history.num_latents if history is not None else 0
-            num_latents = past + request.camera.num_latents
-            _, channels, _, h, w = image_latent.shape
-            cond_latents = torch.zeros(1, channels + 1, num_latents, h, w, device=self.device, dtype=torch.float32)
-            cond_latents[:, :channels, 0] = image_latent[:, :, 0].float()
-            cond_latents[:, channels, 0] = 1.0
-
-            # the seed scheme (pipeline.generation.seeding): noise and memory points per chunk from (seed, chunk index),
-            # so a session continued after `past` latents draws what one long generation draws
-            chunk_size = CHUNK_LATENTS[request.mode]
-            seed = int(request.seed)
-            latents = torch.empty((1, channels, num_latents, h, w), dtype=torch.float32)
-            if history is not None:
-                latents[:, :, :past] = history.latents.permute(1, 0, 2, 3).unsqueeze(0)
-            for chunk in range(past // chunk_size, num_latents // chunk_size):
-                start = chunk * chunk_size
-                latents[:, :, start:start + chunk_size] = chunk_noise(seed, chunk, (1, channels, chunk_size, h, w))
-            latents = latents.to(self.device)
-        except Exception as exc:
-            if sp is not None:  # tell the followers, which wait for the inputs' shapes, instead of hanging them
-                sp.share(("failed", f"{type(exc).__name__}: {exc}"[:500]))
-                exc.ranks_in_step = True  # type: ignore[attr-defined]  # (RankedPipeline.generate)
-            raise
-        if sp is not None:
-            # every rank denoises rank 0's inputs (noise included); the followers receive them (_follow)
-            _share_inputs(sp, [latents, cond_latents, *positive.tensors(), *(negative.tensors() if negative else ())])
-            should_cancel = sp.agreed(should_cancel, self.device)
-        cameras = _session_cameras(history, request.camera)
-        chunks = ChunkFrames(self.vae, timer, on_frames, during_denoise=self.decode_during_denoise,
-                             history_latents=past)
-        latents = self._denoise(request, transformer, timer, cameras, latents, cond_latents, positive, negative,
-                                callback=callback, should_cancel=should_cancel, on_chunk=chunks.chunk_done,
-                                trace=trace)
-        if chunks.fell_back:
-            # One out-of-memory decode beside the K/V cache is enough to know this card has no room for
-            # it: later jobs on this worker decode after their rollout straight away.
-            self.decode_during_denoise = False
-        frames = chunks.finish(latents)
-        if chunks.latents_decoded != num_latents:
-            raise RuntimeError(f"decoded {chunks.latents_decoded} of {num_latents} latents")
-        if callback is not None:
-            callback("decoded", 1, 1)
-        state = WorldState(
-            latents=latents[0].permute(1, 0, 2, 3).float().cpu().contiguous(),
-            c2w=torch.from_numpy(cameras["c2w64"]),
-            intrinsics=cameras["intrinsics"].cpu(),
-            actions=cameras["actions"].cpu(),
-            image_latent=image_latent[0, :, 0].float().cpu(),
-            vision=vision[0].float().cpu(),
-            prompt=request.prompt, negative_prompt=request.negative_prompt, seed=seed, mode=request.mode,
-            num_inference_steps=steps, guidance_scale=guidance, width=width, height=height,
-            checkpoint=self.checkpoint_ids[request.mode],
+        past = history.num_latents if history is not None else 0
+        chunks = None
+        if not follower:
+            if self.encoders is None or self.vae is None:
+                raise PipelineError("this pipeline was loaded without encoders and VAE (a follower rank): it cannot "
+                                    "generate on its own")
+            chunks = ChunkFrames(self.vae, timer, on_frames, during_denoise=self.decode_during_denoise,
+                                 history_latents=past, keep=True)
+        world = self._world(
+            mode=request.mode, seed=int(request.seed), prompt=request.prompt, negative_prompt=request.negative_prompt,
+            steps=request.steps, guidance=request.guidance, image=request.image, history=history, timer=timer,
+            frames=chunks, follower=follower, limits=None,
         )
+        world.job.trace = trace
+        if sp is not None:
+            should_cancel = sp.agreed(should_cancel, self.device)  # rank 0 decides; followers poll nothing
+        size = world.chunk_latents
+        new = request.camera.num_latents
+        progress = Progress((new // size) * request.steps, callback if not follower else None, should_cancel)
+        try:
+            for offset in range(0, new, size):
+                world.step(slice_trajectory(request.camera, offset, offset + size), progress=progress)
+            world.release_cache()  # the K/V cache goes before any chunk still waiting is decoded
+            if follower:
+                return FollowerResult(latents=world.job.latents[0].permute(1, 0, 2, 3).float().cpu().contiguous(),
+                                      timings=timer.timings)
+            if chunks.fell_back:
+                # One out-of-memory decode beside the K/V cache is enough to know this card has no room for
+                # it: later jobs on this worker decode after their rollout straight away.
+                self.decode_during_denoise = False
+            frames = chunks.finish(world.job.latents)
+            num_latents = world.num_latents
+            if chunks.latents_decoded != num_latents:
+                raise RuntimeError(f"decoded {chunks.latents_decoded} of {num_latents} latents")
+            if callback is not None:
+                callback("decoded", 1, 1)
+            state = world.state()
+        finally:
+            world.close()
         return GenerationResult(
             frames=frames,
             width=frames.shape[2],
@@ -522,74 +482,120 @@ class WorldPlayPipeline:
             num_frames=frames.shape[0],
             seed=int(request.seed),
             mode=request.mode,
-            num_inference_steps=steps,
-            guidance_scale=guidance,
+            num_inference_steps=request.steps,
+            guidance_scale=request.guidance,
             timings=timer.timings,
             state=state,
         )
 
-    def _follow(self, request: GenerationRequest, transformer, timer: "_Timer", should_cancel,
-                trace) -> "FollowerResult":
-        """A follower rank's part of :meth:`generate`: rank 0's inputs by broadcast, then the same rollout
-        (its share of every DiT pass); no encoder, no decode. The latents are rank 0's too."""
-        sp = self.sequence_parallel
-        received = _share_inputs(sp, None, self.device)
-        latents, cond_latents = received[:2]
-        positive = Conditioning(*received[2:7])
-        negative = Conditioning(*received[7:12]) if len(received) == 12 else None
-        should_cancel = sp.agreed(should_cancel, self.device)  # what rank 0 decides: followers poll nothing
-        cameras = _session_cameras(request.history, request.camera)
-        latents = self._denoise(request, transformer, timer, cameras, latents, cond_latents, positive, negative,
-                                callback=None, should_cancel=should_cancel, on_chunk=None, trace=trace)
-        return FollowerResult(latents=latents[0].permute(1, 0, 2, 3).float().cpu().contiguous(),
-                              timings=timer.timings)
+    # ---------------------------------------------------------------------------- worlds
 
-    def _denoise(self, request: GenerationRequest, transformer, timer: "_Timer", cameras: dict, latents, cond_latents,
-                 positive, negative, *, callback, should_cancel, on_chunk, trace) -> torch.Tensor:
-        """The rollout of one request (the same on every rank): camera, memory points, context selection."""
-        chunk_size = CHUNK_LATENTS[request.mode]
-        num_latents = latents.shape[2]
-        past = request.history.num_latents if request.history is not None else 0
-        w2c = cameras["w2c"]
-        points_of = MemoryPoints(int(request.seed), num_latents // chunk_size)  # the same on every rank: from the seed
-        cached: dict[int, torch.Tensor] = {}
+    def open_world(self, *, prompt: str, image: Image.Image, seed: int = 0, negative_prompt: str = "",
+                   num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                   mode: Mode = "ar") -> World:
+        """A new world from a picture, ready to :meth:`World.step` chunk by chunk (a live world)."""
+        request = GenerationRequest(prompt=prompt, image=image, camera=None, mode=mode,  # type: ignore[arg-type]
+                                    negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
+                                    guidance_scale=guidance_scale, seed=seed)
+        return self._live_world(request)
 
-        def select(chunk_start: int, chunk_size_: int):
-            if chunk_start <= MEMORY_SIZE:  # every earlier latent is context: no points needed
-                return select_context_latents(w2c, chunk_start, chunk_size_, points=torch.zeros(0, 3))
-            chunk = chunk_start // chunk_size
-            if chunk not in cached:
-                cached.clear()
-                cached[chunk] = points_of(chunk)
-            return select_context_latents(w2c, chunk_start, chunk_size_, points=cached[chunk])
-
-        select.memory_size = MEMORY_SIZE  # type: ignore[attr-defined]
-        camera = Camera(
-            viewmats=w2c.unsqueeze(0).to(self.device),
-            intrinsics=cameras["intrinsics"].unsqueeze(0).to(self.device),
-            actions=cameras["actions"].unsqueeze(0).to(self.device),
+    def resume_world(self, state: WorldState, *, prompt: str | None = None, negative_prompt: str | None = None,
+                     seed: int | None = None, num_inference_steps: int | None = None,
+                     guidance_scale: float | None = None, mode: Mode | None = None) -> World:
+        """The world of a saved state, ready to step on from its last latent (no decoder resume needed
+        later: the decoder's state is rebuilt once, before the first new chunk)."""
+        request = GenerationRequest(
+            prompt=state.prompt if prompt is None else prompt, image=None, camera=None,  # type: ignore[arg-type]
+            mode=mode or state.mode,  # type: ignore[arg-type]
+            negative_prompt=state.negative_prompt if negative_prompt is None else negative_prompt,
+            num_inference_steps=num_inference_steps or state.num_inference_steps,
+            guidance_scale=state.guidance_scale if guidance_scale is None else guidance_scale,
+            seed=state.seed if seed is None else seed, history=state,
         )
-        rollout = ar_rollout if request.mode == "ar" else bidirectional_rollout
-        with timer.stage("denoise"):
-            return rollout(
-                transformer,
-                fresh_scheduler(self.scheduler),
-                RolloutInputs(
-                    latents=latents,
-                    cond_latents=cond_latents,
-                    camera=camera,
-                    positive=positive,
-                    negative=negative,
-                    guidance_scale=request.guidance,
-                    num_steps=request.steps,
-                    select_context=select,
-                    callback=callback,
-                    should_cancel=should_cancel,
-                    on_chunk=on_chunk,
-                    trace=trace,
-                    first_latent=past,
-                ),
-            )
+        return self._live_world(request)
+
+    @torch.inference_mode()
+    def _live_world(self, request: GenerationRequest) -> World:
+        if self.sequence_parallel is not None:
+            raise PipelineError("a world that steps chunk by chunk runs on one GPU; this worker splits its DiT "
+                                "across several (WORLDPLAY_SEQUENCE_PARALLEL)")
+        if self.encoders is None or self.vae is None:
+            raise PipelineError("this pipeline was loaded without encoders and VAE: it cannot open a world")
+        if request.mode not in self.transformers:
+            raise PipelineError(f"mode {request.mode!r} is not loaded on this worker (loaded: {list(self.modes)})")
+        if request.steps < 1:
+            raise PipelineError("num_inference_steps must be at least 1")
+        if request.history is not None:
+            self._check_state(request.history, request.mode, new_latents=0)
+        timer = _Timer(self.device)
+        past = request.history.num_latents if request.history is not None else 0
+        # a live world hands every chunk's frames back from its step: no decoding later
+        chunks = ChunkFrames(self.vae, timer, None, during_denoise=True, history_latents=past, keep=False,
+                             fallback=False)
+        return self._world(mode=request.mode, seed=int(request.seed), prompt=request.prompt,
+                           negative_prompt=request.negative_prompt, steps=request.steps, guidance=request.guidance,
+                           image=request.image, history=request.history, timer=timer, frames=chunks,
+                           follower=False, limits=None)
+
+    def _world(self, *, mode: str, seed: int, prompt: str, negative_prompt: str, steps: int, guidance: float,
+               image, history: WorldState | None, timer: "_Timer", frames: "ChunkFrames | None", follower: bool,
+               limits) -> World:
+        """Prepare a world's inputs (rank 0: image latent, image embedding, conditioning; with sequence
+        parallelism they are broadcast to the followers, which encode nothing) and build it."""
+        sp = self.sequence_parallel
+        use_cfg = guidance > 1.0
+        if follower:
+            received = _share_inputs(sp, None, self.device)
+            image_latent, rest = received[0], received[1:]
+            history_latents = None
+            if history is not None:
+                history_latents, rest = rest[0], rest[1:]
+            positive = Conditioning(*rest[:5])
+            negative = Conditioning(*rest[5:10]) if use_cfg else None
+            width = height = 0
+            vision = None
+        else:
+            try:  # preparing rank 0's inputs; the followers wait for them above
+                transformer = self.transformers[mode]
+                if history is None:
+                    with timer.stage("prepare_image"):
+                        image = _as_rgb(image)
+                        width, height = comp.select_bucket(image.width, image.height,
+                                                           transformer.config.resolution_base)
+                        pixels = comp.prepare_image(image, width, height).to(self.device, self.dtype)
+                        image_latent = comp.encode_condition_latents(self.vae, pixels)  # [1, C, 1, h, w]
+                        vision = self.encoders.encode_image(image, width, height)
+                    history_latents = None
+                else:  # a world session: the image's latent and embedding come from the state
+                    width, height = history.width, history.height
+                    image_latent = history.image_latent[None, :, None].to(self.device, self.dtype)
+                    vision = history.vision[None].to(self.device, self.dtype)
+                    history_latents = history.latents.permute(1, 0, 2, 3).unsqueeze(0).to(torch.float32)
+                positive, negative = self._world_conditioning(prompt, negative_prompt, vision, guidance, timer)
+            except Exception as exc:
+                if sp is not None:  # tell the followers, which wait for the inputs' shapes, instead of hanging them
+                    sp.share(("failed", f"{type(exc).__name__}: {exc}"[:500]))
+                    exc.ranks_in_step = True  # type: ignore[attr-defined]  # (RankedPipeline.generate)
+                raise
+            if sp is not None:
+                shared = [image_latent] + ([history_latents.to(self.device)] if history is not None else [])
+                _share_inputs(sp, shared + [*positive.tensors(), *(negative.tensors() if negative else ())])
+        return World(self, mode=mode, seed=seed, prompt=prompt, negative_prompt=negative_prompt, steps=steps,
+                     guidance=guidance, width=width, height=height, image_latent=image_latent, vision=vision,
+                     positive=positive, negative=negative, history=history, history_latents=history_latents,
+                     frames=frames, timer=timer, limits=limits)
+
+    def _world_conditioning(self, prompt: str, negative_prompt: str, vision: torch.Tensor, guidance: float,
+                            timer: "_Timer") -> tuple[Conditioning, Conditioning | None]:
+        """Both CFG branches' conditioning (the negative one only with guidance > 1); the text encoder
+        visits the GPU only when a prompt misses the cache."""
+        use_cfg = guidance > 1.0
+        prompts = [prompt] + ([negative_prompt] if use_cfg else [])
+        need_text_encoder = any(not self.encoders.is_cached(p) for p in prompts)
+        with torch.inference_mode(), timer.stage("encode_prompt"), self._text_encoder_on_device(need_text_encoder):
+            positive = self._conditioning(prompt, vision)
+            negative = self._conditioning(negative_prompt, vision, negative=True) if use_cfg else None
+        return positive, negative
 
     def _conditioning(self, prompt: str, vision: torch.Tensor, *, negative: bool = False) -> Conditioning:
         """The branch's conditioning. The negative (CFG) branch gets an empty byT5 input (zeros, mask 0)
@@ -627,8 +633,10 @@ class ChunkFrames:
     """
 
     def __init__(self, vae, timer: _Timer, on_frames: Callable[[np.ndarray], None] | None, *, during_denoise: bool,
-                 history_latents: int = 0):
+                 history_latents: int = 0, keep: bool = True, fallback: bool = True):
         self.vae = vae
+        self.keep = keep  # keep every chunk's frames for finish() (a job); a live world hands them on only
+        self.fallback = fallback  # on out-of-memory, decode after the rollout (a job) or raise (a live world)
         self.timer = timer
         self.on_frames = on_frames
         self.during_denoise = during_denoise
@@ -656,18 +664,20 @@ class ChunkFrames:
                 decoder.resume(latents[:, :, start:self.history_latents], start)
         return decoder
 
-    def chunk_done(self, start: int, end: int, latents: torch.Tensor) -> None:
-        """The rollout's ``on_chunk``: latents[:, :, start:end] are final."""
+    def chunk_done(self, start: int, end: int, latents: torch.Tensor) -> np.ndarray | None:
+        """The rollout's ``on_chunk``: latents[:, :, start:end] are final. Returns the chunk's frames, or
+        None when they wait for :meth:`finish`."""
         if not self.during_denoise:
             self.waiting.append((start, end))
-            return
+            return None
         try:
             if self.decoder is None:
                 self.decoder = self._new_decoder(latents)
-            self._decode_and_hand_over(start, end, latents)
-            return
+            return self._decode_and_hand_over(start, end, latents)
         except torch.OutOfMemoryError:
-            pass  # handled below, once the exception (and the tensors its traceback holds) is gone
+            if not self.fallback:
+                raise
+            # handled below, once the exception (and the tensors its traceback holds) is gone
         logger.warning(
             "out of GPU memory decoding latents %d..%d beside the K/V cache; the rest of this video is decoded "
             "after the rollout, and so is every later video on this worker", start, end - 1,
@@ -678,6 +688,7 @@ class ChunkFrames:
         self.waiting.append((start, end))
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+        return None
 
     def finish(self, latents: torch.Tensor) -> np.ndarray:
         """Decode whatever is still waiting and return all the frames [T, H, W, 3]."""
@@ -691,14 +702,16 @@ class ChunkFrames:
         self.waiting.clear()
         return self.pieces[0] if len(self.pieces) == 1 else np.concatenate(self.pieces)
 
-    def _decode_and_hand_over(self, start: int, end: int, latents: torch.Tensor) -> None:
+    def _decode_and_hand_over(self, start: int, end: int, latents: torch.Tensor) -> np.ndarray:
         with self.timer.stage("decode"):
             frames = comp.frames_to_uint8(self.decoder.decode(latents[:, :, start:end]))
-        self.pieces.append(frames)
+        if self.keep:
+            self.pieces.append(frames)
         self.handed_over.append((start, end))
         if self.on_frames is not None:
             with self.timer.stage("hand_over"):
                 self.on_frames(frames)
+        return frames
 
 
 class HostResident:
@@ -733,21 +746,6 @@ class HostResident:
         finally:
             for name, tensor in self._tensors():
                 tensor.data = self.host[name]
-
-
-def _session_cameras(history: WorldState | None, camera: CameraTrajectory) -> dict[str, torch.Tensor]:
-    """Per-latent cameras of the whole session: the state's, then the request's new ones."""
-    c2w64 = c2w64_of(camera)
-    if history is None:
-        return {"c2w64": c2w64, "w2c": camera.w2c, "intrinsics": camera.intrinsics, "actions": camera.actions}
-    old64 = history.c2w.numpy()
-    return {
-        "c2w64": np.concatenate([old64, c2w64]),
-        # the inverse per matrix, as a one-shot trajectory computes it
-        "w2c": torch.cat([torch.from_numpy(np.linalg.inv(old64).astype(np.float32)), camera.w2c]),
-        "intrinsics": torch.cat([history.intrinsics.float(), camera.intrinsics]),
-        "actions": torch.cat([history.actions.long(), camera.actions]),
-    }
 
 
 def _config_fingerprint(transformer: WorldPlayTransformer) -> str:

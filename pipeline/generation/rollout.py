@@ -158,12 +158,59 @@ def _context_indices(select: ContextSelector, start: int, size: int) -> list[int
     return sorted(i for i in chosen if not start <= i < start + size)
 
 
-def _run_chunks(transformer: WorldPlayTransformer, scheduler, job: RolloutInputs, size: int, begin_chunk, velocity_at):
-    """The loop both modes share: per chunk, pick the context, then Euler-step the chunk's latents.
+class ChunkRollout:
+    """A rollout that denoises one chunk at a time: the loop both modes share.
 
-    `begin_chunk(chunk, context)` runs once per chunk; `velocity_at(chunk, start, end, context,
-    chunk_latents, t)` returns the (guided) velocity of the chunk's latents at timestep `t`.
+    ``run_chunk(chunk)`` picks the chunk's context from ``job.select_context``, then Euler-steps the
+    chunk's latents (``job.latents[:, :, start:end]``, initial noise) to clean ones, in place, and
+    calls ``job.on_chunk``. Between calls its owner may grow ``job.latents``, ``job.cond_latents`` and
+    ``job.camera`` by whole chunks (a world that steps as it is played,
+    :mod:`pipeline.generation.world`) or change the conditioning (:meth:`set_conditioning`); a whole
+    video is ``run_chunk`` over its chunks in order (:func:`ar_rollout`, :func:`bidirectional_rollout`).
+    Subclasses give ``begin_chunk(chunk, context)`` (once per chunk) and ``velocity_at(chunk, start,
+    end, context, chunk_latents, t)`` (the guided velocity of the chunk's latents at timestep ``t``).
     """
+
+    size: int
+
+    def __init__(self, transformer: WorldPlayTransformer, scheduler, job: RolloutInputs):
+        self.transformer = transformer
+        self.scheduler = scheduler
+        self.job = job
+
+    def set_conditioning(self, positive: Conditioning, negative: Conditioning | None) -> None:
+        """Use another prompt's conditioning from the next chunk on."""
+        self.job.positive, self.job.negative = positive, negative
+
+    def begin_chunk(self, chunk: int, context: list[int]) -> None:
+        pass
+
+    def velocity_at(self, chunk, start, end, context, chunk_latents, t):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def run_chunk(self, chunk: int, progress: "Progress") -> None:
+        job, size = self.job, self.size
+        latents = job.latents
+        start, end = chunk * size, (chunk + 1) * size
+        if end > latents.shape[2]:
+            raise ValueError(f"chunk {chunk} ends at latent {end}; the rollout holds {latents.shape[2]}")
+        context = _context_indices(job.select_context, start, size) if chunk else []
+        self.begin_chunk(chunk, context)
+        chunk_latents = latents[:, :, start:end]
+        for t in _timesteps(self.scheduler, job.num_steps, self.transformer.device):
+            progress.check()
+            velocity = self.velocity_at(chunk, start, end, context, chunk_latents, t)
+            chunk_latents = self.scheduler.step(velocity.float(), t, chunk_latents.float(), return_dict=False)[0]
+            chunk_latents = chunk_latents.to(latents.dtype)
+            progress.step()
+        latents[:, :, start:end] = chunk_latents
+        if job.on_chunk is not None:
+            job.on_chunk(start, end, latents)
+
+
+def _run_all(rollout: ChunkRollout) -> torch.Tensor:
+    """Every chunk of ``rollout.job.latents`` after ``first_latent``, in order; the clean latents."""
+    job, size = rollout.job, rollout.size
     latents = job.latents
     chunks = latents.shape[2] // size
     if job.first_latent % size or not 0 <= job.first_latent < latents.shape[2]:
@@ -171,49 +218,56 @@ def _run_chunks(transformer: WorldPlayTransformer, scheduler, job: RolloutInputs
     first_chunk = job.first_latent // size
     progress = Progress((chunks - first_chunk) * job.num_steps, job.callback, job.should_cancel)
     for chunk in range(first_chunk, chunks):
-        start, end = chunk * size, (chunk + 1) * size
-        context = _context_indices(job.select_context, start, size) if chunk else []
-        begin_chunk(chunk, context)
-        chunk_latents = latents[:, :, start:end]
-        for t in _timesteps(scheduler, job.num_steps, transformer.device):
-            progress.check()
-            velocity = velocity_at(chunk, start, end, context, chunk_latents, t)
-            chunk_latents = scheduler.step(velocity.float(), t, chunk_latents.float(), return_dict=False)[0]
-            chunk_latents = chunk_latents.to(latents.dtype)
-            progress.step()
-        latents[:, :, start:end] = chunk_latents
-        if job.on_chunk is not None:
-            job.on_chunk(start, end, latents)
+        rollout.run_chunk(chunk, progress)
     return latents
 
 
-def ar_rollout(transformer: WorldPlayTransformer, scheduler, job: RolloutInputs) -> torch.Tensor:
-    """Denoise `job.latents` [1, C, L, h, w] in chunks of 4; returns the clean latents (same tensor)."""
-    latents, trace = job.latents, job.trace
-    # the largest context is memory_size (20) latents; the cache holds it plus one chunk
-    layout = ARCacheLayout(latent_grid=tuple(latents.shape[3:]),
-                           max_context_latents=_max_context(job.select_context, latents.shape[2]),
-                           chunk_latents=AR_CHUNK_LATENTS)
-    branches = [job.positive] + ([job.negative] if job.use_cfg else [])
-    caches = [
-        _traced(trace, "text", 0, 0, 0, lambda b=b: transformer.ar_start(b.tokens(transformer, 0.0), layout))
-        for b in branches
-    ]
+class ARRollout(ChunkRollout):
+    """Chunks of 4 latents. The text K/V of each CFG branch is computed once (:meth:`set_conditioning`
+    recomputes it); per chunk the context latents run once to fill the context K/V, then each step
+    runs only the chunk's own tokens. The cache holds up to `max_context_latents` context latents."""
 
-    def begin_chunk(chunk: int, context: list[int]) -> None:
+    size = AR_CHUNK_LATENTS
+
+    def __init__(self, transformer: WorldPlayTransformer, scheduler, job: RolloutInputs, *,
+                 max_context_latents: int):
+        super().__init__(transformer, scheduler, job)
+        self.layout = ARCacheLayout(latent_grid=tuple(job.latents.shape[3:]),
+                                    max_context_latents=max_context_latents, chunk_latents=AR_CHUNK_LATENTS)
+        self.caches: list = []
+        self.set_conditioning(job.positive, job.negative)
+
+    def set_conditioning(self, positive: Conditioning, negative: Conditioning | None) -> None:
+        super().set_conditioning(positive, negative)
+        job, transformer = self.job, self.transformer
+        branches = [job.positive] + ([job.negative] if job.use_cfg else [])
+        self.caches = []  # the old caches go before the new ones are allocated
+        self.caches = [
+            _traced(job.trace, "text", 0, 0, 0, lambda b=b: transformer.ar_start(b.tokens(transformer, 0.0), self.layout))
+            for b in branches
+        ]
+
+    def release(self) -> None:
+        """Drop the K/V caches (the rollout cannot run another chunk afterwards)."""
+        self.caches = []
+
+    def begin_chunk(self, chunk: int, context: list[int]) -> None:
+        job, transformer = self.job, self.transformer
         if not context:
-            for cache in caches:
+            for cache in self.caches:
                 transformer.ar_clear_context(cache)
             return
-        ctx_input = torch.cat([latents[:, :, context], job.cond_latents[:, :, context]], dim=1)
+        ctx_input = torch.cat([job.latents[:, :, context], job.cond_latents[:, :, context]], dim=1)
         ctx_video = transformer.embed_video(
             ctx_input, torch.full((len(context),), CONTEXT_TIMESTEP), *_camera_args(job.camera, context), rope_start=0
         )
         n_ctx = ctx_video.tokens.shape[1]
-        for cache in caches:
-            _traced(trace, "context", chunk, n_ctx, cache.text_len + n_ctx, transformer.ar_context_pass, cache, ctx_video)
+        for cache in self.caches:
+            _traced(job.trace, "context", chunk, n_ctx, cache.text_len + n_ctx, transformer.ar_context_pass, cache,
+                    ctx_video)
 
-    def velocity_at(chunk, start, end, context, chunk_latents, t):
+    def velocity_at(self, chunk, start, end, context, chunk_latents, t):
+        job, transformer, caches, trace = self.job, self.transformer, self.caches, self.job.trace
         video = transformer.embed_video(
             torch.cat([chunk_latents, job.cond_latents[:, :, start:end]], dim=1),
             torch.full((AR_CHUNK_LATENTS,), float(t)),
@@ -228,14 +282,15 @@ def ar_rollout(transformer: WorldPlayTransformer, scheduler, job: RolloutInputs)
             velocity = _guided(uncond, velocity, job.guidance_scale)
         return velocity
 
-    return _run_chunks(transformer, scheduler, job, AR_CHUNK_LATENTS, begin_chunk, velocity_at)
 
+class BidirectionalRollout(ChunkRollout):
+    """Chunks of 16 latents with full attention over [context, chunk] and the text at every step."""
 
-def bidirectional_rollout(transformer: WorldPlayTransformer, scheduler, job: RolloutInputs) -> torch.Tensor:
-    """Denoise `job.latents` [1, C, L, h, w] in chunks of 16 with full attention per step."""
-    latents, trace = job.latents, job.trace
+    size = BIDIRECTIONAL_CHUNK_LATENTS
 
-    def velocity_at(chunk, start, end, context, chunk_latents, t):
+    def velocity_at(self, chunk, start, end, context, chunk_latents, t):
+        job, transformer, trace = self.job, self.transformer, self.job.trace
+        latents = job.latents
         positions = context + list(range(start, end))
         frame_t = torch.full((len(positions),), float(t))
         frame_t[: len(context)] = CONTEXT_TIMESTEP
@@ -256,8 +311,21 @@ def bidirectional_rollout(transformer: WorldPlayTransformer, scheduler, job: Rol
             velocity = _guided(uncond, velocity, job.guidance_scale)
         return velocity[:, :, len(context):]
 
-    return _run_chunks(transformer, scheduler, job, BIDIRECTIONAL_CHUNK_LATENTS, lambda chunk, context: None,
-                       velocity_at)
+
+def ar_rollout(transformer: WorldPlayTransformer, scheduler, job: RolloutInputs) -> torch.Tensor:
+    """Denoise `job.latents` [1, C, L, h, w] in chunks of 4; returns the clean latents (same tensor)."""
+    # the largest context is memory_size (20) latents; the cache holds it plus one chunk
+    rollout = ARRollout(transformer, scheduler, job,
+                        max_context_latents=_max_context(job.select_context, job.latents.shape[2]))
+    return _run_all(rollout)
+
+
+def bidirectional_rollout(transformer: WorldPlayTransformer, scheduler, job: RolloutInputs) -> torch.Tensor:
+    """Denoise `job.latents` [1, C, L, h, w] in chunks of 16 with full attention per step."""
+    return _run_all(BidirectionalRollout(transformer, scheduler, job))
+
+
+ROLLOUTS = {"ar": ARRollout, "bidirectional": BidirectionalRollout}
 
 
 def _camera_args(camera: Camera, index: slice | Sequence[int]):
