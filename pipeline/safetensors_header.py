@@ -76,6 +76,8 @@ def _parse(size: int, read: Callable[[int], bytes], max_header: int) -> Safetens
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise SafetensorsHeaderError(
             f"corrupt header: not valid JSON ({type(exc).__name__})") from None
+    except ValueError:  # an integer literal past Python's 4,300-digit int conversion limit
+        raise SafetensorsHeaderError("corrupt header: an integer with too many digits") from None
     if not isinstance(entries, dict):
         raise SafetensorsHeaderError("corrupt header: not a JSON object")
     return SafetensorsHeader(entries, 8 + length, size)

@@ -366,3 +366,22 @@ def image():
     y, x = np.mgrid[0:90, 0:160]
     rgb = np.stack([(x * 1.5) % 256, (y * 2.8) % 256, ((x + y) * 0.9) % 256], -1).astype(np.uint8)
     return Image.fromarray(rgb)
+
+
+def small_world_state():
+    """A valid WorldState of 4 latents, 2 channels, 3x4 latent pixels and a [5, 8] image embedding,
+    built without a model (reader tests: fuzzing, value checks)."""
+    import torch
+
+    from pipeline.generation.world_state import WorldState
+
+    gen = torch.Generator().manual_seed(0)
+    num = 4
+    c2w = torch.eye(4, dtype=torch.float64).repeat(num, 1, 1)
+    c2w[:, 2, 3] = torch.arange(num, dtype=torch.float64) * 0.1
+    k = torch.tensor([[0.5, 0.0, 0.5], [0.0, 0.9, 0.5], [0.0, 0.0, 1.0]]).repeat(num, 1, 1)
+    return WorldState(latents=torch.randn(num, 2, 3, 4, generator=gen), c2w=c2w, intrinsics=k,
+                      actions=torch.zeros(num, dtype=torch.int64), image_latent=torch.randn(2, 3, 4, generator=gen),
+                      vision=torch.randn(5, 8, generator=gen), prompt="a harbour", negative_prompt="", seed=5,
+                      mode="ar", num_inference_steps=4, guidance_scale=1.0, width=64, height=48,
+                      checkpoint="sha256:" + "0" * 32, worker_version="test")

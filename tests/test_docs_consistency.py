@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 ARCHITECTURE = (ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
 
-# the code that runs in the worker or its container (tests and docs excluded)
-CODE_DIRS = ("pipeline", "worker", "schemas")
+# the code that runs in the worker or its container, and the developer tools beside it (tests and docs excluded)
+CODE_DIRS = ("pipeline", "worker", "schemas", "tools")
 CODE_FILES = ("handler.py", "download_models.py", "local_s3.py", "smoke_test.py")
 SHELL_FILES = ("entrypoint.sh", "Dockerfile")
 # read by the code, set by the entrypoint for the code (not a user setting)
@@ -185,7 +185,8 @@ def test_architecture_tree_names_existing_files_and_every_module():
     assert "pipeline/dit/transformer.py" in tree and "worker/job.py" in tree, tree
     missing = [p for p in tree if not (ROOT / p).exists()]
     assert not missing, f"docs/ARCHITECTURE.md names files that do not exist: {missing}"
-    modules = sorted(str(p.relative_to(ROOT)) for d in ("pipeline", "worker", "schemas") for p in (ROOT / d).rglob("*.py")
+    modules = sorted(str(p.relative_to(ROOT)) for d in ("pipeline", "worker", "schemas", "tools")
+                     for p in (ROOT / d).rglob("*.py")
                      if p.name != "__init__.py")
     absent = [m for m in modules if m not in tree]
     assert not absent, f"modules missing from docs/ARCHITECTURE.md's tree: {absent}"

@@ -234,12 +234,38 @@ def test_redirect_to_a_public_host_is_followed_and_bounded(fake_pipeline, raw_se
 
 
 def test_forbidden_reason_unit():
-    for address in ("8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8"):
+    for address in ("8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8",
+                    "64:ff9b::808:808", "64:ff9b::8.8.4.4"):  # NAT64 of a public IPv4: judged by it
         assert fetch_mod.forbidden_reason(address) is None, address
     for address in ("127.0.0.1", "10.0.0.1", "169.254.169.254", "::1", "::ffff:192.168.0.1",
-                    "::127.0.0.1", "64:ff9b::7f00:1", "2002:a00:1::", "fc00::1", "ff02::1",
+                    "::127.0.0.1", "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "64:ff9b::192.168.0.1",
+                    "64:ff9b:1::808:808", "2002:a00:1::", "fc00::1", "ff02::1",
                     "192.0.2.1", "240.0.0.1", "not-an-ip"):
         assert fetch_mod.forbidden_reason(address) is not None, address
+
+
+def test_nat64_of_a_public_ipv4_is_fetched(fake_pipeline, raw_server, monkeypatch):
+    """An IPv6-only network reaches IPv4 hosts through NAT64 (64:ff9b::/96): such an address is as
+    public as the IPv4 address inside it, so it is fetched (and 64:ff9b::a00:1 is refused above)."""
+    server = raw_server(_ok)
+    fake = _PublicName(monkeypatch, server.port, {})
+    out = run(url_input(f"http://[64:ff9b::5db8:d822]:{server.port}/a.png"))  # 93.184.216.34
+    assert "error" not in out, out
+    assert fake.dialed == ["64:ff9b::5db8:d822"]
+
+
+def test_percent_encoded_credentials_are_sent_decoded(fake_pipeline, raw_server, monkeypatch):
+    """``user:p%40ss@host``: the userinfo of a URL is percent-encoded; Basic auth carries it decoded
+    (``p@ss``), and neither form reaches the job's output or error."""
+    import base64
+
+    server = raw_server(_ok)
+    _PublicName(monkeypatch, server.port, {"images.example.com": [["93.184.216.34"]]})
+    out = run(url_input(f"http://me%40corp:p%40ss%3Aw%2Fx@images.example.com:{server.port}/a.png"))
+    assert "error" not in out, out
+    expected = base64.b64encode(b"me@corp:p@ss:w/x")
+    assert b"Authorization: Basic " + expected + b"\r\n" in server.requests[0]
+    assert "p%40ss" not in str(out) and "p@ss" not in str(out)
 
 
 # ==== 2. a slow image server holds the worker =======================================================

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -87,12 +88,44 @@ def test_each_part_imports_only_the_layers_below_it(path):
     assert not bad, f"{path.relative_to(ROOT)} ({part}) imports {bad}; {part} may use {sorted(allowed)}"
 
 
-WORKER_DEV_TOOLS = {"worker/preview_bench.py"}  # the live preview's benchmark (`python -m worker.preview_bench`)
+def _top_level_imports(path: Path) -> set[str]:
+    """The first name of every module this file imports, at any depth (a lazy import inside a
+    function counts as much as one at the top); relative imports resolve inside the file's package."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
+                "import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant):
+            found.add(str(node.args[0].value).split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_model_package_never_imports_the_worker(path):
+    """``pipeline`` runs without ``worker`` (the demo, the benchmarks, sequence-parallel followers): not
+    even a lazy ``import worker`` inside a function, nor the developer tools that drive the worker."""
+    bad = sorted(_top_level_imports(path) & {"worker", "schemas", "handler", "tools"})
+    assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+    text = path.read_text()
+    assert not re.search(r"^\s*(?:import worker\b|from worker\b)", text, flags=re.M), path
+
+
+def test_the_lazy_import_check_sees_function_level_imports(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("def version():\n    from worker import __version__\n    return __version__\n"
+                      "def other():\n    import importlib\n    return importlib.import_module('tools.x')\n")
+    assert {"worker", "tools", "importlib"} <= _top_level_imports(sample)
 
 
 def test_the_serving_path_does_not_use_developer_tools():
-    serving = [p for p in sorted((ROOT / "worker").rglob("*.py"))
-               if str(p.relative_to(ROOT)) not in WORKER_DEV_TOOLS]
+    """Nothing that serves jobs imports ``pipeline.tools`` or the top-level ``tools`` package (which
+    holds developer tools that drive the worker, e.g. ``python -m tools.preview_bench``)."""
+    serving = sorted((ROOT / "worker").rglob("*.py")) + sorted((ROOT / "schemas").rglob("*.py"))
     for path in [ROOT / "handler.py", ROOT / "download_models.py", *serving]:
         bad = sorted(m for m in _imports(path) if m.startswith("pipeline.tools"))
         assert not bad, f"{path.relative_to(ROOT)} imports developer tools {bad}"
+        assert "tools" not in _top_level_imports(path), f"{path.relative_to(ROOT)} imports the tools package"
+    assert not (ROOT / "worker" / "preview_bench.py").exists()  # it lives in tools/ now

@@ -8,21 +8,21 @@ import pytest
 import torch
 from PIL import Image
 
-import pipeline.generation.engine as engine
 from pipeline.generation.camera import parse_pose
+from pipeline.generation.rollout import ARRollout
 from pipeline.generation.engine import GenerationRequest
 
 
 @pytest.fixture
 def captured(monkeypatch):
     seen = []
-    original = engine.ar_rollout
+    original = ARRollout.__init__
 
-    def spy(transformer, scheduler, inputs):
-        seen.append(inputs)
-        return original(transformer, scheduler, inputs)
+    def spy(self, transformer, scheduler, inputs, **kwargs):
+        seen.append(inputs)  # the RolloutInputs the world's AR rollout runs on
+        return original(self, transformer, scheduler, inputs, **kwargs)
 
-    monkeypatch.setattr(engine, "ar_rollout", spy)
+    monkeypatch.setattr(ARRollout, "__init__", spy)
     return seen
 
 

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 THIS = Path(__file__).resolve()
 
 # Code that runs (worker, model, contract, CLIs) and the tests themselves.
-SCANNED_DIRS = ("tests", "pipeline", "worker", "schemas", ".ci")
+SCANNED_DIRS = ("tests", "pipeline", "worker", "schemas", "tools", ".ci")
 SCANNED_ROOT_FILES = ("Dockerfile",)  # + every *.py and *.sh at the root
 SCANNED_SUFFIXES = {".py", ".sh", ".json", ".toml", ".cfg", ".ini", ""}
 

@@ -456,7 +456,7 @@ def _paced_local(frames, storage, workdir: Path, *, preview_on: bool, first: flo
 
 
 def _paced(frames, storage, workdir: Path, **kwargs) -> dict:
-    for module in ("tools.preview_bench", "worker.preview_bench"):
+    for module in ("tools.preview_bench",):
         try:
             paced_once = importlib.import_module(module).paced_once
         except (ImportError, AttributeError):

@@ -32,6 +32,7 @@ ERROR_CODES = {
     "STATE_NOT_FOUND": (False, "the world state named by continue_from does not exist"),
     "INVALID_STATE": (False, "continue_from names an object that is not a valid world state"),
     "STATE_MISMATCH": (False, "the world state was made by another checkpoint, mode or size"),
+    "STATE_FORBIDDEN": (False, "continue_from names a key outside WORLDPLAY_CONTINUE_PREFIXES"),
     "SESSION_TOO_LONG": (False, "the world session exceeds the configured maximum (latents / bytes)"),
     "INVALID_MESSAGE": (False, "live socket: a message is malformed, unknown, too large or out of turn"),
     "LIVE_BUSY": (False, "live socket: this worker runs a live world already (close 1013; retry)"),
@@ -67,7 +68,7 @@ def _known_secrets() -> tuple:
     import os
 
     names = ("MINIO_SECRET_KEY", "RUNPOD_API_KEY", "HF_TOKEN", "AWS_SECRET_ACCESS_KEY",
-             "MINIO_ACCESS_KEY")
+             "MINIO_ACCESS_KEY", "WORLDPLAY_STATE_SECRET")
     return tuple(v for v in (os.environ.get(n) for n in names) if v)
 
 

@@ -35,7 +35,7 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import List, Optional
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 from worker.errors import WorkerError
 
@@ -91,8 +91,8 @@ def forbidden_reason(address: str) -> Optional[str]:
             reason = forbidden_reason(str(inner))
             if reason is not None:
                 return reason
-        if ip.ipv4_mapped is not None:
-            return None
+        if ip.ipv4_mapped is not None or ip in _NAT64:
+            return None  # judged by the IPv4 address inside, as IPv4 itself would be
         if ip not in _GLOBAL_UNICAST_V6:  # ::/8 (incl. IPv4-compatible), fc00::/7, fe80::/10, ...
             return _kind(ip)
     if not ip.is_global or ip.is_multicast:
@@ -192,9 +192,9 @@ def _target(url: str, what: str) -> _Target:
     if parts.username is not None:
         import urllib3
 
-        user = parts.username
-        auth = urllib3.util.make_headers(
-            basic_auth=f"{user}:{parts.password or ''}")["authorization"]
+        # userinfo is percent-encoded in a URL (``p%40ss`` is ``p@ss``): the header carries it decoded
+        user, password = unquote(parts.username), unquote(parts.password or "")
+        auth = urllib3.util.make_headers(basic_auth=f"{user}:{password}")["authorization"]
     return _Target(scheme, host, port or (443 if scheme == "https" else 80), port is not None,
                    path, f"{scheme}://{netloc}{parts.path}"[:200], auth)
 

@@ -125,6 +125,9 @@ def camera_spec(req: "schemas.JobInput", get_storage: Callable[[], Any]) -> Any:
         except RecursionError:
             raise WorkerError("INVALID_POSE", f"pose_key {req.pose_key!r} is nested too deeply"
                               ) from None
+        except ValueError:  # an integer past Python's 4,300-digit limit (not a JSONDecodeError)
+            raise WorkerError("INVALID_POSE", f"pose_key {req.pose_key!r} holds an integer with "
+                                              "too many digits") from None
         if not isinstance(spec, dict):
             raise WorkerError("INVALID_POSE", f"pose_key {req.pose_key!r} must hold a JSON "
                                               f"object, got {type(spec).__name__}")

@@ -6,11 +6,26 @@ download), parses it strictly (:mod:`pipeline.generation.world_state`) and build
 ``python -m pipeline --continue-from``. ``save_world`` writes ``{key_prefix}/{job_id}/world.safetensors``
 after the video, unless the request (``output.save_state: false``) or ``WORLDPLAY_SAVE_STATE=0`` turns
 it off, no storage is configured, or the pipeline returned no state.
+
+Trust (README, *World sessions*): with ``WORLDPLAY_STATE_SECRET`` set, ``store_state`` signs every state
+the worker writes (jobs and live worlds) and ``read_state`` (``continue_from`` of jobs and live worlds)
+refuses a state whose signature is missing or wrong (``INVALID_STATE``) before a byte of it is parsed.
+The signature is HMAC-SHA256 under the secret over ``b"worldplay-world-state/v1\\0"``, the object key's
+length (8 bytes, big-endian), the key (UTF-8) and the object's bytes exactly as stored (the safetensors
+file): no field is parsed or re-serialised to check it, and a state copied to another key no longer
+verifies. It travels as the object's user metadata
+``x-amz-meta-worldplay-signature: v1:<hex>``, so the object stays a plain safetensors file.
+``WORLDPLAY_CONTINUE_PREFIXES`` (comma-separated key prefixes) limits the keys ``continue_from`` may
+name (``STATE_FORBIDDEN``), checked before the bucket is asked anything.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import os
+import struct
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
@@ -21,6 +36,53 @@ from worker.storage import upload_window
 log = logging.getLogger("worldplay.session")
 
 STATE_FILE = "world.safetensors"
+SECRET_ENV = "WORLDPLAY_STATE_SECRET"
+PREFIXES_ENV = "WORLDPLAY_CONTINUE_PREFIXES"
+SIGNATURE_META = "worldplay-signature"  # stored as the object's x-amz-meta-worldplay-signature
+_SIGNATURE_VERSION = "v1"
+_DOMAIN = b"worldplay-world-state/v1\0"
+
+
+def state_secret(env=None) -> Optional[bytes]:
+    """``WORLDPLAY_STATE_SECRET`` as bytes, or None when unset or empty (states are then not signed)."""
+    env = os.environ if env is None else env
+    value = env.get(SECRET_ENV, "")
+    return value.encode("utf-8") if value else None
+
+
+def continue_prefixes(env=None) -> Tuple[str, ...]:
+    """``WORLDPLAY_CONTINUE_PREFIXES``: the key prefixes continue_from may name (empty: any key)."""
+    env = os.environ if env is None else env
+    return tuple(p.strip() for p in env.get(PREFIXES_ENV, "").split(",") if p.strip())
+
+
+def sign_state(secret: bytes, key: str, data: bytes) -> str:
+    """The signature of the state ``data`` stored at ``key``: ``v1:`` + hex HMAC-SHA256 (module docstring)."""
+    raw_key = key.encode("utf-8")
+    mac = hmac.new(secret, _DOMAIN + struct.pack(">Q", len(raw_key)) + raw_key, hashlib.sha256)
+    mac.update(data)
+    return f"{_SIGNATURE_VERSION}:{mac.hexdigest()}"
+
+
+def verify_state(secret: bytes, key: str, data: bytes, signature: Optional[str]) -> None:
+    """Raise INVALID_STATE unless ``signature`` is this deployment's signature of ``data`` at ``key``
+    (constant-time comparison; neither the secret nor the expected signature is ever shown)."""
+    if not signature:
+        raise WorkerError("INVALID_STATE", f"world state {key!r} is not signed; this worker continues only "
+                                           f"states it wrote itself ({SECRET_ENV} is set)")
+    expected = sign_state(secret, key, data)
+    if not hmac.compare_digest(expected.encode("ascii"), signature.strip().encode("utf-8", "replace")):
+        raise WorkerError("INVALID_STATE", f"world state {key!r} does not carry a valid signature of this "
+                                           "deployment: it was altered, moved to another key, or written "
+                                           f"with another {SECRET_ENV}")
+
+
+def check_continue_key(key: str, prefixes: Tuple[str, ...]) -> None:
+    if prefixes and not any(key.startswith(prefix) for prefix in prefixes):
+        raise WorkerError("STATE_FORBIDDEN", f"continue_from {key!r} is outside the key prefixes this worker "
+                                             f"continues ({PREFIXES_ENV}={','.join(prefixes)})")
+
+
 
 
 @dataclass
@@ -45,12 +107,13 @@ def read_state(key: str, storage):
     ``(state, size in bytes)``. Shared by ``continue_from`` jobs and live worlds (worker.live_session)."""
     from pipeline.generation.world_state import SessionLimits, WorldState, check_state_size
 
+    check_continue_key(key, continue_prefixes())  # before the bucket is asked anything
     if storage is None:
         raise WorkerError("STORAGE_NOT_CONFIGURED", "continue_from reads the world state from the bucket: "
                                                     "this worker has no storage configured (MINIO_*)")
     limits = SessionLimits.from_env()
     try:
-        size = storage.stat_size(key)
+        size, meta = storage.stat(key)
     except WorkerError as exc:
         if exc.code == "OBJECT_NOT_FOUND":
             raise WorkerError("STATE_NOT_FOUND", f"world state {key!r} does not exist in bucket "
@@ -58,7 +121,12 @@ def read_state(key: str, storage):
                                                  "of an earlier job)") from None
         raise
     check_state_size(size, limits)
-    return WorldState.from_bytes(storage.get_bytes(key, limits.max_bytes), limits), size
+    data = storage.get_bytes(key, limits.max_bytes)
+    secret = state_secret()
+    if secret is not None:  # checked before any byte of the state is parsed
+        # the signature is read with the first stat: an object replaced in between fails the check
+        verify_state(secret, key, data, meta.get(SIGNATURE_META))
+    return WorldState.from_bytes(data, limits), size
 
 
 def open_world(req, spec: Any, storage, modes: Tuple[str, ...]) -> ContinuedWorld:
@@ -126,13 +194,17 @@ def save_state(storage, key_prefix: str, name: str, state) -> Dict[str, Any]:
 
 
 def store_state(storage, key: str, state) -> int:
-    """Upload a world state as ``key`` (stamped with this worker's version; retried over the video's
-    upload window: the state is GPU work too). Returns its size in bytes; raises WorkerError."""
+    """Upload a world state as ``key`` (stamped with this worker's version, signed with
+    ``WORLDPLAY_STATE_SECRET`` when set; retried over the video's upload window: the state is GPU work
+    too). Returns its size in bytes; raises WorkerError."""
     import worker
 
     state.worker_version = worker.__version__
     data = state.to_bytes()
-    storage.put_bytes(key, data, content_type="application/octet-stream", window=upload_window())
+    secret = state_secret()
+    headers = {f"x-amz-meta-{SIGNATURE_META}": sign_state(secret, key, data)} if secret is not None else None
+    storage.put_bytes(key, data, content_type="application/octet-stream", headers=headers,
+                      window=upload_window())
     return len(data)
 
 

@@ -25,7 +25,7 @@ import os
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple, TypeVar
+from typing import Callable, Dict, Optional, Tuple, TypeVar
 from urllib.parse import urlparse
 
 from worker.errors import WorkerError
@@ -266,15 +266,24 @@ class Storage:
         self._call("make bucket", None, _do)
 
     def stat_size(self, key: str) -> int:
+        return self.stat(key)[0]
+
+    def stat(self, key: str) -> Tuple[int, Dict[str, str]]:
+        """An object's size and its user metadata (``x-amz-meta-*``), names lower-cased without the
+        prefix: ``put_bytes(..., headers={"x-amz-meta-worldplay-signature": s})`` reads back as
+        ``{"worldplay-signature": s}``."""
         try:
-            return int(self._call("stat", key,
-                                  lambda: self._client.stat_object(self.bucket, key)).size)
+            info = self._call("stat", key, lambda: self._client.stat_object(self.bucket, key))
         except WorkerError as exc:
             # a HEAD has no error body: a missing bucket also looks like a missing key
             if exc.code == "OBJECT_NOT_FOUND" and not self.bucket_exists():
                 raise WorkerError("BUCKET_NOT_FOUND", f"bucket {self.bucket!r} does not exist "
                                                       f"on {self.endpoint}") from None
             raise
+        prefix = "x-amz-meta-"
+        meta = {str(name).lower()[len(prefix):]: str(value) for name, value in (info.metadata or {}).items()
+                if str(name).lower().startswith(prefix)}
+        return int(info.size), meta
 
     def get_bytes(self, key: str, max_bytes: int) -> bytes:
         """Read an object of at most ``max_bytes`` (checked with a stat before downloading)."""

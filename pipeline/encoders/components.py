@@ -318,6 +318,13 @@ class ConditionEncoders:
     # -- image --
 
     @torch.inference_mode()
+    def vision_shape(self) -> tuple[int, int]:
+        """(tokens, width) of :meth:`encode_image`'s embedding, from the loaded SigLIP's config: one token
+        per patch, ``(image_size // patch_size) ** 2`` (729 = 27 x 27 at full size; SigLIP has no class
+        token), each ``hidden_size`` wide (1152). A world state's embedding must have exactly this shape."""
+        config = self.image_encoder.config
+        return (int(config.image_size) // int(config.patch_size)) ** 2, int(config.hidden_size)
+
     def encode_image(self, image: Image.Image, width: int | None = None, height: int | None = None) -> torch.Tensor:
         """SigLIP ``last_hidden_state`` [1, tokens, vision_dim] (729 x 1152 at full size) in ``dtype``.
 

@@ -134,6 +134,10 @@ _KEY_LIST = "w, s, a, d, up, down, left, right, idle"
 
 MODE_LATENT_MULTIPLE = {"ar": 4, "bidirectional": 16}
 
+ROTATION_TOLERANCE = 1e-4
+"""Largest |R^T R - I| of a pose JSON extrinsic's (and a world state's) rotation block: the camera
+encoding inverts it by transposing, so it must be a rotation (float32 round trips stay near 1e-7)."""
+
 _MAX_JSON_CHARS = 4_000_000
 _MAX_ABS_VALUE = 1e6  # bound on matrix entries (scene units / pixels)
 _LIST_FIELDS = ("key", "moves", "latents", "speed", "degrees")
@@ -559,8 +563,21 @@ def _default_k(n: int) -> np.ndarray:
 def _too_many(total_latents: int, where: str) -> FrameCountError:
     return FrameCountError(
         f"{where} makes the trajectory longer than the maximum of {MAX_LATENTS} latents "
-        f"({latents_to_frames(MAX_LATENTS)} frames); it has at least {total_latents} latents"
+        f"({latents_to_frames(MAX_LATENTS)} frames); it has "
+        f"{f'at least {total_latents}' if total_latents < 10**18 else 'more than 10^18'} latents"
     )
+
+
+_TOO_MANY_DIGITS = "camera JSON text holds an integer with too many digits"
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` for a message, safe for integers past Python's int -> str limit (whose repr
+    raises ValueError) and short for long values."""
+    if _is_int(value) and abs(int(value)) >= 10**18:
+        return f"{'-' if value < 0 else ''}an integer of about {int(abs(int(value)).bit_length() * 0.30103) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # --------------------------------------------------------------------------------------------
@@ -686,7 +703,7 @@ def _parse_action_list(items: Sequence[Any]) -> list[tuple[float, float, float, 
         count = item[given[0]]
         if not _is_int(count) or count < 1:
             raise PoseSpecError(
-                f"{where}: '{given[0]}' must be a positive whole number of moves, got {count!r}"
+                f"{where}: '{given[0]}' must be a positive whole number of moves, got {_shown(count)}"
             )
         moves = any(k in MOVE_KEYS for k in keys)
         turns = any(k in TURN_KEYS for k in keys)
@@ -717,7 +734,7 @@ def _bounded(item: Mapping[str, Any], field: str, default: float, upper: float, 
     value = item[field]
     # NaN fails both comparisons and infinity the upper bound, so no separate finiteness test.
     if not _is_number(value) or not 0 < value <= upper:
-        raise PoseSpecError(f"{where}: '{field}' must be a number in (0, {upper:g}], got {value!r}")
+        raise PoseSpecError(f"{where}: '{field}' must be a number in (0, {upper:g}], got {_shown(value)}")
     return float(value)
 
 
@@ -826,6 +843,12 @@ def _check_extrinsic(m: np.ndarray, where: str) -> np.ndarray:
             f"{where} extrinsic rotation block has a negative determinant (a reflection, not a "
             "camera pose)"
         )
+    error = float(np.abs(m[:3, :3].T @ m[:3, :3] - np.eye(3)).max())
+    if error > ROTATION_TOLERANCE:
+        raise PoseSpecError(
+            f"{where} extrinsic rotation block is not a rotation (|R^T R - I| = {error:.2g}, at most "
+            f"{ROTATION_TOLERANCE:g} allowed): scaled or sheared camera poses are not camera poses"
+        )
     return m
 
 
@@ -870,6 +893,8 @@ def parse_pose(spec: Any, num_latents: int | None = None, *, mode: str | None = 
                 ) from None
             except RecursionError:
                 raise PoseSpecError("camera JSON text is nested too deeply") from None
+            except ValueError:  # an integer literal past Python's 4,300-digit conversion limit
+                raise PoseSpecError(_TOO_MANY_DIGITS) from None
         else:
             c2w = _integrate(_parse_string(spec))
             return _build(c2w, _default_k(len(c2w)), num_latents, form="pose string", mode=mode,
@@ -915,6 +940,8 @@ def continue_pose(spec: Any, last_c2w: np.ndarray) -> CameraTrajectory:
                                 f"column {exc.colno})") from None
         except RecursionError:
             raise PoseSpecError("camera JSON text is nested too deeply") from None
+        except ValueError:
+            raise PoseSpecError(_TOO_MANY_DIGITS) from None
     if isinstance(spec, str):
         c2w = _integrate(_parse_string(spec), start=last)[1:]
         k_pixels = _default_k(len(c2w))

@@ -391,9 +391,14 @@ class WorldPlayPipeline:
                 f"the world state is {state.width}x{state.height} with {channels} latent channels, a size this "
                 f"model does not generate"
             )
-        if state.vision.shape[1] != transformer.config.vision_dim:
+        # the embedding's width must fit the transformer and its token count the loaded image encoder: a
+        # crafted state could otherwise inflate the conditioning and the AR cache until the GPU runs out
+        expected = self.encoders.vision_shape() if self.encoders is not None else None
+        if state.vision.shape[1] != transformer.config.vision_dim or (
+                expected is not None and tuple(state.vision.shape) != expected):
+            want = f" (this model's image encoder makes {list(expected)})" if expected is not None else ""
             raise StateMismatchError(f"the world state's image embedding {list(state.vision.shape)} does not fit "
-                                     f"this model's image encoder")
+                                     f"this model's image encoder{want}")
         if new_latents:
             check_continuation_count(new_latents, mode)
         limits = SessionLimits.from_env()

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import SessionTooLongError, StateError
-from pipeline.generation.camera import MODE_LATENT_MULTIPLE
+from pipeline.generation.camera import MODE_LATENT_MULTIPLE, ROTATION_TOLERANCE
 from pipeline.limits import MAX_SESSION_LATENTS
 from pipeline.safetensors_header import SafetensorsHeaderError, parse_header
 from pipeline.settings import env_number
@@ -63,6 +63,7 @@ MAX_VISION_DIM = 16384
 MAX_LATENT_CHANNELS = 256
 MAX_LATENT_SIDE = 1024
 NUM_ACTIONS = 81
+MIN_FOCAL = 1e-6  # normalised focal length (focal / image side); 832x480 at 60 deg: ~0.9
 
 # name -> (safetensors dtype, torch dtype, shape as a function of (L, C, h, w), None: checked apart)
 _TENSORS = {
@@ -93,14 +94,6 @@ class SessionLimits:
             max_latents=max(1, env_number("WORLDPLAY_MAX_SESSION_LATENTS", MAX_SESSION_LATENTS, int)),
             max_bytes=max(1024, env_number("WORLDPLAY_MAX_SESSION_BYTES", cls.max_bytes, int)),
         )
-
-
-def worker_version() -> str:
-    try:
-        from worker import __version__
-    except Exception:  # noqa: BLE001 - the pipeline package also runs without the worker
-        return "unknown"
-    return str(__version__)
 
 
 @dataclass
@@ -146,7 +139,7 @@ class WorldState:
             "width": str(int(self.width)),
             "height": str(int(self.height)),
             "checkpoint": self.checkpoint,
-            "worker_version": self.worker_version or worker_version(),
+            "worker_version": self.worker_version or "unknown",  # the worker sets its own version
         }
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -228,7 +221,8 @@ def _check_metadata(meta: Any) -> dict[str, Any]:
 
     def integer(name: str, low: int, high: int) -> int:
         text = meta[name]
-        if not text.isdigit() or len(text) > 20 or not low <= int(text) <= high:
+        # ASCII digits only: str.isdigit() also accepts e.g. '²', which int() refuses
+        if not (text.isascii() and text.isdigit()) or len(text) > 20 or not low <= int(text) <= high:
             raise StateError(f"world state metadata {name}={text[:40]!r} is not an integer in {low}..{high}")
         return int(text)
 
@@ -337,10 +331,24 @@ def _check_values(tensors: dict[str, torch.Tensor]) -> None:
     bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64)
     if not bool(torch.allclose(c2w[:, 3], bottom.expand_as(c2w[:, 3]), rtol=0, atol=1e-6)):
         raise StateError("world state c2w matrices must end in the row [0, 0, 0, 1]")
-    if bool((torch.linalg.det(c2w[:, :3, :3]) <= 1e-12).any()):
-        raise StateError("world state c2w rotation blocks must be invertible rotations")
     if float(c2w.abs().max()) > 1e6 or float(tensors["intrinsics"].abs().max()) > 1e6:
         raise StateError("world state cameras hold values larger than 1e6")
+    # the camera encoding inverts a w2c rotation by transposing it: each block must be a rotation
+    rot = c2w[:, :3, :3]
+    eye = torch.eye(3, dtype=torch.float64)
+    if c2w.shape[0] and (float((rot.transpose(1, 2) @ rot - eye).abs().max()) > ROTATION_TOLERANCE
+                         or bool((torch.linalg.det(rot) <= 0).any())):
+        raise StateError(f"world state c2w rotation blocks must be rotations (orthonormal within "
+                         f"{ROTATION_TOLERANCE:g}, determinant +1)")
+    # the camera encoding divides by the focal lengths: positive and finite (finiteness checked above)
+    intrinsics = tensors["intrinsics"].double()
+    focal = torch.stack([intrinsics[:, 0, 0], intrinsics[:, 1, 1]])
+    bottom3 = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    if focal.numel() and (float(focal.min()) < MIN_FOCAL
+                          or not bool(torch.allclose(intrinsics[:, 2], bottom3.expand_as(intrinsics[:, 2]),
+                                                     rtol=0, atol=1e-6))):
+        raise StateError(f"world state intrinsics must have focal lengths of at least {MIN_FOCAL:g} (normalised) "
+                         "and end in the row [0, 0, 1]")
 
 
 # -------------------------------------------------------------------------------- fingerprints

@@ -1,9 +1,9 @@
 """What the live preview costs and how soon it plays (a development tool; needs moto, the S3 server
 the tests use, which the production image does not install).
 
-    python -m worker.preview_bench --paced [--first 1.42 --gap 2.9 --repeat 3]
-    WORLDPLAY_PREVIEW_LOW_LATENCY=1 python -m worker.preview_bench --paced
-    python -m worker.preview_bench --tiny [--repeat 3]
+    python -m tools.preview_bench --paced [--first 1.42 --gap 2.9 --repeat 3]
+    WORLDPLAY_PREVIEW_LOW_LATENCY=1 python -m tools.preview_bench --paced
+    python -m tools.preview_bench --tiny [--repeat 3]
 
 ``--paced``: 125 frames of 832x480 real-looking content (``pipeline.video.synthetic_pan``) handed to
 the worker's writer the way the AR rollout hands them over on an H100 (13 frames after ``--first``
@@ -187,7 +187,7 @@ def tiny(args) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m worker.preview_bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tools.preview_bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--paced", action="store_true")
