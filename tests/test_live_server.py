@@ -236,6 +236,10 @@ def test_live_equals_queue(server, live_env, s3_env, storage):
             ready, init = await open_world(ws, image)
             assert ready["mime"].startswith('video/mp4; codecs="avc1.')
             data, frames = init, 0
+            # valid JSON the schema takes, refused by the action rules: an error, and the world goes on
+            await ws.send(json.dumps({"type": "actions", "keys": ["left"], "speed": 0.5}))
+            err = await recv_json(ws)
+            assert err["type"] == "error" and err["code"] == "INVALID_MESSAGE" and "speed" in err["message"], err
             await ws.send(json.dumps({"type": "prompt", "prompt": "a quiet street at night"}))
             await ws.send(json.dumps({"type": "prompt", "prompt": "a quiet street"}))  # back: same world
             for i, step in enumerate(steps):
@@ -293,18 +297,21 @@ def test_disconnect_mid_chunk_keeps_finished_chunks(server, live_env, s3_env, st
 
 
 def test_idle_timeout_and_continuous_mode(server, live_env, s3_env):
-    srv = server(idle_seconds=1.5)
+    srv = server(idle_seconds=3.0)
 
     async def go():
         async with websockets.connect(srv.url) as ws:
             ready, _ = await open_world(ws, b64(png_bytes(96, 64)), drive="continuous")
             assert ready["drive"] == "continuous"
             await ws.send(json.dumps({"type": "actions", "keys": ["w"]}))
-            records = [(await next_chunk(ws))[0] for _ in range(3)]  # the world moves by itself
+            records = []
+            for _ in range(3):  # the world moves by itself; the player keeps holding W (not idle)
+                records.append((await next_chunk(ws))[0])
+                await ws.send(json.dumps({"type": "actions", "keys": ["w"]}))
             assert [r["index"] for r in records] == [0, 1, 2]
             assert records[-1]["position"][2] > 0  # walked forward (+z)
             await ws.send(json.dumps({"type": "pause"}))
-            while True:  # idle: no message for 1.5 s ends the session
+            while True:  # idle: no message for 3 s ends the session
                 msg = await asyncio.wait_for(ws.recv(), 20)
                 if isinstance(msg, str) and json.loads(msg)["type"] == "closed":
                     return json.loads(msg)

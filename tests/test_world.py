@@ -120,6 +120,8 @@ def test_the_session_limit_holds(ar_pipe, image, monkeypatch):
     ({"keys": ("jump",)}, "unknown key"),
     ({"keys": ("w",), "speed": 2.0}, "speed"),
     ({"keys": ("left",), "degrees": 0}, "degrees"),
+    ({"keys": ("left",), "speed": 0.5}, "speed"),
+    ({"keys": (), "degrees": 4}, "degrees"),
     ({"keys": ("w", "left"), "degrees": 30}, "below 30"),
 ])
 def test_bad_actions_are_refused_in_the_action_lists_words(kwargs, match):

@@ -305,7 +305,13 @@ class LiveSession:
         if kind == "open":
             await self.send_error("INVALID_MESSAGE", "the world is already open; close it first")
         elif kind == "actions":
-            actions = self._chunk_actions(msg)
+            from pipeline.errors import PoseSpecError
+
+            try:
+                actions = self._chunk_actions(msg)
+            except PoseSpecError as exc:  # valid JSON, refused by the action rules (e.g. speed with no move key)
+                await self.send_error("INVALID_MESSAGE", f"actions: {exc}")
+                return
             if self.drive == "continuous":
                 self.held = actions
             elif self.steps.qsize() >= self.settings.max_queued_actions:

@@ -55,11 +55,12 @@ _OPPOSITE = ({"w", "s"}, {"a", "d"}, {"up", "down"}, {"left", "right"})
 @dataclass(frozen=True)
 class ChunkActions:
     """What the player holds during one chunk: keys of ``w s a d up down left right`` (none: stand still),
-    the move speed (scene units per latent) and the turn (degrees per latent)."""
+    the move speed (scene units per latent; default 0.08, only with w/s/a/d) and the turn (degrees per
+    latent; default 3, only with a turn key)."""
 
     keys: tuple[str, ...] = ()
-    speed: float = cameras.DEFAULT_SPEED
-    degrees: float = cameras.DEFAULT_DEGREES
+    speed: float | None = None
+    degrees: float | None = None
 
     def __post_init__(self) -> None:
         keys = tuple(dict.fromkeys(str(k).strip().lower() for k in self.keys))
@@ -85,11 +86,14 @@ class ChunkActions:
     def item(self, moves: int) -> dict[str, Any]:
         """The action-list item of `moves` moves with these keys (what a queue job would send)."""
         item: dict[str, Any] = {"key": "+".join(self.keys) if self.keys else cameras.IDLE_KEY, "moves": int(moves)}
-        if self.moves_keys:
-            item["speed"] = float(self.speed)
-        if self.turns_keys:
-            item["degrees"] = float(self.degrees)
-        cameras.parse_pose([item])  # the same checks as a job's action list
+        if self.moves_keys or self.speed is not None:  # a speed without a move key is refused below
+            item["speed"] = cameras.DEFAULT_SPEED if self.speed is None else self.speed
+        if self.turns_keys or self.degrees is not None:
+            item["degrees"] = cameras.DEFAULT_DEGREES if self.degrees is None else self.degrees
+        cameras.parse_pose([item])  # the same checks (and words) as a job's action list
+        for name in ("speed", "degrees"):
+            if name in item:
+                item[name] = float(item[name])
         return item
 
 
