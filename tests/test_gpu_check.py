@@ -105,13 +105,16 @@ def test_no_gpu_without_tiny_is_a_clear_error(tmp_path, capsys, monkeypatch):
     assert "--tiny" in capsys.readouterr().err
 
 
-def test_the_paced_preview_copy_gives_a_first_playable_segment(tmp_path):
-    """The fallback copy of the preview bench's paced run (used when preview_bench moved or changed its
-    signature) cuts and publishes segments into the in-memory storage."""
+def test_the_paced_preview_gives_a_first_playable_segment_and_ends_its_uploader(tmp_path):
+    """The preview item's paced run cuts and publishes segments into the in-memory storage, and its
+    uploader thread ends (as run_job ends it)."""
+    import threading
+
     from pipeline.video import synthetic_pan
 
     storage = gpu_check.MemoryStorage()
-    run = gpu_check._paced_local(synthetic_pan(45, 64, 48), storage, tmp_path, preview_on=True, first=0.05,
-                                 gap=0.05, name="copy")
+    run = gpu_check._paced(synthetic_pan(45, 64, 48), storage, tmp_path, preview_on=True, first=0.05,
+                           gap=0.05, name="copy")
     assert run["first_playable_s"] > 0 and run["segments"] == 3 and run["mp4_bytes"] > 0
     assert any(key.endswith("index.m3u8") for key in storage.objects)
+    assert not [t for t in threading.enumerate() if t.name == "hls-preview" and t.is_alive()]

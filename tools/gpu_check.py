@@ -431,41 +431,13 @@ class MemoryStorage:
         return lambda *args, **kwargs: None
 
 
-def _paced_local(frames, storage, workdir: Path, *, preview_on: bool, first: float, gap: float, name: str) -> dict:
-    """The preview bench's paced run (``preview_bench.paced_once``): chunks handed to the worker's writer
-    at the GPU's cadence (a sleep stands in for the GPU), the preview cutting segments from its packets."""
-    from pipeline.video import Mp4Writer, ar_chunks
-    from worker.preview import LivePreview, writer_options
-
-    t0 = time.perf_counter()
-    preview = LivePreview(storage, f"bench/{name}/preview") if preview_on else None
-    path = workdir / f"{name}.mp4"
-    with Mp4Writer(path, 24, background=True, **writer_options(preview)) as writer:
-        for index, chunk in enumerate(ar_chunks(frames)):
-            time.sleep(first if index == 0 else gap)
-            writer.write(chunk)
-        writer.close()
-    if preview is not None:
-        preview.end()
-    storage.put_file(f"bench/{name}/video.mp4", path, content_type="video/mp4")
-    if preview is not None:
-        preview.wait()
-    return {"total_s": time.perf_counter() - t0,
-            "first_playable_s": (preview.first_segment_at - t0) if preview and preview.first_segment_at else None,
-            "segments": preview.segments if preview else None, "mp4_bytes": path.stat().st_size}
-
-
 def _paced(frames, storage, workdir: Path, **kwargs) -> dict:
-    for module in ("tools.preview_bench",):
-        try:
-            paced_once = importlib.import_module(module).paced_once
-        except (ImportError, AttributeError):
-            continue
-        try:
-            return paced_once(frames, storage, workdir, **kwargs)
-        except TypeError:  # another signature than the one this check knows
-            break
-    return _paced_local(frames, storage, workdir, **kwargs)
+    """The preview bench's paced run (:func:`tools.preview_bench.paced_once`): chunks handed to the
+    worker's writer at the GPU's cadence (a sleep stands in for the GPU), the preview cutting segments
+    from its packets and closing the way run_job closes it."""
+    from tools.preview_bench import paced_once
+
+    return paced_once(frames, storage, workdir, **kwargs)
 
 
 def item_preview(ctx: Ctx) -> dict:
