@@ -344,6 +344,56 @@ def worker_subprocess_env(extra: dict) -> dict:
     env.pop("RUNPOD_WEBHOOK_GET_JOB", None)
     env.update({"PYTHONUNBUFFERED": "1", "RUNPOD_LOG_LEVEL": "INFO", **extra})
     return env
+class LiveServer:
+    """worker.live's app (``settings``: a LiveSettings) on uvicorn, 127.0.0.1 on a free port, in a thread:
+    ``url`` (the WebSocket), ``http`` (the base URL), ``page`` (the playground), ``state``, ``stop()``."""
+
+    def __init__(self, settings):
+        import time as _time
+
+        import uvicorn
+
+        from worker.live import WS_MAX_BYTES, create_app
+
+        self.app = create_app(settings, preload=False)
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
+                                                    ws_max_size=WS_MAX_BYTES, log_level="warning",
+                                                    timeout_graceful_shutdown=10))
+        self.thread = _threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        for _ in range(1000):
+            if self.server.started:
+                break
+            _time.sleep(0.01)
+        assert self.server.started, "uvicorn did not start"
+        self.http = f"http://127.0.0.1:{self.port}"
+        self.url = f"ws://127.0.0.1:{self.port}/session"
+        self.page = self.http + "/"
+
+    @property
+    def state(self):
+        return self.app.state.live
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(20)
+
+
+def chromium_path() -> str:
+    """Debian's Chromium (or WORLDPLAY_CHROMIUM) for the browser tests: a skip when none is installed,
+    a failure when WORLDPLAY_REQUIRE_BROWSER=1 (CI, where .ci/run installs it)."""
+    import shutil
+
+    for name in (_os.environ.get("WORLDPLAY_CHROMIUM"), "chromium", "chromium-browser",
+                 "google-chrome", "google-chrome-stable"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    if _os.environ.get("WORLDPLAY_REQUIRE_BROWSER") == "1":
+        pytest.fail("Chromium is required here (WORLDPLAY_REQUIRE_BROWSER=1) but not installed")
+    pytest.skip("Chromium is not installed (apt-get install chromium; bash .ci/run does it)")
+
+
 # ==== end of worker fixtures ===================================================================
 
 

@@ -22,18 +22,13 @@ Chromium missing: skipped, or failed with WORLDPLAY_REQUIRE_BROWSER=1 (CI).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import sys
-import threading
 import time
 import types
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
-from tests.conftest import png_bytes
+from tests.conftest import LiveServer, chromium_path, png_bytes
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
@@ -44,73 +39,26 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 SIZES = [(1280, 800), (390, 844)]
 
 
-def chromium_binary():
-    for name in (os.environ.get("WORLDPLAY_CHROMIUM"), "chromium", "chromium-browser",
-                 "google-chrome", "google-chrome-stable"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
 @pytest.fixture(scope="module")
 def browser():
-    path = chromium_binary()
-    if path is None:
-        if os.environ.get("WORLDPLAY_REQUIRE_BROWSER") == "1":
-            pytest.fail("Chromium is required here (WORLDPLAY_REQUIRE_BROWSER=1) but not installed")
-        pytest.skip("Chromium is not installed (apt-get install chromium; bash .ci/run does it)")
+    path = chromium_path()
     with playwright_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
         yield b
         b.close()
 
 
-class LiveServer:
-    """worker.live's app on uvicorn (127.0.0.1, free port) in a thread."""
-
-    def __init__(self):
-        import uvicorn
-
-        from tests.conftest import free_port
-        from worker.live import WS_MAX_BYTES, create_app
-        from worker.live_session import LiveSettings
-
-        settings = LiveSettings(idle_seconds=60.0, max_seconds=300.0, max_queued_actions=8, token=None,
-                                origins=(), allow_no_token=False, max_session_latents=1024)
-        self.app = create_app(settings, preload=False)
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
-                                                    ws_max_size=WS_MAX_BYTES, log_level="warning",
-                                                    timeout_graceful_shutdown=10))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        for _ in range(1000):
-            if self.server.started:
-                break
-            time.sleep(0.01)
-        assert self.server.started, "uvicorn did not start"
-        self.url = f"http://127.0.0.1:{self.port}/"
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(20)
-
-
 @pytest.fixture
 def live_server():
-    srv = LiveServer()
+    from worker.live_session import LiveSettings
+
+    srv = LiveServer(LiveSettings(idle_seconds=60.0, max_seconds=300.0, max_queued_actions=8, token=None,
+                                  origins=(), allow_no_token=False, max_session_latents=1024))
     yield srv
     srv.stop()
 
 
 # ---- a stand-in world: docs/LIVE.md's engine API without a model -------------------------------
-@dataclass(frozen=True)
-class _ChunkActions:  # pipeline.generation.world.ChunkActions' fields, while that module is absent
-    keys: tuple = ()
-    speed: float = 0.08
-    degrees: float = 3.0
-
-
 class StandInWorld:
     width, height, fps, mode = 128, 72, 24.0, "ar"
 
@@ -124,8 +72,9 @@ class StandInWorld:
         from pipeline.generation import camera
 
         moves = 3 if self.index == 0 else 4  # chunk 0: the start latent + 3 moves
-        step = camera._key_step(tuple(actions.keys), actions.speed, actions.degrees)
-        c2w = camera._integrate([step] * moves, start=self.pose)
+        item = actions.item(moves)  # the real ChunkActions: the cameras a World would use
+        path = camera.parse_pose([item]) if self.index == 0 else camera.continue_pose([item], self.pose)
+        c2w = path.c2w64
         self.pose = c2w[-1].copy()
         n = 13 if self.index == 0 else 16
         t = np.arange(n)[:, None, None] + 16 * self.index
@@ -133,7 +82,6 @@ class StandInWorld:
         base = (x * 2 + y + t * 6 + self.seed) % 256
         frames = np.stack([base, (base + 85) % 256, 255 - base], -1).astype(np.uint8)
         time.sleep(0.15)  # something like a small model's step
-        item = {"key": "+".join(actions.keys) or "idle", "moves": moves}
         self.items.append(item)
         chunk = types.SimpleNamespace(index=self.index, frames=frames, c2w=c2w[-4:], action=item,
                                       timings={"denoise": 0.15})
@@ -174,13 +122,7 @@ def stand_in(monkeypatch, tmp_path):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("WORLDPLAY_MODES", "ar")
     monkeypatch.setenv("WORLDPLAY_TMPDIR", str(tmp_path))
-    try:
-        import pipeline.generation.world  # noqa: F401  the real ChunkActions when the engine is there
-    except ImportError:
-        module = types.ModuleType("pipeline.generation.world")
-        module.ChunkActions = _ChunkActions
-        monkeypatch.setitem(sys.modules, "pipeline.generation.world", module)
-    import pipeline.generation.camera  # noqa: F401  imported now, not inside the first chunk (torch)
+    import pipeline.generation.world  # noqa: F401  imported now, not inside the first chunk (torch)
 
     saved = worker_job.MODELS.loader
     pipe = StandInPipeline()
@@ -303,7 +245,7 @@ def _check_page(seen):
 
 
 def test_playground_steers_a_stand_in_world(browser, stand_in, live_server):
-    seen = drive(browser, live_server.url, save=False)
+    seen = drive(browser, live_server.page, save=False)
     _report("stand-in world", seen)
     _check_page(seen)
     # no storage: the page's own recording (init segment + every fragment) is a playable MP4
@@ -321,7 +263,7 @@ def test_playground_steers_a_tiny_world(browser, real_pipeline, storage, live_se
     pytest.importorskip("pipeline.generation.world")
     from pipeline.generation.world_state import WorldState
 
-    seen = drive(browser, live_server.url, save=True)
+    seen = drive(browser, live_server.page, save=True)
     _report("tiny model, CPU", seen)
     _check_page(seen)
     closed = seen["closed"]
@@ -337,7 +279,7 @@ def test_playground_steers_a_tiny_world(browser, real_pipeline, storage, live_se
 
 def test_playground_layout(browser, live_server, tmp_path):
     for width, height in SIZES:
-        context, page, problems = _open_page(browser, live_server.url, (width, height))
+        context, page, problems = _open_page(browser, live_server.page, (width, height))
         try:
             page.screenshot(path=str(tmp_path / f"live-{width}x{height}.png"))
             for selector in ["#video", "#connect", "#minimap"] + [f"[data-key={k}]" for k in
@@ -367,7 +309,7 @@ def test_playground_layout(browser, live_server, tmp_path):
 
 def test_action_list_plays_one_chunk_per_row_step(browser, stand_in, live_server):
     """The editor's rows (what a game controller generates) go out one actions message per chunk."""
-    context, page, problems = _open_page(browser, live_server.url, SIZES[0])
+    context, page, problems = _open_page(browser, live_server.page, SIZES[0])
     try:
         page.set_input_files("#image-file", files=[{"name": "start.png", "mimeType": "image/png",
                                                     "buffer": png_bytes(128, 72)}])

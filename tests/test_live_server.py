@@ -10,43 +10,13 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import threading
 import time
 
 import pytest
 
-from tests.conftest import b64, free_port, png_bytes
+from tests.conftest import LiveServer, b64, png_bytes
 
 websockets = pytest.importorskip("websockets")
-
-
-class Server:
-    def __init__(self, settings):
-        import uvicorn
-
-        from worker.live import WS_MAX_BYTES, create_app
-
-        self.app = create_app(settings, preload=False)
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
-                                                    ws_max_size=WS_MAX_BYTES, log_level="warning",
-                                                    timeout_graceful_shutdown=10))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        for _ in range(400):
-            if self.server.started:
-                break
-            time.sleep(0.01)
-        self.url = f"ws://127.0.0.1:{self.port}/session"
-        self.http = f"http://127.0.0.1:{self.port}"
-
-    @property
-    def state(self):
-        return self.app.state.live
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(20)
 
 
 def _settings(**kw):
@@ -63,7 +33,7 @@ def server(request):
     made = []
 
     def start(**kw):
-        srv = Server(_settings(**kw))
+        srv = LiveServer(_settings(**kw))
         made.append(srv)
         return srv
 
@@ -236,10 +206,11 @@ def test_live_equals_queue(server, live_env, s3_env, storage):
             ready, init = await open_world(ws, image)
             assert ready["mime"].startswith('video/mp4; codecs="avc1.')
             data, frames = init, 0
-            # valid JSON the schema takes, refused by the action rules: an error, and the world goes on
-            await ws.send(json.dumps({"type": "actions", "keys": ["left"], "speed": 0.5}))
+            # valid JSON the schema takes, refused by the action rules (a turn of 30 degrees while moving
+            # would be labelled a diagonal move): an error, and the world goes on
+            await ws.send(json.dumps({"type": "actions", "keys": ["w", "left"], "degrees": 30}))
             err = await recv_json(ws)
-            assert err["type"] == "error" and err["code"] == "INVALID_MESSAGE" and "speed" in err["message"], err
+            assert err["type"] == "error" and err["code"] == "INVALID_MESSAGE" and "below 30" in err["message"], err
             await ws.send(json.dumps({"type": "prompt", "prompt": "a quiet street at night"}))
             await ws.send(json.dumps({"type": "prompt", "prompt": "a quiet street"}))  # back: same world
             for i, step in enumerate(steps):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -21,7 +20,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import b64, png_bytes
+from conftest import b64, chromium_path, png_bytes
 
 from worker import job as worker_job
 
@@ -60,22 +59,9 @@ REPORTER = """<script>
 """
 
 
-def chromium_binary():
-    for name in (os.environ.get("WORLDPLAY_CHROMIUM"), "chromium", "chromium-browser",
-                 "google-chrome", "google-chrome-stable"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
 @pytest.fixture
 def chromium():
-    path = chromium_binary()
-    if path is None:
-        if os.environ.get("WORLDPLAY_REQUIRE_BROWSER") == "1":
-            pytest.fail("Chromium is required here (WORLDPLAY_REQUIRE_BROWSER=1) but not installed")
-        pytest.skip("Chromium is not installed (apt-get install chromium; bash .ci/run does it)")
-    return path
+    return chromium_path()
 
 
 class ViewerServer:

@@ -120,13 +120,17 @@ def test_the_session_limit_holds(ar_pipe, image, monkeypatch):
     ({"keys": ("jump",)}, "unknown key"),
     ({"keys": ("w",), "speed": 2.0}, "speed"),
     ({"keys": ("left",), "degrees": 0}, "degrees"),
-    ({"keys": ("left",), "speed": 0.5}, "speed"),
-    ({"keys": (), "degrees": 4}, "degrees"),
+    ({"keys": ("w",), "speed": 0.0}, "speed"),
     ({"keys": ("w", "left"), "degrees": 30}, "below 30"),
 ])
 def test_bad_actions_are_refused_in_the_action_lists_words(kwargs, match):
     with pytest.raises(PoseSpecError, match=match):
         ChunkActions(**kwargs)
+
+
+def test_a_controllers_settings_count_only_for_the_keys_held():
+    assert ChunkActions(("left",), speed=0.5, degrees=4).item(4) == {"key": "left", "moves": 4, "degrees": 4.0}
+    assert ChunkActions((), speed=0.5, degrees=4).item(4) == {"key": "idle", "moves": 4}
 
 
 def test_idle_is_a_key_of_pose_strings_and_action_lists():

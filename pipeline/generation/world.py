@@ -55,8 +55,10 @@ _OPPOSITE = ({"w", "s"}, {"a", "d"}, {"up", "down"}, {"left", "right"})
 @dataclass(frozen=True)
 class ChunkActions:
     """What the player holds during one chunk: keys of ``w s a d up down left right`` (none: stand still),
-    the move speed (scene units per latent; default 0.08, only with w/s/a/d) and the turn (degrees per
-    latent; default 3, only with a turn key)."""
+    the move speed (scene units per latent; default 0.08) and the turn (degrees per latent; default 3).
+    A controller sends its speed and turn settings with every chunk: the speed counts only while a move
+    key is held and the turn only while a turn key is, as in an action list (where giving one that does
+    not apply is refused, so :meth:`item` leaves it out)."""
 
     keys: tuple[str, ...] = ()
     speed: float | None = None
@@ -86,9 +88,9 @@ class ChunkActions:
     def item(self, moves: int) -> dict[str, Any]:
         """The action-list item of `moves` moves with these keys (what a queue job would send)."""
         item: dict[str, Any] = {"key": "+".join(self.keys) if self.keys else cameras.IDLE_KEY, "moves": int(moves)}
-        if self.moves_keys or self.speed is not None:  # a speed without a move key is refused below
+        if self.moves_keys:
             item["speed"] = cameras.DEFAULT_SPEED if self.speed is None else self.speed
-        if self.turns_keys or self.degrees is not None:
+        if self.turns_keys:
             item["degrees"] = cameras.DEFAULT_DEGREES if self.degrees is None else self.degrees
         cameras.parse_pose([item])  # the same checks (and words) as a job's action list
         for name in ("speed", "degrees"):
