@@ -12,13 +12,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "pipeline"
 
-BASE = {"errors", "settings", "limits", "safetensors_header"}  # plain leaf modules every part may use
+BASE = {"errors", "settings", "limits", "safetensors_header", "checkpoints"}  # plain leaf modules every part may use
 # what each part may import from inside the package (besides itself)
 ALLOWED = {
     "errors": set(),
     "settings": set(),
     "limits": set(),
     "safetensors_header": set(),
+    "checkpoints": set(),
     "video": BASE,
     "dit": BASE,
     "encoders": BASE,
