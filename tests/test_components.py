@@ -67,7 +67,7 @@ def test_tiny_transformer_consumes_the_tiny_encoders(tiny_models: Path, encoders
 def test_tiny_fixture_is_deterministic(tmp_path: Path, tiny_models: Path):
     from pipeline.tools.tiny import write_tiny_models
 
-    again = write_tiny_models(tmp_path, modes=("ar",))
+    again = write_tiny_models(tmp_path, models=("ar_distilled",))
     files = ["text_encoder/model.safetensors", "vae/diffusion_pytorch_model.safetensors", "tokenizer/tokenizer.json"]
     for rel in files:
         assert (again / COMPONENTS_DIR / rel).read_bytes() == (tiny_models / COMPONENTS_DIR / rel).read_bytes()

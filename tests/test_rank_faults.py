@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def paths(tiny_models):
-    return resolve_models(["ar"], model_dir=tiny_models, allow_download=False, set_offline=False)
+    return resolve_models(["ar_distilled"], model_dir=tiny_models, allow_download=False, set_offline=False)
 
 
 @pytest.fixture
@@ -150,7 +150,7 @@ from pipeline.generation.ranks import load_ranked
 from pipeline.model_files.resolve import resolve_models
 
 if __name__ == "__main__":  # spawn re-imports this file in the follower
-    paths = resolve_models(["ar"], model_dir={str(tiny_models)!r}, allow_download=False, set_offline=False)
+    paths = resolve_models(["ar_distilled"], model_dir={str(tiny_models)!r}, allow_download=False, set_offline=False)
     results = []
     for _ in range(2):
         started = time.monotonic()

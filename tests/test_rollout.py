@@ -119,7 +119,7 @@ def test_yes_no_settings_parse_one_way(monkeypatch, value, expected):
 
 def test_decode_mode_comes_from_the_environment(tiny_models, monkeypatch):
     monkeypatch.setenv("WORLDPLAY_DECODE_DURING_DENOISE", "0")
-    paths = resolve_models(["ar"], model_dir=tiny_models, allow_download=False, set_offline=False)
+    paths = resolve_models(["ar_distilled"], model_dir=tiny_models, allow_download=False, set_offline=False)
     ar_only = WorldPlayPipeline.from_paths(paths, device="cpu")
     assert ar_only.decode_during_denoise is False and ar_only.health()["decode_during_denoise"] is False
 
@@ -152,7 +152,7 @@ def test_constraint_errors_come_before_any_heavy_work(pipe, image, pose, mode, n
 
 
 def test_unloaded_mode_is_a_clear_error(tiny_models, image):
-    paths = resolve_models(["ar"], model_dir=tiny_models, allow_download=False, set_offline=False)
+    paths = resolve_models(["ar_distilled"], model_dir=tiny_models, allow_download=False, set_offline=False)
     ar_only = WorldPlayPipeline.from_paths(paths, device="cpu")
     with pytest.raises(PipelineError, match="not loaded"):
         ar_only.generate(request(image, pose="w-15", mode="bidirectional"))

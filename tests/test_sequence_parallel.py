@@ -98,7 +98,7 @@ def _generate_rank(rank: int, world: int, port: int, root: str, requests: list, 
 
     sp = init_process_group(rank, world, port, "cpu", 120)
     try:
-        loader = PathsLoader(resolve_models(["ar"], model_dir=root, allow_download=False, set_offline=False), ("ar",))
+        loader = PathsLoader(resolve_models(["ar_distilled"], model_dir=root, allow_download=False, set_offline=False), ("ar_distilled",))
         pipe = (loader.for_follower() if rank else loader)("cpu")
         pipe.use_sequence_parallel(sp)
         assert (pipe.encoders is None and pipe.vae is None) == (rank > 0)
@@ -150,7 +150,7 @@ def test_follower_holds_no_encoders_and_denoises_the_same(tiny_models, tiny_pipe
     later = GenerationRequest(prompt="a harbour", image=None, camera=parse_pose("right-7"), mode="ar",
                               num_inference_steps=2, seed=5, history=one.state)
     two = tiny_pipeline.generate(later)
-    paths = resolve_models(["ar"], model_dir=tiny_models, allow_download=False, set_offline=False)
+    paths = resolve_models(["ar_distilled"], model_dir=tiny_models, allow_download=False, set_offline=False)
     with pytest.raises(PipelineError, match="without encoders"):  # a follower's pipeline cannot work alone
         PathsLoader(paths, ("ar",)).for_follower()("cpu").generate(first)
 
