@@ -325,7 +325,7 @@ def test_worker_start_with_warm_up_loads_warms_and_serves(s3_env, tiny_models, m
     try:
         assert worker_job.preload()
         health = run({"health": True})
-        assert health["models_loaded"] is True and set(health["model"]["warm_up_seconds"]) == {"ar"}
+        assert health["models_loaded"] is True and set(health["model"]["warm_up_seconds"]) == {"ar_distilled"}
         out = run(base_input())
         assert "error" not in out and out["minio_key"].endswith(".mp4")
     finally:

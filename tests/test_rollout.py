@@ -203,7 +203,7 @@ def test_warm_up_renders_each_loaded_mode_once_and_reports_it(pipe, monkeypatch)
     monkeypatch.setattr(pipe, "generate", recording_generate)
     monkeypatch.setitem(pipe.load_info, "warm_up_seconds", None)
     seconds = pipe.warm_up()
-    assert set(seconds) == {"ar", "bidirectional"} and all(s > 0 for s in seconds.values())
+    assert set(seconds) == {"ar_distilled", "bidirectional"} and all(s > 0 for s in seconds.values())
     assert pipe.health()["warm_up_seconds"] == seconds
     # AR: three chunks (text pass, chunk steps, context passes of two sizes); bidirectional: one step with guidance
     assert generated == [("ar", 45, 1, 1.0, (80, 48)), ("bidirectional", 61, 1, 6.0, (80, 48))]
@@ -240,7 +240,7 @@ def test_warm_up_falls_back_to_eager_blocks_when_the_compiled_ones_fail(pipe, mo
     monkeypatch.setattr(pipe, "compiled", True)
     monkeypatch.setattr(engine, "disable_compile", lambda: restored.append(True))
     seconds = pipe.warm_up()
-    assert set(seconds) == {"ar", "bidirectional"}
+    assert set(seconds) == {"ar_distilled", "bidirectional"}
     assert pipe.compiled is False and restored == [True] and attempts["n"] == 3  # AR compiled (fails), AR eager, bidirectional eager
 
 

@@ -152,7 +152,7 @@ def test_follower_holds_no_encoders_and_denoises_the_same(tiny_models, tiny_pipe
     two = tiny_pipeline.generate(later)
     paths = resolve_models(["ar_distilled"], model_dir=tiny_models, allow_download=False, set_offline=False)
     with pytest.raises(PipelineError, match="without encoders"):  # a follower's pipeline cannot work alone
-        PathsLoader(paths, ("ar",)).for_follower()("cpu").generate(first)
+        PathsLoader(paths, ("ar_distilled",)).for_follower()("cpu").generate(first)
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -170,7 +170,7 @@ def test_follower_holds_no_encoders_and_denoises_the_same(tiny_models, tiny_pipe
     from pipeline.errors import ImageError
     from pipeline.generation.ranks import load_ranked
 
-    pipe = load_ranked(PathsLoader(paths, ("ar",)), "cpu", 2)
+    pipe = load_ranked(PathsLoader(paths, ("ar_distilled",)), "cpu", 2)
     try:
         assert pipe.health()["sequence_parallel"]["followers"] == [{"rank": 1, "encoders": False, "vae": False}]
         with pytest.raises(ImageError):
@@ -275,7 +275,7 @@ def test_handler_on_two_ranks(worker_env):
         assert health["model"]["sequence_parallel"]["world_size"] == ranks
         if ranks == 2:  # the follower loaded its transformers only
             assert health["model"]["sequence_parallel"]["followers"] == [{"rank": 1, "encoders": False, "vae": False}]
-        assert set(health["model"]["warm_up_seconds"]) == {"ar", "bidirectional"}
+        assert set(health["model"]["warm_up_seconds"]) == {"ar_distilled", "bidirectional"}
         latents[ranks] = list(captured)
     assert len(latents[1]) == len(latents[2]) == 2
     for one, two in zip(latents[1], latents[2]):

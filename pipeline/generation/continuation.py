@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.checkpoints import rollout_of
 from pipeline.errors import StateMismatchError
 from pipeline.generation.camera import check_continuation_count, continue_pose
 from pipeline.generation.engine import GenerationRequest
@@ -25,6 +26,8 @@ def continuation_request(state: WorldState, camera_spec: Any, *, prompt: str | N
     prompt, model, steps, guidance, seed) is the state's. Another mode (rollout) or model (checkpoint) than the
     state's is refused: a world continues on the checkpoint that made it.
     """
+    if mode is None and model is not None and rollout_of(model) != state.mode:
+        mode = rollout_of(model)  # another rollout altogether: said as before models had names
     if mode is not None and mode != state.mode:
         raise StateMismatchError(
             f"the world state was made in {state.mode} mode and can only be continued in {state.mode} mode "
