@@ -15,13 +15,16 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline.checkpoints import MODE_ALIASES, MODEL_NAMES, parse_model_list
 from pipeline.errors import ModelNotFoundError, PipelineError
 from pipeline.model_files.resolve import (
     COMPONENTS_DIRNAME,
     DEFAULT_COMPONENTS_REPO,
     DEFAULT_RUNPOD_CACHE,
     DEFAULT_WORLDPLAY_REPO,
-    MODES,
+    SR_DIRNAME,
+    SR_FILES,
+    SR_REPO,
     TRANSFORMER_FILES,
     WORLDPLAY_DIRNAME,
     check_model_dir,
@@ -33,11 +36,11 @@ BUNDLE_MANIFEST = "worldplay_bundle.json"
 
 EPILOG = f"""\
 actions:
-  fetch   (default) make DIR a complete folder for --mode: keep what is already there, copy
+  fetch   (default) make DIR a complete folder for --model: keep what is already there, copy
           what a local cache holds, download only the missing files (progress bars shown).
   check   verify DIR without any network access; exit 1 and list every problem.
           `--check` is the same as `check`.
-  bundle  like fetch with --mode all by default, then add a model card and a manifest so
+  bundle  like fetch with ar_distilled,bidirectional by default, then add a model card and a manifest so
           DIR can be pushed as ONE Hugging Face repo and selected as the endpoint's RunPod
           cached model (one cached model per endpoint); prints the upload command.
 
@@ -45,8 +48,12 @@ layout written to DIR (what WORLDPLAY_MODEL_DIR and bundle repos use):
   DIR/{COMPONENTS_DIRNAME}/model_index.json, text_encoder/, tokenizer/, text_encoder_2/,
       tokenizer_2/, image_encoder/, feature_extractor/, vae/, scheduler/, guider/
       (from {DEFAULT_COMPONENTS_REPO}, never its transformer/)
-  DIR/{WORLDPLAY_DIRNAME}/{TRANSFORMER_FILES['ar'][0]}/{TRANSFORMER_FILES['ar'][1]}             (--mode ar)
-  DIR/{WORLDPLAY_DIRNAME}/{TRANSFORMER_FILES['bidirectional'][0]}/{TRANSFORMER_FILES['bidirectional'][1]}  (--mode bidirectional)
+  DIR/{WORLDPLAY_DIRNAME}/{TRANSFORMER_FILES['ar_distilled'][0]}/{TRANSFORMER_FILES['ar_distilled'][1]}           (--model ar_distilled)
+  DIR/{WORLDPLAY_DIRNAME}/{TRANSFORMER_FILES['ar'][0]}/{TRANSFORMER_FILES['ar'][1]}                   (--model ar)
+  DIR/{WORLDPLAY_DIRNAME}/{TRANSFORMER_FILES['ar_rl'][0]}/{TRANSFORMER_FILES['ar_rl'][1]}                (--model ar_rl)
+  DIR/{WORLDPLAY_DIRNAME}/{TRANSFORMER_FILES['bidirectional'][0]}/{TRANSFORMER_FILES['bidirectional'][1]}        (--model bidirectional)
+  DIR/{SR_DIRNAME}/{SR_FILES['transformer']}  (--sr, from {SR_REPO};
+  DIR/{SR_DIRNAME}/{SR_FILES['upsampler']}     each with its config.json)
 
 environment:
   HF_TOKEN                       Hugging Face read token (gated repos need the licence accepted)
@@ -70,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="download_models.py",
         description=(
-            "Fetch exactly the HY-WorldPlay files the worker needs (~40 GB in bf16 for one mode,\n"
+            "Fetch exactly the HY-WorldPlay files the worker needs (~40 GB in bf16 for one model,\n"
             "not the ~90 GB of whole repos) into a local-layout folder, verify such a folder\n"
             "offline, or assemble a single-repo bundle for RunPod cached models."
         ),
@@ -82,8 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="what to do (default: fetch)",
     )
     parser.add_argument(
-        "--mode", choices=MODES + ("all",), default=None,
-        help="which transformer(s) to include: ar, bidirectional or all (default: ar; all for bundle)",
+        "--model", default=None, metavar="NAMES",
+        help=f"which WorldPlay checkpoint(s) to include, comma separated: {', '.join(MODEL_NAMES)} or all "
+             "(default: ar_distilled; ar_distilled,bidirectional for bundle)",
+    )
+    parser.add_argument(
+        "--mode", choices=tuple(MODE_ALIASES) + ("all",), default=None,
+        help="older alias of --model: ar = ar_distilled, bidirectional, all = both",
+    )
+    parser.add_argument(
+        "--sr", action="store_true",
+        help=f"also the 720p super-resolution stage ({SR_REPO}: transformer/ and upsampler/ 720p_sr_distilled)",
     )
     parser.add_argument(
         "--dest", metavar="DIR", default=None,
@@ -118,31 +134,38 @@ def _dest(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path:
     return Path(dest)
 
 
-def run_check(dest: Path, mode: str) -> int:
-    problems = check_model_dir(dest, mode)
+def _label(models, sr: bool = False) -> str:
+    models = (models,) if isinstance(models, str) else tuple(models)
+    return ",".join(models) + (" + sr" if sr else "")
+
+
+def run_check(dest: Path, models, sr: bool = False) -> int:
+    problems = check_model_dir(dest, models, sr=sr)
     if problems:
-        print(f"{dest}: {len(problems)} problem(s) for mode {mode}:", file=sys.stderr)
+        print(f"{dest}: {len(problems)} problem(s) for {_label(models, sr)}:", file=sys.stderr)
         for p in problems:
             print(f"  - {p}", file=sys.stderr)
         return 1
-    print(f"{dest}: complete for mode {mode}")
+    print(f"{dest}: complete for {_label(models, sr)}")
     return 0
 
 
-def run_fetch(dest: Path, mode: str, *, allow_download: bool, dest_label: str | None = None) -> int:
+def run_fetch(dest: Path, models, *, allow_download: bool, dest_label: str | None = None, sr: bool = False) -> int:
     """``dest_label``: how the user named ``dest`` (``--dest D`` or ``WORLDPLAY_MODEL_DIR=D``), for errors."""
     t0 = time.perf_counter()
     try:
-        paths, origins = prefetch(mode, dest, allow_download=allow_download)
+        paths, origins = prefetch(models, dest, allow_download=allow_download, sr=sr)
     except ModelNotFoundError as exc:
         if allow_download:
             raise
         raise ModelNotFoundError(f"{dest_label or f'--dest {dest}'}: {exc.message}; run without --no-download to fetch "
                                  "only the missing files") from None
     for key, origin in origins.items():
-        path = paths.components if key == "components" else paths.transformer[key]
+        path = {"components": paths.components, "sr": paths.sr}.get(key) or paths.transformer[key]
         print(f"{key:<14} {origin}\n{'':<14} -> {path}")
-    folders = [paths.components] + [p.parent for p in paths.transformer.values()]  # checkpoints with their configs
+    # checkpoints with their configs
+    folders = ([paths.components] + [p.parent for p in paths.transformer.values()]
+               + [p.parent for p in paths.sr_files.values()])
     total = sum(f.stat().st_size for d in folders for f in d.rglob("*")
                 if f.is_file() and ".cache" not in f.relative_to(d).parts)
     print(f"total size: {fmt_bytes(total)} ({total} bytes) in {dest} [{time.perf_counter() - t0:.1f}s]")
@@ -159,7 +182,7 @@ def _bundle_files(dest: Path) -> list[dict]:
     return files
 
 
-def _model_card(mode: str, total: int) -> str:
+def _model_card(models, total: int, sr: bool = False) -> str:
     return f"""---
 license: other
 license_name: tencent-hy-worldplay-community
@@ -169,7 +192,7 @@ tags:
   - runpod
 ---
 
-# HY-WorldPlay worker bundle (mode: {mode})
+# HY-WorldPlay worker bundle (models: {_label(models, sr)})
 
 Only the files the worldplay-worker needs, in one repo, for use as a RunPod cached model
 (set the endpoint's cached model to this repo, or `WORLDPLAY_BUNDLE_REPO` to its id).
@@ -177,6 +200,7 @@ Total {fmt_bytes(total)}.
 
 - `{COMPONENTS_DIRNAME}/`: from `{DEFAULT_COMPONENTS_REPO}` without `transformer/`.
 - `{WORLDPLAY_DIRNAME}/`: the WorldPlay checkpoint(s) from `{DEFAULT_WORLDPLAY_REPO}`.
+{f"- `{SR_DIRNAME}/`: the 720p super-resolution stage from `{SR_REPO}`." if sr else ""}
 
 The weights are governed by the Tencent HY-WorldPlay Community License (not licensed in the EU,
 the UK or South Korea; a separate licence is needed above 1 million monthly active users) and by
@@ -185,20 +209,25 @@ permitted to you.
 """
 
 
-def run_bundle(dest: Path, mode: str, *, allow_download: bool, repo_id: str | None, dest_label: str | None = None) -> int:
-    run_fetch(dest, mode, allow_download=allow_download, dest_label=dest_label)
+def run_bundle(dest: Path, models, *, allow_download: bool, repo_id: str | None, dest_label: str | None = None,
+               sr: bool = False) -> int:
+    run_fetch(dest, models, allow_download=allow_download, dest_label=dest_label, sr=sr)
     files = _bundle_files(dest)
     total = sum(f["size"] for f in files)
     manifest = {
         "format": "worldplay-worker-bundle/1",
-        "modes": list(MODES) if mode == "all" else [mode],
-        "layout": {"components": COMPONENTS_DIRNAME, "worldplay": WORLDPLAY_DIRNAME},
-        "sources": {"components": DEFAULT_COMPONENTS_REPO, "worldplay": DEFAULT_WORLDPLAY_REPO},
+        "models": list(models),
+        "modes": list(dict.fromkeys(m for m, model in MODE_ALIASES.items() if model in models)),
+        "sr": sr,
+        "layout": {"components": COMPONENTS_DIRNAME, "worldplay": WORLDPLAY_DIRNAME,
+                   **({"sr": SR_DIRNAME} if sr else {})},
+        "sources": {"components": DEFAULT_COMPONENTS_REPO, "worldplay": DEFAULT_WORLDPLAY_REPO,
+                    **({"sr": SR_REPO} if sr else {})},
         "total_bytes": total,
         "files": files,
     }
     (dest / BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    (dest / "README.md").write_text(_model_card(mode, total))
+    (dest / "README.md").write_text(_model_card(models, total, sr))
     repo = repo_id or "<your-user>/HY-WorldPlay-worker-bundle"
     cmd = (
         f"hf upload {shlex.quote(repo)} {shlex.quote(str(dest))} . --repo-type model --private "
@@ -217,7 +246,15 @@ def main(argv: list[str] | None = None) -> int:
     action = _action(args, parser)
     dest = _dest(args, parser)
     dest_label = f"--dest {dest}" if args.dest else f"WORLDPLAY_MODEL_DIR={dest}"
-    mode = args.mode or ("all" if action == "bundle" else "ar")
+    try:
+        if args.model is not None and args.mode is not None:
+            parser.error("give --model or its older alias --mode, not both")
+        if args.model is not None:
+            models = parse_model_list(args.model.split(","))
+        else:
+            models = parse_model_list([args.mode or ("all" if action == "bundle" else "ar")], legacy_modes=True)
+    except ValueError as exc:
+        parser.error(f"--model: {exc}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -228,10 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         disable_progress_bars()
     try:
         if action == "check":
-            return run_check(dest, mode)
+            return run_check(dest, models, args.sr)
         if action == "bundle":
-            return run_bundle(dest, mode, allow_download=not args.no_download, repo_id=args.repo_id, dest_label=dest_label)
-        return run_fetch(dest, mode, allow_download=not args.no_download, dest_label=dest_label)
+            return run_bundle(dest, models, allow_download=not args.no_download, repo_id=args.repo_id,
+                              dest_label=dest_label, sr=args.sr)
+        return run_fetch(dest, models, allow_download=not args.no_download, dest_label=dest_label, sr=args.sr)
     except PipelineError as exc:
         print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
         return 1

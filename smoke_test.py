@@ -195,7 +195,7 @@ def run_local(*, model_dir: Optional[str] = None, num_latents: int = 4, fps: int
             from pipeline.tools.tiny import write_tiny_models
 
             model_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="worldplay-tiny-"))
-            write_tiny_models(Path(model_dir), modes=("ar",))
+            write_tiny_models(Path(model_dir), models=("ar_distilled",))
         s3_env = stack.enter_context(embedded_s3())
         stack.enter_context(patched_env({**s3_env, "WORLDPLAY_MODEL_DIR": str(model_dir),
                                          "WORLDPLAY_MODES": "ar"}))

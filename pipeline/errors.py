@@ -35,6 +35,12 @@ class ImageError(PipelineError, ValueError):
     code = "INVALID_IMAGE"
 
 
+class ModelUnavailableError(PipelineError):
+    """The request names a model (checkpoint) this worker does not hold; the message names those it serves."""
+
+    code = "MODEL_UNAVAILABLE"
+
+
 class ModelNotFoundError(PipelineError):
     """A required model component is not available locally and downloading is disabled."""
 

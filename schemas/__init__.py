@@ -10,6 +10,7 @@ from schemas.job import (  # noqa: F401
     MAX_POSE_JSON_BYTES,
     MIN_IMAGE_SIDE,
     MODE_DEFAULTS,
+    MODEL_DEFAULTS,
     RANDOM_SEED_MAX,
     ErrorOutput,
     HealthInput,

@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.checkpoints import CHECKPOINTS, MODE_ALIASES, resolve_model, rollout_of
 from pipeline.limits import MAX_FRAMES, MAX_LATENTS
 
 # ---- limits ---------------------------------------------------------------------------------
@@ -43,10 +44,12 @@ DEFAULT_POSE = "w-31"
 DEFAULT_KEY_PREFIX = "worldplay"
 CONTINUE_LATENTS = 32  # default camera of a continuation: "w-32", 128 new frames
 
-MODE_DEFAULTS = {
-    "ar": {"num_inference_steps": 4, "guidance_scale": 1.0},
-    "bidirectional": {"num_inference_steps": 30, "guidance_scale": 6.0},
-}
+#: model -> its published defaults (pipeline.checkpoints: upstream's scripts)
+MODEL_DEFAULTS = {name: {"num_inference_steps": c.steps, "guidance_scale": c.guidance}
+                  for name, c in CHECKPOINTS.items()}
+#: the older `mode` names: mode -> the defaults of the model it means
+MODE_DEFAULTS = {mode: MODEL_DEFAULTS[model] for mode, model in MODE_ALIASES.items()}
+ModelName = Literal["ar_distilled", "ar", "ar_rl", "bidirectional"]
 
 _KEY_PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]*$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
@@ -201,18 +204,26 @@ class JobInput(_Strict):
                     '"latents" is its deprecated old name.',
         json_schema_extra={"items": ACTION_ITEM_SCHEMA})
 
-    mode: Literal["ar", "bidirectional"] = Field(
-        "ar", description="ar: distilled autoregressive (4 steps); bidirectional: 30 steps + CFG.")
+    model: Optional[ModelName] = Field(
+        None, description="Which WorldPlay checkpoint renders: ar_distilled (default; autoregressive, 4 steps, "
+                          "no CFG), ar (autoregressive, 50 steps + CFG 6), ar_rl (ar with RL post-training, 50 "
+                          "steps + CFG 6), bidirectional (50 steps + CFG 6). The worker serves those in "
+                          "WORLDPLAY_MODELS. With continue_from it defaults to the state's.")
+    mode: Optional[Literal["ar", "bidirectional"]] = Field(
+        None, description="Older alias of model: ar = ar_distilled, bidirectional = bidirectional "
+                          "(given with model, the two must agree). Default ar.")
     num_frames: Optional[int] = Field(
         None, ge=1, le=MAX_FRAMES,
         description="Frames of the video: must equal the frames the camera path gives "
-                    "(4*(latents-1)+1; ar needs latents % 4 == 0: 13, 29, 45, 61, ...; "
-                    "bidirectional % 16 == 0: 61, 125, ...). With no camera field the default "
+                    "(4*(latents-1)+1; the autoregressive models need latents % 4 == 0: 13, 29, 45, 61, "
+                    "...; bidirectional % 16 == 0: 61, 125, ...). With no camera field the default "
                     "path is straight forward for this many frames.")
     num_inference_steps: Optional[int] = Field(None, ge=1, le=MAX_STEPS,
-                                               description="Default 4 (ar) / 30 (bidirectional).")
+                                               description="Default: the model's (4 for ar_distilled, "
+                                                           "50 for ar, ar_rl and bidirectional).")
     guidance_scale: Optional[float] = Field(None, ge=1.0, le=20.0,
-                                            description="Default 1.0 (ar) / 6.0 (bidirectional).")
+                                            description="Default: the model's (1.0 for ar_distilled, "
+                                                        "6.0 for the others); > 1 runs CFG.")
     seed: Optional[int] = Field(None, ge=0, le=MAX_SEED,
                                 description="null: random in 0..2^31-1 (returned in the output).")
     fps: int = Field(24, ge=1, le=60, description="Frame rate of the MP4.")
@@ -220,8 +231,8 @@ class JobInput(_Strict):
     continue_from: Optional[str] = Field(
         None, max_length=MAX_KEY_CHARS,
         description="state_key of an earlier job: continue its world. The camera path then gives only the "
-                    "new latents, no image is sent, and prompt, negative_prompt, mode, steps, guidance and "
-                    "seed default to the state's.")
+                    "new latents, no image is sent, and prompt, negative_prompt, model, steps, guidance and "
+                    "seed default to the state's (the state's model is the only one that continues it).")
 
     @model_validator(mode="before")
     @classmethod
@@ -293,6 +304,11 @@ class JobInput(_Strict):
         return v
 
     @model_validator(mode="after")
+    def _model_and_mode(self) -> "JobInput":
+        resolve_model(self.model, self.mode)  # ValueError -> INVALID_INPUT when the two disagree
+        return self
+
+    @model_validator(mode="after")
     def _exactly_one(self) -> "JobInput":
         images = [name for name in IMAGE_FIELDS if getattr(self, name) is not None]
         if self.continue_from is not None:
@@ -325,19 +341,34 @@ class JobInput(_Strict):
         return next(name for name in CAMERA_FIELDS if getattr(self, name) is not None)
 
     @property
+    def model_named(self) -> bool:
+        """Whether the request names its model (through model or mode); else the default or the state's."""
+        return self.model is not None or self.mode is not None
+
+    @property
+    def resolved_model(self) -> str:
+        """The model this request runs: model, else what mode means, else ar_distilled."""
+        return resolve_model(self.model, self.mode)
+
+    @property
+    def rollout(self) -> str:
+        """The resolved model's rollout: ar or bidirectional."""
+        return rollout_of(self.resolved_model)
+
+    @property
     def steps(self) -> int:
-        return self.num_inference_steps or MODE_DEFAULTS[self.mode]["num_inference_steps"]
+        return self.num_inference_steps or MODEL_DEFAULTS[self.resolved_model]["num_inference_steps"]
 
     @property
     def guidance(self) -> float:
         if self.guidance_scale is None:
-            return MODE_DEFAULTS[self.mode]["guidance_scale"]
+            return MODEL_DEFAULTS[self.resolved_model]["guidance_scale"]
         return float(self.guidance_scale)
 
     def summary(self) -> dict:
         """A log-safe description of the request (no image data, no long strings)."""
         return {
-            "mode": self.mode,
+            "model": self.resolved_model,
             "image": self.image_source,
             "camera": self.camera_source,
             "pose": self.pose if self.pose and len(self.pose) <= 80 else None,
@@ -396,7 +427,8 @@ class JobOutput(BaseModel):
     height: int
     duration_seconds: float
     seed: int
-    mode: Literal["ar", "bidirectional"]
+    model: ModelName = Field(..., description="The checkpoint that rendered the video.")
+    mode: Literal["ar", "bidirectional"] = Field(..., description="Its rollout (ar: every autoregressive model).")
     num_inference_steps: int
     guidance_scale: float
     timings: Timings = Field(..., description="Seconds per stage.")
@@ -421,8 +453,12 @@ class JobOutput(BaseModel):
 class HealthOutput(BaseModel):
     status: Literal["ok", "degraded", "error"]
     models_loaded: bool
-    modes: List[str] = Field(..., description="Modes this worker serves (WORLDPLAY_MODES).")
+    models: List[str] = Field(default_factory=list, description="Models this worker serves (WORLDPLAY_MODELS, "
+                                                                "or the older WORLDPLAY_MODES).")
+    loaded_models: List[str] = Field(default_factory=list)
+    modes: List[str] = Field(..., description="The rollouts of those models (ar, bidirectional).")
     loaded_modes: List[str]
+
     device: Optional[str] = None
     dtype: Optional[str] = None
     versions: Dict[str, Optional[str]]

@@ -16,7 +16,8 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     from pipeline.tools.tiny import write_tiny_models
 
-    return write_tiny_models(tmp_path_factory.mktemp("tiny_models"))
+    return write_tiny_models(tmp_path_factory.mktemp("tiny_models"),
+                             models=("ar_distilled", "bidirectional", "ar", "ar_rl"))
 
 
 # ==== worker / storage / handler fixtures (schemas, worker, handler, smoke tests) ===============
@@ -178,6 +179,12 @@ class FakePipeline:
     def modes(self):
         return self._modes
 
+    @property
+    def models(self):
+        from pipeline.checkpoints import MODE_ALIASES
+
+        return tuple(MODE_ALIASES[m] for m in self._modes)
+
     def health(self):
         return {"modes": list(self._modes), "device": "cpu", "dtype": "float32", "fake": True}
 
@@ -222,9 +229,9 @@ def fake_pipeline(s3_env, monkeypatch):
 
     pipe = FakePipeline()
     request_cls = make_dataclass("FakeRequest", [
-        "prompt", "image", "camera", ("mode", str, "ar"), ("negative_prompt", str, ""),
+        "prompt", "image", "camera", ("mode", object, None), ("negative_prompt", str, ""),
         ("num_inference_steps", object, None), ("guidance_scale", object, None),
-        ("seed", int, 0)])
+        ("seed", int, 0), ("model", object, None)])
     monkeypatch.setattr(worker_job, "_request_class", lambda: request_cls)
     worker_job.reset_state(loader=lambda modes: pipe)
     return pipe
@@ -236,8 +243,8 @@ def tiny_pipeline(tiny_models):
     from pipeline.generation.engine import WorldPlayPipeline
     from pipeline.model_files.resolve import resolve_models
 
-    paths = resolve_models(["ar"], model_dir=tiny_models, allow_download=False, set_offline=False)
-    return WorldPlayPipeline.from_paths(paths, device="cpu", modes=("ar",))
+    paths = resolve_models(["ar_distilled"], model_dir=tiny_models, allow_download=False, set_offline=False)
+    return WorldPlayPipeline.from_paths(paths, device="cpu", models=("ar_distilled",))
 
 
 @pytest.fixture
@@ -403,7 +410,7 @@ def pipe(tiny_models):
     from pipeline.generation.engine import WorldPlayPipeline
     from pipeline.model_files.resolve import resolve_models
 
-    paths = resolve_models(["ar", "bidirectional"], model_dir=tiny_models, allow_download=False, set_offline=False)
+    paths = resolve_models(["ar_distilled", "bidirectional"], model_dir=tiny_models, allow_download=False, set_offline=False)
     return WorldPlayPipeline.from_paths(paths, device="cpu")
 
 

@@ -16,7 +16,7 @@ def test_tiny_benchmark_runs_both_modes(tmp_path):
     assert main(["--tiny", "--modes", "ar", "bidirectional", "--warmup", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["device"] and report["command"].startswith("python -m pipeline.bench")
-    assert set(report["warm_up_seconds"]) == {"ar", "bidirectional"} and report["compiled"] is False
+    assert set(report["warm_up_seconds"]) == {"ar_distilled", "bidirectional"} and report["compiled"] is False
     ar, bi = report["runs"]
     assert (ar["mode"], ar["frames"], ar["steps"]) == ("ar", 29, 4)
     assert (bi["mode"], bi["frames"], bi["steps"]) == ("bidirectional", 61, 30)

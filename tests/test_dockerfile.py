@@ -169,7 +169,7 @@ def test_runpod_hub_json():
         if SECRET_NAME.search(name):
             assert entry["input"]["default"] == "", f"{name} must not ship a default"
     presets = {p["name"]: p["defaults"] for p in cfg["presets"]}
-    assert sorted(d["WORLDPLAY_MODES"] for d in presets.values()) == ["ar", "bidirectional"]
+    assert sorted(d["WORLDPLAY_MODELS"] for d in presets.values()) == ["ar_distilled", "ar_rl", "bidirectional"]
 
 
 def test_runpod_tests_json():

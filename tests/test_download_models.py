@@ -176,7 +176,7 @@ def test_fetch_copies_from_local_caches_without_network(tmp_path, capsys, no_net
     out = capsys.readouterr().out
     assert "copied from hf-cache" in out and "copied from runpod-cache" in out
     assert "total size:" in out
-    assert check_model_dir(dest, "ar") == []
+    assert check_model_dir(dest, "ar_distilled") == []
     assert not (dest / WORLDPLAY_DIRNAME / BI_REL).exists()  # mode filter
     assert not any(p.is_symlink() for p in dest.rglob("*"))  # real files, not links into a cache
     assert (dest / COMPONENTS_DIRNAME / "model_index.json").read_bytes() == (comp / "model_index.json").read_bytes()
@@ -209,13 +209,13 @@ def test_no_download_on_a_truncated_file_names_dest_and_the_file(tmp_path, capsy
     ckpt.write_bytes(ckpt.read_bytes()[:-10])
     assert download_models.main(["--mode", "ar", "--dest", str(root), "--no-download"]) == 1
     err = capsys.readouterr().err
-    assert f"error [MODEL_NOT_FOUND]: --dest {root}: ar missing or incomplete in {root}: {ckpt}: truncated" in err
+    assert f"error [MODEL_NOT_FOUND]: --dest {root}: ar_distilled missing or incomplete in {root}: {ckpt}: truncated" in err
     assert "run without --no-download" in err
     assert "WORLDPLAY_MODEL_DIR" not in err  # unset, and not what the user typed
     # without --dest, the folder is named the way the user gave it
     monkeypatch.setenv("WORLDPLAY_MODEL_DIR", str(root))
     assert download_models.main(["--mode", "ar", "--no-download"]) == 1
-    assert f"error [MODEL_NOT_FOUND]: WORLDPLAY_MODEL_DIR={root}: ar missing or incomplete in {root}: {ckpt}: truncated" in capsys.readouterr().err
+    assert f"error [MODEL_NOT_FOUND]: WORLDPLAY_MODEL_DIR={root}: ar_distilled missing or incomplete in {root}: {ckpt}: truncated" in capsys.readouterr().err
     assert no_network == []
 
 
@@ -225,9 +225,9 @@ def test_bundle_is_a_usable_runpod_cached_model(tmp_path, capsys, minihub, monke
     out = capsys.readouterr().out
     assert "hf upload me/wp-bundle" in out and "--exclude" in out
     assert "WORLDPLAY_BUNDLE_REPO=me/wp-bundle" in out
-    assert check_model_dir(dest, "all") == []  # bundle defaults to every mode
+    assert check_model_dir(dest, ("ar_distilled", "bidirectional")) == []  # bundle defaults to both older modes
     manifest = json.loads((dest / download_models.BUNDLE_MANIFEST).read_text())
-    assert manifest["modes"] == ["ar", "bidirectional"]
+    assert manifest["modes"] == ["ar", "bidirectional"] and manifest["models"] == ["ar_distilled", "bidirectional"]
     listed = {f["path"] for f in manifest["files"]}
     assert f"{WORLDPLAY_DIRNAME}/{AR_REL}" in listed and f"{WORLDPLAY_DIRNAME}/{BI_REL}" in listed
     assert not any("/transformer/" in p or ".cache" in p for p in listed)
@@ -235,7 +235,7 @@ def test_bundle_is_a_usable_runpod_cached_model(tmp_path, capsys, minihub, monke
     # push it "as one repo": what RunPod mounts is that tree in HF-cache layout
     uploaded = {k: v for k, v in files_of(dest).items() if ".cache" not in k}
     add_cache_repo(tmp_path / "runpod", "me/wp-bundle", uploaded)
-    paths = resolve_models(("ar", "bidirectional"), allow_download=False, set_offline=False)
+    paths = resolve_models(("ar_distilled", "bidirectional"), allow_download=False, set_offline=False)
     assert set(paths.sources.values()) == {"runpod-cache"}
     assert "models--me--wp-bundle" in str(paths.components)
 
@@ -248,3 +248,60 @@ def test_check_and_action_conflict_is_rejected(tmp_path):
 def test_check_accepts_the_projects_tiny_fixture(tiny_models, capsys):
     """The offline completeness rules agree with the layout pipeline.tools.tiny writes."""
     assert download_models.main(["--check", "--mode", "all", "--dest", str(tiny_models)]) == 0
+
+
+# ---- models by name, and the super-resolution stage --------------------------------------------------------------
+SR_REPO = "tencent/HunyuanVideo-1.5"
+SR_TRANSFORMER = "transformer/720p_sr_distilled/diffusion_pytorch_model.safetensors"
+SR_UPSAMPLER = "upsampler/720p_sr_distilled/diffusion_pytorch_model.safetensors"
+
+
+@pytest.fixture
+def fullhub(tmp_path, monkeypatch) -> FakeHubServer:
+    """A fake Hub with every published checkpoint and the HunyuanVideo-1.5 repo (SR stage and much else)."""
+    comp = files_of(write_components(tmp_path / "remote-c"))
+    wp = files_of(write_layout(tmp_path / "remote-w") / WORLDPLAY_DIRNAME)
+    for folder in ("ar_model", "ar_rl_model"):
+        _st(tmp_path / "st" / folder / "w.safetensors", n=24, seed=len(folder))
+        wp[f"{folder}/diffusion_pytorch_model.safetensors"] = (tmp_path / "st" / folder / "w.safetensors").read_bytes()
+        wp[f"{folder}/config.json"] = b"{}"
+    hv = {}
+    for i, rel in enumerate((SR_TRANSFORMER, SR_UPSAMPLER, "transformer/480p_i2v/diffusion_pytorch_model.safetensors")):
+        _st(tmp_path / "st" / f"hv{i}.safetensors", n=16, seed=10 + i)
+        hv[rel] = (tmp_path / "st" / f"hv{i}.safetensors").read_bytes()
+        hv[rel.rpartition("/")[0] + "/config.json"] = b"{}"
+    hv["vae/diffusion_pytorch_model.safetensors"] = b"never"
+    hub = FakeHubServer({COMP_REPO: comp, WP_REPO: wp, SR_REPO: hv}).install(monkeypatch)
+    yield hub
+    hub.close()
+
+
+def test_fetch_by_model_name_takes_only_that_checkpoint(tmp_path, capsys, fullhub):
+    dest = tmp_path / "dest"
+    assert download_models.main(["--model", "ar_rl", "--dest", str(dest), "--no-progress"]) == 0
+    gets = fullhub.gets()
+    assert f"{WP_REPO}:ar_rl_model/diffusion_pytorch_model.safetensors" in gets
+    assert not any("ar_model/" in g or "ar_distilled" in g or "bidirectional" in g or SR_REPO in g for g in gets)
+    assert check_model_dir(dest, "ar_rl") == []
+    assert download_models.main(["check", "--model", "ar_rl,ar", "--dest", str(dest)]) == 1
+    assert "ar_model/diffusion_pytorch_model.safetensors: missing" in capsys.readouterr().err
+
+
+def test_sr_flag_fetches_the_sr_stage_only(tmp_path, capsys, fullhub):
+    dest = tmp_path / "dest"
+    assert download_models.main(["--model", "ar_distilled", "--sr", "--dest", str(dest), "--no-progress"]) == 0
+    gets = [g for g in fullhub.gets() if g.startswith(SR_REPO + ":")]
+    assert set(gets) == {f"{SR_REPO}:{f}" for rel in (SR_TRANSFORMER, SR_UPSAMPLER)
+                         for f in (rel, rel.rpartition("/")[0] + "/config.json")}  # nothing else of that repo
+    assert check_model_dir(dest, "ar_distilled", sr=True) == []
+    assert (dest / "HunyuanVideo-1.5" / SR_UPSAMPLER).is_file()
+    assert not (dest / "HunyuanVideo-1.5" / "vae").exists()
+    assert download_models.main(["check", "--model", "ar_distilled", "--sr", "--dest", str(dest)]) == 0
+
+
+def test_model_and_mode_together_are_bad_usage(tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        download_models.main(["--model", "ar", "--mode", "ar", "--dest", str(tmp_path)])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit):
+        download_models.main(["--model", "ar_turbo", "--dest", str(tmp_path)])

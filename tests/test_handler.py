@@ -225,7 +225,8 @@ def _png_header_only(width: int, height: int) -> bytes:
     ({"image_base64": b64(png_bytes(8, 8))}, "INVALID_IMAGE", "at least 16 pixels"),
     ({"image_base64": b64(_png_header_only(10000, 9000))}, "INVALID_IMAGE", "limit of 40 MP"),
     ({"image_base64": b64(_png_header_only(8000, 6000))}, "INVALID_IMAGE", "48.0 MP"),
-    ({"mode": "bidirectional", "pose": "w-15"}, "MODE_UNAVAILABLE", "WORLDPLAY_MODES=ar"),
+    ({"mode": "bidirectional", "pose": "w-15"}, "MODE_UNAVAILABLE", "it serves ar_distilled"),
+    ({"model": "ar_rl", "pose": "w-15"}, "MODEL_UNAVAILABLE", "it serves ar_distilled"),
 ])
 def test_user_errors(fake_pipeline, s3_env, patch, code, fragment, no_secret_in_logs):
     data = base_input()
@@ -324,7 +325,7 @@ def test_worker_start_with_warm_up_loads_warms_and_serves(s3_env, tiny_models, m
     try:
         assert worker_job.preload()
         health = run({"health": True})
-        assert health["models_loaded"] is True and set(health["model"]["warm_up_seconds"]) == {"ar"}
+        assert health["models_loaded"] is True and set(health["model"]["warm_up_seconds"]) == {"ar_distilled"}
         out = run(base_input())
         assert "error" not in out and out["minio_key"].endswith(".mp4")
     finally:

@@ -13,19 +13,21 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "pipeline"
 
-BASE = {"errors", "settings", "limits", "safetensors_header"}  # plain leaf modules every part may use
+BASE = {"errors", "settings", "limits", "safetensors_header", "checkpoints"}  # plain leaf modules every part may use
 # what each part may import from inside the package (besides itself)
 ALLOWED = {
     "errors": set(),
     "settings": set(),
     "limits": set(),
     "safetensors_header": set(),
+    "checkpoints": set(),
     "video": BASE,
     "dit": BASE,
     "encoders": BASE,
     "model_files": BASE,
-    "generation": BASE | {"dit", "encoders", "video"},
-    "tools": BASE | {"video", "dit", "encoders", "generation", "model_files"},
+    "sr": BASE,
+    "generation": BASE | {"dit", "encoders", "video", "sr"},
+    "tools": BASE | {"video", "dit", "encoders", "generation", "model_files", "sr"},
 }
 ENTRY_POINTS = {"__main__", "bench", "camera", "__init__"}  # thin public commands: `python -m pipeline[.x]`
 
@@ -73,7 +75,7 @@ SOURCES = sorted(p for p in PKG.rglob("*.py") if "__pycache__" not in p.parts)
 
 def test_the_package_has_the_documented_parts():
     subpackages = {p.parent.name for p in PKG.glob("*/__init__.py")}
-    assert subpackages == {"dit", "encoders", "generation", "model_files", "tools"}
+    assert subpackages == {"dit", "encoders", "generation", "model_files", "sr", "tools"}
     for name in subpackages:  # each part says what it is
         assert ast.get_docstring(ast.parse((PKG / name / "__init__.py").read_text()))
 

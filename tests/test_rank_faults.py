@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def paths(tiny_models):
-    return resolve_models(["ar"], model_dir=tiny_models, allow_download=False, set_offline=False)
+    return resolve_models(["ar_distilled"], model_dir=tiny_models, allow_download=False, set_offline=False)
 
 
 @pytest.fixture
@@ -61,14 +61,14 @@ def test_stuck_follower_fails_the_job_within_the_stall_window(s3_env, tiny_model
     loaded = []
 
     def loader(modes):
-        loaded.append(load_ranked(FaultyLoader(paths, ("ar",), fault="hang_in_rollout"), "cpu", 2))
+        loaded.append(load_ranked(FaultyLoader(paths, ("ar_distilled",), fault="hang_in_rollout"), "cpu", 2))
         return loaded[-1]
 
     worker_job.reset_state(loader=loader)
     job = {"prompt": "a harbour", "image_base64": b64(png_bytes(96, 64)), "pose": "w-7", "mode": "ar",
            "num_inference_steps": 2, "seed": 4}
     try:
-        worker_job.MODELS.get(("ar",))  # the ranks start outside the timed part
+        worker_job.MODELS.get(("ar_distilled",))  # the ranks start outside the timed part
         started = time.monotonic()
         out = run(job)
         elapsed = time.monotonic() - started
@@ -92,7 +92,7 @@ def test_cancel_reaches_the_job_while_a_follower_is_stuck(paths, short_windows, 
     """The cancel decision is a collective, so a stuck rank would block it: rank 0's watchdog polls the
     cancel itself and answers within CANCEL_GRACE_S (the stall window here is 60 s)."""
     monkeypatch.setenv("WORLDPLAY_SP_STALL_SECONDS", "60")
-    pipe = load_ranked(FaultyLoader(paths, ("ar",), fault="hang_in_rollout"), "cpu", 2)
+    pipe = load_ranked(FaultyLoader(paths, ("ar_distilled",), fault="hang_in_rollout"), "cpu", 2)
     cancel = threading.Event()
     asked: list[float] = []
 
@@ -129,7 +129,7 @@ def test_follower_failing_before_it_joins(paths, short_windows):
     for _ in range(2):
         started = time.monotonic()
         with pytest.raises(RankFailedError) as info:
-            load_ranked(FaultyLoader(paths, ("ar",), fault="raise_before_join"), "cpu", 2)
+            load_ranked(FaultyLoader(paths, ("ar_distilled",), fault="raise_before_join"), "cpu", 2)
         assert "RuntimeError: rank 1 cannot see its GPU (injected by the test)" in info.value.message
         assert time.monotonic() - started < 45
     assert ranks._start_blocked is None
@@ -150,12 +150,12 @@ from pipeline.generation.ranks import load_ranked
 from pipeline.model_files.resolve import resolve_models
 
 if __name__ == "__main__":  # spawn re-imports this file in the follower
-    paths = resolve_models(["ar"], model_dir={str(tiny_models)!r}, allow_download=False, set_offline=False)
+    paths = resolve_models(["ar_distilled"], model_dir={str(tiny_models)!r}, allow_download=False, set_offline=False)
     results = []
     for _ in range(2):
         started = time.monotonic()
         try:
-            load_ranked(FaultyLoader(paths, ("ar",), fault="exit_in_rendezvous"), "cpu", 2)
+            load_ranked(FaultyLoader(paths, ("ar_distilled",), fault="exit_in_rendezvous"), "cpu", 2)
             results.append(["started"])
         except Exception as exc:
             results.append([getattr(exc, "code", type(exc).__name__), str(exc), time.monotonic() - started])

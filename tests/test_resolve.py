@@ -90,9 +90,9 @@ def write_transformer(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def write_layout(root: Path, modes=("ar", "bidirectional"), seed: int = 0) -> Path:
+def write_layout(root: Path, modes=("ar_distilled", "bidirectional"), seed: int = 0) -> Path:
     write_components(root / COMPONENTS_DIRNAME, seed)
-    if "ar" in modes:
+    if "ar_distilled" in modes:
         write_transformer(root / WORLDPLAY_DIRNAME / AR_REL, seed + 10)
     if "bidirectional" in modes:
         write_transformer(root / WORLDPLAY_DIRNAME / BI_REL, seed + 20)
@@ -152,9 +152,9 @@ def cache_components(cache: Path, commit: str = "a" * 40, seed: int = 0, **kw) -
     return add_cache_repo(cache, COMP_REPO, tree_files(write_components(stage, seed)), commit, **kw)
 
 
-def cache_worldplay(cache: Path, commit: str = "b" * 40, modes=("ar", "bidirectional"), **kw) -> Path:
+def cache_worldplay(cache: Path, commit: str = "b" * 40, modes=("ar_distilled", "bidirectional"), **kw) -> Path:
     stage = cache.parent / f"stage-wp-{commit[:6]}"
-    if "ar" in modes:
+    if "ar_distilled" in modes:
         write_transformer(stage / AR_REL, 10)
     if "bidirectional" in modes:
         write_transformer(stage / BI_REL, 20)
@@ -336,19 +336,19 @@ def test_check_components_needs_model_index(tmp_path):
 
 def test_local_dir_argument(tmp_path):
     root = write_layout(tmp_path / "models")
-    paths = resolve_models(("ar", "bidirectional"), model_dir=root, allow_download=False)
+    paths = resolve_models(("ar_distilled", "bidirectional"), model_dir=root, allow_download=False)
     assert paths.components == root / COMPONENTS_DIRNAME
-    assert paths.transformer == {"ar": root / WORLDPLAY_DIRNAME / AR_REL, "bidirectional": root / WORLDPLAY_DIRNAME / BI_REL}
-    assert paths.sources == {"components": "local", "ar": "local", "bidirectional": "local"}
-    assert set(paths.timings) == {"components", "ar", "bidirectional", "total"}
-    assert paths.modes == ("ar", "bidirectional")
+    assert paths.transformer == {"ar_distilled": root / WORLDPLAY_DIRNAME / AR_REL, "bidirectional": root / WORLDPLAY_DIRNAME / BI_REL}
+    assert paths.sources == {"components": "local", "ar_distilled": "local", "bidirectional": "local"}
+    assert set(paths.timings) == {"components", "ar_distilled", "bidirectional", "total"}
+    assert paths.models == ("ar_distilled", "bidirectional")
 
 
 def test_local_dir_from_env_and_only_requested_mode(tmp_path, monkeypatch):
-    root = write_layout(tmp_path / "models", modes=("ar",))
+    root = write_layout(tmp_path / "models", modes=("ar_distilled",))
     monkeypatch.setenv("WORLDPLAY_MODEL_DIR", str(root))
-    paths = resolve_models("ar")
-    assert set(paths.transformer) == {"ar"} and paths.sources["ar"] == "local"
+    paths = resolve_models("ar_distilled")
+    assert set(paths.transformer) == {"ar_distilled"} and paths.sources["ar_distilled"] == "local"
     with pytest.raises(ModelNotFoundError, match="bidirectional"):
         resolve_models("bidirectional")
 
@@ -357,10 +357,10 @@ def test_runpod_cache_refs_main(tmp_path):
     comp = cache_components(RUNPOD(tmp_path), commit="1" * 40)
     cache_components(RUNPOD(tmp_path), commit="2" * 40, seed=5, ref=False, mtime=time.time() + 100)
     wp = cache_worldplay(RUNPOD(tmp_path))
-    paths = resolve_models("ar", allow_download=False)
+    paths = resolve_models("ar_distilled", allow_download=False)
     assert paths.components == comp  # refs/main wins over a newer snapshot
-    assert paths.transformer["ar"] == wp / AR_REL
-    assert paths.sources == {"components": "runpod-cache", "ar": "runpod-cache"}
+    assert paths.transformer["ar_distilled"] == wp / AR_REL
+    assert paths.sources == {"components": "runpod-cache", "ar_distilled": "runpod-cache"}
 
 
 def test_runpod_cache_without_refs_uses_newest_snapshot(tmp_path):
@@ -368,7 +368,7 @@ def test_runpod_cache_without_refs_uses_newest_snapshot(tmp_path):
     cache_components(RUNPOD(tmp_path), commit="1" * 40, ref=False, mtime=now - 1000)
     newest = cache_components(RUNPOD(tmp_path), commit="2" * 40, seed=3, ref=False, mtime=now)
     cache_worldplay(RUNPOD(tmp_path), ref=False)
-    paths = resolve_models("ar", allow_download=False)
+    paths = resolve_models("ar_distilled", allow_download=False)
     assert paths.components == newest
 
 
@@ -377,7 +377,7 @@ def test_incomplete_refs_main_snapshot_falls_back_to_another(tmp_path):
     bad = cache_components(RUNPOD(tmp_path), commit="2" * 40, seed=3)  # refs/main
     (bad / "vae" / "diffusion_pytorch_model.safetensors").unlink()
     cache_worldplay(RUNPOD(tmp_path))
-    assert resolve_models("ar", allow_download=False).components == good
+    assert resolve_models("ar_distilled", allow_download=False).components == good
 
 
 def test_snapshot_order(tmp_path):
@@ -397,18 +397,18 @@ def test_bundle_repo_in_runpod_cache(tmp_path, monkeypatch, configured):
     snap = add_cache_repo(RUNPOD(tmp_path), "me/worldplay-bundle", tree_files(stage), "d" * 40)
     if configured:
         monkeypatch.setenv("WORLDPLAY_BUNDLE_REPO", "me/worldplay-bundle")
-    paths = resolve_models(("ar", "bidirectional"), allow_download=False)
+    paths = resolve_models(("ar_distilled", "bidirectional"), allow_download=False)
     assert paths.components == snap / COMPONENTS_DIRNAME
     assert paths.transformer["bidirectional"] == snap / WORLDPLAY_DIRNAME / BI_REL
     assert set(paths.sources.values()) == {"runpod-cache"}
 
 
 def test_bundle_repo_in_hf_cache_when_configured(tmp_path, monkeypatch):
-    snap = add_cache_repo(HFC(tmp_path), "me/b", tree_files(write_layout(tmp_path / "s", modes=("ar",))), "d" * 40)
+    snap = add_cache_repo(HFC(tmp_path), "me/b", tree_files(write_layout(tmp_path / "s", modes=("ar_distilled",))), "d" * 40)
     monkeypatch.setenv("WORLDPLAY_BUNDLE_REPO", "me/b")
-    paths = resolve_models("ar", allow_download=False)
-    assert paths.transformer["ar"] == snap / WORLDPLAY_DIRNAME / AR_REL
-    assert paths.sources == {"components": "hf-cache", "ar": "hf-cache"}
+    paths = resolve_models("ar_distilled", allow_download=False)
+    assert paths.transformer["ar_distilled"] == snap / WORLDPLAY_DIRNAME / AR_REL
+    assert paths.sources == {"components": "hf-cache", "ar_distilled": "hf-cache"}
 
 
 def test_hf_cache(tmp_path):
@@ -424,35 +424,35 @@ def test_hf_home_is_used_when_hf_hub_cache_unset(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
     cache_components(tmp_path / "home" / "hub")
     cache_worldplay(tmp_path / "home" / "hub")
-    assert resolve_models("ar", allow_download=False).sources["ar"] == "hf-cache"
+    assert resolve_models("ar_distilled", allow_download=False).sources["ar_distilled"] == "hf-cache"
 
 
 def test_precedence_local_then_runpod_then_hf(tmp_path):
-    root = write_layout(tmp_path / "models", modes=("ar",))
+    root = write_layout(tmp_path / "models", modes=("ar_distilled",))
     for cache in (RUNPOD(tmp_path), HFC(tmp_path)):
         cache_components(cache)
         cache_worldplay(cache)
-    assert set(resolve_models("ar", model_dir=root).sources.values()) == {"local"}
-    assert set(resolve_models("ar").sources.values()) == {"runpod-cache"}
+    assert set(resolve_models("ar_distilled", model_dir=root).sources.values()) == {"local"}
+    assert set(resolve_models("ar_distilled").sources.values()) == {"runpod-cache"}
     # per component: the local folder lacks bidirectional, the RunPod cache supplies it
-    paths = resolve_models(("ar", "bidirectional"), model_dir=root)
-    assert paths.sources == {"components": "local", "ar": "local", "bidirectional": "runpod-cache"}
+    paths = resolve_models(("ar_distilled", "bidirectional"), model_dir=root)
+    assert paths.sources == {"components": "local", "ar_distilled": "local", "bidirectional": "runpod-cache"}
 
 
 def test_same_dir_for_runpod_and_hf_cache_is_searched_once(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(RUNPOD(tmp_path)))
     cache_components(RUNPOD(tmp_path))
     cache_worldplay(RUNPOD(tmp_path))
-    assert set(resolve_models("ar").sources.values()) == {"runpod-cache"}
+    assert set(resolve_models("ar_distilled").sources.values()) == {"runpod-cache"}
 
 
 def test_sources_and_timings_are_logged(tmp_path, caplog):
-    root = write_layout(tmp_path / "models", modes=("ar",))
+    root = write_layout(tmp_path / "models", modes=("ar_distilled",))
     with caplog.at_level(logging.INFO, logger="worldplay.resolve"):
-        resolve_models("ar", model_dir=root)
+        resolve_models("ar_distilled", model_dir=root)
     text = "\n".join(r.getMessage() for r in caplog.records if r.name == "worldplay.resolve")
     assert f"components: {root / COMPONENTS_DIRNAME} from local folder {root}" in text
-    assert "models resolved in" in text and "ar=local" in text
+    assert "models resolved in" in text and "ar_distilled=local" in text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -462,35 +462,35 @@ def test_sources_and_timings_are_logged(tmp_path, caplog):
 
 def test_nothing_anywhere_and_downloads_off_by_default(tmp_path):
     with pytest.raises(ModelNotFoundError) as err:
-        resolve_models("ar")  # WORLDPLAY_ALLOW_DOWNLOAD unset -> no download
+        resolve_models("ar_distilled")  # WORLDPLAY_ALLOW_DOWNLOAD unset -> no download
     msg = str(err.value)
     assert "WORLDPLAY_ALLOW_DOWNLOAD=1" in msg and "download_models.py" in msg
     assert str(RUNPOD(tmp_path)) in msg and str(HFC(tmp_path)) in msg
 
 
 def test_truncated_local_file_reported_not_loaded(tmp_path):
-    root = write_layout(tmp_path / "models", modes=("ar",))
+    root = write_layout(tmp_path / "models", modes=("ar_distilled",))
     ckpt = root / WORLDPLAY_DIRNAME / AR_REL
     truncate(ckpt)
     with pytest.raises(ModelNotFoundError) as err:
-        resolve_models("ar", model_dir=root, allow_download=False)
+        resolve_models("ar_distilled", model_dir=root, allow_download=False)
     assert str(ckpt) in str(err.value) and "truncated" in str(err.value)
 
 
 def test_truncated_local_file_falls_through_to_complete_cache(tmp_path):
-    root = write_layout(tmp_path / "models", modes=("ar",))
+    root = write_layout(tmp_path / "models", modes=("ar_distilled",))
     truncate(root / WORLDPLAY_DIRNAME / AR_REL)
     wp = cache_worldplay(HFC(tmp_path))
-    paths = resolve_models("ar", model_dir=root, allow_download=False)
-    assert paths.transformer["ar"] == wp / AR_REL
-    assert paths.sources == {"components": "local", "ar": "hf-cache"}
+    paths = resolve_models("ar_distilled", model_dir=root, allow_download=False)
+    assert paths.transformer["ar_distilled"] == wp / AR_REL
+    assert paths.sources == {"components": "local", "ar_distilled": "hf-cache"}
 
 
 def test_missing_component_file_is_reported(tmp_path):
-    root = write_layout(tmp_path / "models", modes=("ar",))
+    root = write_layout(tmp_path / "models", modes=("ar_distilled",))
     (root / COMPONENTS_DIRNAME / "text_encoder" / "model.safetensors").unlink()
     with pytest.raises(ModelNotFoundError, match=r"text_encoder: no weights"):
-        resolve_models("ar", model_dir=root)
+        resolve_models("ar_distilled", model_dir=root)
 
 
 def test_broken_symlink_in_cache_is_reported(tmp_path):
@@ -498,7 +498,7 @@ def test_broken_symlink_in_cache_is_reported(tmp_path):
     wp = cache_worldplay(HFC(tmp_path))
     (wp / AR_REL).resolve().unlink()  # blob gone, symlink left
     with pytest.raises(ModelNotFoundError, match="broken symlink"):
-        resolve_models("ar")
+        resolve_models("ar_distilled")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -507,7 +507,7 @@ def test_broken_symlink_in_cache_is_reported(tmp_path):
 
 
 def test_download_fetches_only_what_ar_needs(tmp_path, hub):
-    paths = resolve_models("ar", allow_download=True)
+    paths = resolve_models("ar_distilled", allow_download=True)
     fetched = hub.gets()
     assert f"{WP_REPO}:{AR_REL}" in fetched
     assert f"{WP_REPO}:ar_distilled_action_model/config.json" in fetched
@@ -516,15 +516,15 @@ def test_download_fetches_only_what_ar_needs(tmp_path, hub):
     assert f"{COMP_REPO}:model_index.json" in fetched and f"{COMP_REPO}:vae/config.json" in fetched
     resolves = [p.split("/resolve/")[1] for m, p in hub.requests if "/resolve/" in p]
     assert resolves and all(r.startswith(hub.commit + "/") for r in resolves)  # one commit for the whole set
-    assert paths.sources == {"components": "download", "ar": "download"}
+    assert paths.sources == {"components": "download", "ar_distilled": "download"}
     snap = HFC(tmp_path) / ("models--" + COMP_REPO.replace("/", "--")) / "snapshots" / hub.commit
     assert paths.components == snap and check_components(snap) == []
-    assert verify_safetensors(paths.transformer["ar"]) > 0
+    assert verify_safetensors(paths.transformer["ar_distilled"]) > 0
     # refs/main recorded, so the next cold start resolves from the cache without the Hub
     assert (snap.parent.parent / "refs" / "main").read_text() == hub.commit
     hub.requests.clear()
-    again = resolve_models("ar", allow_download=True)
-    assert again.sources == {"components": "hf-cache", "ar": "hf-cache"}
+    again = resolve_models("ar_distilled", allow_download=True)
+    assert again.sources == {"components": "hf-cache", "ar_distilled": "hf-cache"}
     assert hub.requests == []
 
 
@@ -537,12 +537,12 @@ def test_download_bidirectional_does_not_fetch_ar(tmp_path, hub):
 
 def test_download_into_download_dir_layout(tmp_path, hub, monkeypatch):
     monkeypatch.setenv("WORLDPLAY_DOWNLOAD_DIR", str(tmp_path / "dl"))
-    paths = resolve_models("ar", allow_download=True)
+    paths = resolve_models("ar_distilled", allow_download=True)
     assert paths.components == tmp_path / "dl" / COMPONENTS_DIRNAME
-    assert paths.transformer["ar"] == tmp_path / "dl" / WORLDPLAY_DIRNAME / AR_REL
-    assert check_model_dir(tmp_path / "dl", "ar") == []
+    assert paths.transformer["ar_distilled"] == tmp_path / "dl" / WORLDPLAY_DIRNAME / AR_REL
+    assert check_model_dir(tmp_path / "dl", "ar_distilled") == []
     hub.requests.clear()
-    assert set(resolve_models("ar", allow_download=True).sources.values()) == {"local"}
+    assert set(resolve_models("ar_distilled", allow_download=True).sources.values()) == {"local"}
     assert hub.requests == []
 
 
@@ -555,30 +555,30 @@ def test_truncated_cache_file_is_refetched(tmp_path, hub):
         (stage / rel).write_bytes(hub.repos[WP_REPO][rel])
     snap = add_cache_repo(HFC(tmp_path), WP_REPO, tree_files(stage), hub.commit)
     truncate(snap / AR_REL)
-    paths = resolve_models("ar", allow_download=True)
+    paths = resolve_models("ar_distilled", allow_download=True)
     assert hub.gets() == [f"{WP_REPO}:{AR_REL}"]  # only the bad file
-    assert paths.transformer["ar"] == snap / AR_REL and safetensors_problem(paths.transformer["ar"]) is None
-    assert paths.sources == {"components": "hf-cache", "ar": "download"}
+    assert paths.transformer["ar_distilled"] == snap / AR_REL and safetensors_problem(paths.transformer["ar_distilled"]) is None
+    assert paths.sources == {"components": "hf-cache", "ar_distilled": "download"}
 
 
 def test_truncated_file_in_download_dir_is_refetched(tmp_path, hub, monkeypatch):
     monkeypatch.setenv("WORLDPLAY_DOWNLOAD_DIR", str(tmp_path / "dl"))
-    resolve_models("ar", allow_download=True, set_offline=False)
+    resolve_models("ar_distilled", allow_download=True, set_offline=False)
     truncate(tmp_path / "dl" / WORLDPLAY_DIRNAME / AR_REL)
     hub.requests.clear()
-    paths = resolve_models("ar", allow_download=True)
+    paths = resolve_models("ar_distilled", allow_download=True)
     assert hub.gets() == [f"{WP_REPO}:{AR_REL}"]
-    assert paths.sources == {"components": "local", "ar": "download"}
-    assert safetensors_problem(paths.transformer["ar"]) is None
+    assert paths.sources == {"components": "local", "ar_distilled": "download"}
+    assert safetensors_problem(paths.transformer["ar_distilled"]) is None
 
 
 def test_transient_errors_are_retried_then_succeed(tmp_path, hub, caplog):
     hub.failures["api"] = [502]  # the first Hub API call
     hub.failures[AR_REL] = [503, 503]
     with caplog.at_level(logging.WARNING, logger="worldplay.resolve"):
-        paths = resolve_models("ar", allow_download=True)
+        paths = resolve_models("ar_distilled", allow_download=True)
     assert hub.gets(WP_REPO).count(f"{WP_REPO}:{AR_REL}") == 3
-    assert paths.sources["ar"] == "download" and safetensors_problem(paths.transformer["ar"]) is None
+    assert paths.sources["ar_distilled"] == "download" and safetensors_problem(paths.transformer["ar_distilled"]) is None
     retries = [r.getMessage() for r in caplog.records if "transient error" in r.getMessage()]
     assert len(retries) == 3 and "attempt 1/3" in retries[0]
     assert f"{WP_REPO}/{AR_REL} (attempt 1/3)" in retries[1] and "(attempt 2/3)" in retries[2]
@@ -587,16 +587,16 @@ def test_transient_errors_are_retried_then_succeed(tmp_path, hub, caplog):
 def test_dropped_connection_is_resumed_by_huggingface_hub(tmp_path, hub, caplog):
     hub.failures[AR_REL] = [0]  # the server hangs up mid-request: huggingface_hub resumes it itself
     with caplog.at_level(logging.WARNING, logger="worldplay.resolve"):
-        paths = resolve_models("ar", allow_download=True)
+        paths = resolve_models("ar_distilled", allow_download=True)
     assert hub.gets(WP_REPO).count(f"{WP_REPO}:{AR_REL}") == 2
-    assert safetensors_problem(paths.transformer["ar"]) is None
+    assert safetensors_problem(paths.transformer["ar_distilled"]) is None
     assert not [r for r in caplog.records if "transient error" in r.getMessage()]
 
 
 def test_transient_errors_exhaust_bounded_attempts(tmp_path, hub):
     hub.failures[AR_REL] = [503] * 10
     with pytest.raises(ModelDownloadError) as err:
-        resolve_models("ar", allow_download=True)
+        resolve_models("ar_distilled", allow_download=True)
     assert hub.gets(WP_REPO).count(f"{WP_REPO}:{AR_REL}") == 3
     assert "after 3 attempts" in str(err.value) and AR_REL in str(err.value)
 
@@ -608,7 +608,7 @@ def test_backoff_is_exponential_and_capped(tmp_path, hub, monkeypatch):
     sleeps: list[float] = []
     monkeypatch.setattr(resolve_hub, "_sleep", lambda s: sleeps.append(s))
     hub.failures[AR_REL] = [502] * 3
-    resolve_models("ar", allow_download=True)
+    resolve_models("ar_distilled", allow_download=True)
     assert sleeps == [1.0, 2.0, 3.0]  # 1, 2, then 4 capped at 3
 
 
@@ -629,7 +629,7 @@ def test_permanent_errors_fail_at_once(tmp_path, hub, monkeypatch, status, code,
     if code:
         hub.error_codes[status] = code
     with pytest.raises(ModelDownloadError) as err:
-        resolve_models("ar", model_dir=tmp_path / "m", allow_download=True)
+        resolve_models("ar_distilled", model_dir=tmp_path / "m", allow_download=True)
     msg = str(err.value)
     assert hub.gets(WP_REPO).count(f"{WP_REPO}:{AR_REL}") == 1
     assert WP_REPO in msg and AR_REL in msg
@@ -641,7 +641,7 @@ def test_permanent_errors_fail_at_once(tmp_path, hub, monkeypatch, status, code,
 def test_gated_repo_listing_fails_at_once_with_licence_hint(tmp_path, hub):
     hub.failures["api"] = [403]
     with pytest.raises(ModelDownloadError, match=r"accept the licence at https://huggingface.co/"):
-        resolve_models("ar", allow_download=True)
+        resolve_models("ar_distilled", allow_download=True)
     assert len(api_calls(hub)) == 1 and hub.gets() == []
 
 
@@ -649,7 +649,7 @@ def test_unknown_repo_override(tmp_path, hub, monkeypatch):
     monkeypatch.setenv("WORLDPLAY_REPO", "someone/not-there")
     write_components(tmp_path / "m" / COMPONENTS_DIRNAME)
     with pytest.raises(ModelDownloadError, match="someone/not-there.*repository not found"):
-        resolve_models("ar", model_dir=tmp_path / "m", allow_download=True)
+        resolve_models("ar_distilled", model_dir=tmp_path / "m", allow_download=True)
     assert len([r for r in hub.requests if "not-there" in r[1]]) == 1  # a permanent error is not retried
 
 
@@ -678,7 +678,7 @@ def test_is_transient_error_classification():
 def test_disk_space_checked_before_downloading(tmp_path, hub, monkeypatch):
     monkeypatch.setattr(resolve.shutil, "disk_usage", lambda p: SimpleNamespace(total=10**6, used=10**6 - 100, free=100))
     with pytest.raises(ModelDownloadError) as err:
-        resolve_models("ar", allow_download=True)
+        resolve_models("ar_distilled", allow_download=True)
     msg = str(err.value)
     # one check for everything the mode needs: components + the AR checkpoint and its config
     needed = sum(len(v) for k, v in hub.repos[COMP_REPO].items()
@@ -691,7 +691,7 @@ def test_disk_space_checked_before_downloading(tmp_path, hub, monkeypatch):
 def test_unwritable_cache_asks_for_download_dir(tmp_path, hub, monkeypatch):
     monkeypatch.setattr(resolve.os, "access", lambda p, mode: False)
     with pytest.raises(ModelDownloadError, match="WORLDPLAY_DOWNLOAD_DIR"):
-        resolve_models("ar", allow_download=True)
+        resolve_models("ar_distilled", allow_download=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -719,7 +719,7 @@ def test_hub_outage_with_everything_local_makes_no_network_call(tmp_path, monkey
     cache_components(RUNPOD(tmp_path))
     cache_worldplay(RUNPOD(tmp_path))
     monkeypatch.setenv("WORLDPLAY_ALLOW_DOWNLOAD", "1")  # downloads allowed, but nothing is missing
-    paths = resolve_models(("ar", "bidirectional"))
+    paths = resolve_models(("ar_distilled", "bidirectional"))
     assert set(paths.sources.values()) == {"runpod-cache"}
     assert no_network == []
     # and the Hub is now offline for every later loader: a hub call fails locally, without network
@@ -732,15 +732,15 @@ def test_hub_outage_with_everything_local_makes_no_network_call(tmp_path, monkey
 
 
 def test_set_offline_false_leaves_hub_online(tmp_path):
-    root = write_layout(tmp_path / "models", modes=("ar",))
-    resolve_models("ar", model_dir=root, set_offline=False)
+    root = write_layout(tmp_path / "models", modes=("ar_distilled",))
+    resolve_models("ar_distilled", model_dir=root, set_offline=False)
     assert not hf_constants.is_offline_mode()
 
 
 def test_user_offline_forbids_download(tmp_path, hub, monkeypatch):
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ModelNotFoundError, match="HF_HUB_OFFLINE=1 forbids downloading"):
-        resolve_models("ar", allow_download=True)
+        resolve_models("ar_distilled", allow_download=True)
     assert hub.requests == []
 
 
@@ -748,8 +748,8 @@ def test_automatic_offline_is_lifted_to_download_then_restored(tmp_path, hub, mo
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("WORLDPLAY_AUTO_OFFLINE", "1")  # set by entrypoint.sh, not by the user
     write_components(tmp_path / "m" / COMPONENTS_DIRNAME)
-    paths = resolve_models("ar", model_dir=tmp_path / "m", allow_download=True)
-    assert paths.sources["ar"] == "download" and hub.offline_seen and not any(hub.offline_seen)
+    paths = resolve_models("ar_distilled", model_dir=tmp_path / "m", allow_download=True)
+    assert paths.sources["ar_distilled"] == "download" and hub.offline_seen and not any(hub.offline_seen)
     assert hf_constants.is_offline_mode()
 
 
@@ -764,9 +764,66 @@ def test_set_hub_offline_switches_huggingface_hub_and_the_environment(monkeypatc
 
 def test_corrupt_json_in_download_dir_is_refetched(tmp_path, hub, monkeypatch):
     monkeypatch.setenv("WORLDPLAY_DOWNLOAD_DIR", str(tmp_path / "dl"))
-    resolve_models("ar", allow_download=True, set_offline=False)
+    resolve_models("ar_distilled", allow_download=True, set_offline=False)
     (tmp_path / "dl" / COMPONENTS_DIRNAME / "model_index.json").write_text("{cut")
     hub.requests.clear()
-    paths = resolve_models("ar", allow_download=True)
+    paths = resolve_models("ar_distilled", allow_download=True)
     assert hub.gets() == [f"{COMP_REPO}:model_index.json"]
-    assert paths.sources == {"components": "download", "ar": "local"} and check_components(paths.components) == []
+    assert paths.sources == {"components": "download", "ar_distilled": "local"} and check_components(paths.components) == []
+
+
+# ---- every published model by name, and the super-resolution stage ---------------------------------------------
+def test_each_model_resolves_only_its_own_checkpoint(tmp_path):
+    """ar, ar_rl: their own folders and file names (tencent/HY-WorldPlay); nothing else is looked up."""
+    from pipeline.checkpoints import CHECKPOINTS
+
+    root = write_layout(tmp_path / "models", modes=())
+    for i, name in enumerate(CHECKPOINTS):
+        write_transformer(root / WORLDPLAY_DIRNAME / CHECKPOINTS[name].rel, seed=40 + i)
+    for name, checkpoint in CHECKPOINTS.items():
+        paths = resolve_models(name, model_dir=root, allow_download=False)
+        assert paths.transformer == {name: root / WORLDPLAY_DIRNAME / checkpoint.folder / checkpoint.file}
+        assert paths.sr is None and paths.sr_files == {}
+    assert resolve.TRANSFORMER_FILES["ar"] == ("ar_model", "diffusion_pytorch_model.safetensors")
+    assert resolve.TRANSFORMER_FILES["ar_rl"] == ("ar_rl_model", "diffusion_pytorch_model.safetensors")
+    assert resolve.TRANSFORMER_FILES["ar_distilled"] == ("ar_distilled_action_model", "model.safetensors")
+
+
+def test_unknown_model_name_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="ar_distilled, ar, ar_rl, bidirectional"):
+        resolve_models("ar_turbo", model_dir=tmp_path, allow_download=False)
+
+
+def write_sr(root: Path, seed: int = 0) -> Path:
+    for i, rel in enumerate(resolve.SR_FILES.values()):
+        write_transformer(root / resolve.SR_DIRNAME / rel, seed + i)
+    return root
+
+
+def test_sr_resolves_only_when_asked_and_names_its_files(tmp_path):
+    root = write_layout(tmp_path / "models", modes=("ar_distilled",))
+    assert resolve_models("ar_distilled", model_dir=root, allow_download=False).sr is None  # not asked: not looked at
+    with pytest.raises(ModelNotFoundError, match="sr: not found.*--sr"):
+        resolve_models("ar_distilled", model_dir=root, allow_download=False, sr=True)
+    write_sr(root)
+    paths = resolve_models("ar_distilled", model_dir=root, allow_download=False, sr=True)
+    assert paths.sr == root / "HunyuanVideo-1.5" and paths.sources["sr"] == "local"
+    assert paths.sr_files == {
+        "transformer": root / "HunyuanVideo-1.5/transformer/720p_sr_distilled/diffusion_pytorch_model.safetensors",
+        "upsampler": root / "HunyuanVideo-1.5/upsampler/720p_sr_distilled/diffusion_pytorch_model.safetensors"}
+    assert check_model_dir(root, "ar_distilled", sr=True) == []
+    (paths.sr_files["upsampler"].parent / "config.json").unlink()
+    problems = check_model_dir(root, "ar_distilled", sr=True)
+    assert len(problems) == 1 and "upsampler/720p_sr_distilled/config.json: missing" in problems[0]
+
+
+def test_sr_from_the_official_repo_in_the_runpod_cache(tmp_path):
+    cache_components(RUNPOD(tmp_path))
+    cache_worldplay(RUNPOD(tmp_path), modes=("ar_distilled",))
+    stage = write_sr(tmp_path / "stage-sr") / resolve.SR_DIRNAME
+    snap = add_cache_repo(RUNPOD(tmp_path), resolve.SR_REPO, tree_files(stage), "c" * 40)
+    paths = resolve_models("ar_distilled", allow_download=False, sr=True)
+    assert paths.sr == snap and paths.sources["sr"] == "runpod-cache"
+    assert sorted(p.relative_to(snap).as_posix() for p in snap.rglob("*") if p.is_file()) == sorted(
+        [rel for rel in resolve.SR_FILES.values()] + [rel.rpartition("/")[0] + "/config.json"
+                                                       for rel in resolve.SR_FILES.values()])

@@ -119,7 +119,7 @@ def test_yes_no_settings_parse_one_way(monkeypatch, value, expected):
 
 def test_decode_mode_comes_from_the_environment(tiny_models, monkeypatch):
     monkeypatch.setenv("WORLDPLAY_DECODE_DURING_DENOISE", "0")
-    paths = resolve_models(["ar"], model_dir=tiny_models, allow_download=False, set_offline=False)
+    paths = resolve_models(["ar_distilled"], model_dir=tiny_models, allow_download=False, set_offline=False)
     ar_only = WorldPlayPipeline.from_paths(paths, device="cpu")
     assert ar_only.decode_during_denoise is False and ar_only.health()["decode_during_denoise"] is False
 
@@ -152,7 +152,7 @@ def test_constraint_errors_come_before_any_heavy_work(pipe, image, pose, mode, n
 
 
 def test_unloaded_mode_is_a_clear_error(tiny_models, image):
-    paths = resolve_models(["ar"], model_dir=tiny_models, allow_download=False, set_offline=False)
+    paths = resolve_models(["ar_distilled"], model_dir=tiny_models, allow_download=False, set_offline=False)
     ar_only = WorldPlayPipeline.from_paths(paths, device="cpu")
     with pytest.raises(PipelineError, match="not loaded"):
         ar_only.generate(request(image, pose="w-15", mode="bidirectional"))
@@ -203,7 +203,7 @@ def test_warm_up_renders_each_loaded_mode_once_and_reports_it(pipe, monkeypatch)
     monkeypatch.setattr(pipe, "generate", recording_generate)
     monkeypatch.setitem(pipe.load_info, "warm_up_seconds", None)
     seconds = pipe.warm_up()
-    assert set(seconds) == {"ar", "bidirectional"} and all(s > 0 for s in seconds.values())
+    assert set(seconds) == {"ar_distilled", "bidirectional"} and all(s > 0 for s in seconds.values())
     assert pipe.health()["warm_up_seconds"] == seconds
     # AR: three chunks (text pass, chunk steps, context passes of two sizes); bidirectional: one step with guidance
     assert generated == [("ar", 45, 1, 1.0, (80, 48)), ("bidirectional", 61, 1, 6.0, (80, 48))]
@@ -240,7 +240,7 @@ def test_warm_up_falls_back_to_eager_blocks_when_the_compiled_ones_fail(pipe, mo
     monkeypatch.setattr(pipe, "compiled", True)
     monkeypatch.setattr(engine, "disable_compile", lambda: restored.append(True))
     seconds = pipe.warm_up()
-    assert set(seconds) == {"ar", "bidirectional"}
+    assert set(seconds) == {"ar_distilled", "bidirectional"}
     assert pipe.compiled is False and restored == [True] and attempts["n"] == 3  # AR compiled (fails), AR eager, bidirectional eager
 
 

@@ -60,15 +60,18 @@ def test_env_entries_follow_the_hub_format(key, monkeypatch):
         assert all(opt["label"] for opt in spec["options"])
 
 
-def test_modes_are_options_the_worker_accepts():
-    spec = ENV["WORLDPLAY_MODES"]["input"]
+def test_models_are_options_the_worker_accepts():
+    from pipeline.checkpoints import MODEL_NAMES
+
+    spec = ENV["WORLDPLAY_MODELS"]["input"]
     values = [opt["value"] for opt in spec["options"]]
-    assert values == ["ar", "bidirectional", "ar,bidirectional"]
+    assert set(MODEL_NAMES) <= set(values) and spec["default"] == "ar_distilled"
     for value in values:
-        assert worker_job.configured_modes({"WORLDPLAY_MODES": value})
+        assert worker_job.configured_models({"WORLDPLAY_MODELS": value})
+    assert worker_job.configured_models({"WORLDPLAY_MODELS": "all"}) == MODEL_NAMES
     for preset in HUB["config"]["presets"]:
         assert set(preset["defaults"]) <= set(ENV)
-        assert preset["defaults"]["WORLDPLAY_MODES"] in values
+        assert preset["defaults"]["WORLDPLAY_MODELS"] in values
 
 
 def test_yes_no_settings_are_boolean_inputs():

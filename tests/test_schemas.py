@@ -27,7 +27,7 @@ def test_legacy_request_shape_is_valid_as_is():
     req = parse_input({"prompt": "a castle", "image_base64": "aGVsbG8=", "num_frames": 125,
                        "pose": "w-31", "num_inference_steps": 4})
     assert isinstance(req, JobInput)
-    assert (req.num_frames, req.pose, req.steps, req.mode) == (125, "w-31", 4, "ar")
+    assert (req.num_frames, req.pose, req.steps, req.rollout, req.resolved_model) == (125, "w-31", 4, "ar", "ar_distilled")
     assert req.image_source == "image_base64" and req.camera_source == "pose"
 
 
@@ -37,7 +37,7 @@ def test_defaults_per_mode():
     assert (ar.steps, ar.guidance, ar.fps, ar.seed) == (4, 1.0, 24, None)
     assert ar.output.key_prefix == "worldplay" and ar.output.presign_expiry_seconds == 3600
     bi = parse_input({"prompt": "p", "mode": "bidirectional", **IMG})
-    assert (bi.steps, bi.guidance) == (30, 6.0)
+    assert (bi.steps, bi.guidance) == (50, 6.0)  # upstream's published default (hyvideo/generate.py)
     explicit = parse_input({"prompt": "p", "mode": "bidirectional", "num_inference_steps": 12,
                             "guidance_scale": 3, **IMG})
     assert (explicit.steps, explicit.guidance) == (12, 3.0)
@@ -231,3 +231,33 @@ def test_continuation_requests():
     off = parse_input({"prompt": "p", **IMG, "output": {"save_state": False}})
     assert off.output.save_state is False
     assert "save_state" in errors_of({"prompt": "p", **IMG, "output": {"save_state": "no"}})
+
+
+# ---- models by name ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("model, steps, guidance, rollout", [
+    ("ar_distilled", 4, 1.0, "ar"), ("ar", 50, 6.0, "ar"), ("ar_rl", 50, 6.0, "ar"),
+    ("bidirectional", 50, 6.0, "bidirectional")])
+def test_each_model_has_its_published_defaults(model, steps, guidance, rollout):
+    req = parse_input({"prompt": "p", "model": model, **IMG})
+    assert (req.resolved_model, req.steps, req.guidance, req.rollout) == (model, steps, guidance, rollout)
+    assert req.summary()["model"] == model
+
+
+@pytest.mark.parametrize("mode, model", [("ar", "ar_distilled"), ("bidirectional", "bidirectional")])
+def test_mode_is_an_alias_of_model(mode, model):
+    by_mode = parse_input({"prompt": "p", "mode": mode, **IMG})
+    both = parse_input({"prompt": "p", "mode": mode, "model": model, **IMG})
+    assert by_mode.resolved_model == both.resolved_model == model and by_mode.model_named
+
+
+@pytest.mark.parametrize("mode, model", [("ar", "ar"), ("ar", "ar_rl"), ("ar", "bidirectional"),
+                                         ("bidirectional", "ar_distilled")])
+def test_mode_and_model_that_disagree_are_invalid(mode, model):
+    with pytest.raises(ValidationError, match="give model only"):
+        parse_input({"prompt": "p", "mode": mode, "model": model, **IMG})
+
+
+def test_unknown_model_is_invalid():
+    with pytest.raises(ValidationError) as exc:
+        parse_input({"prompt": "p", "model": "ar_turbo", **IMG})
+    assert "ar_distilled" in format_validation_error(exc.value)

@@ -98,7 +98,7 @@ def _generate_rank(rank: int, world: int, port: int, root: str, requests: list, 
 
     sp = init_process_group(rank, world, port, "cpu", 120)
     try:
-        loader = PathsLoader(resolve_models(["ar"], model_dir=root, allow_download=False, set_offline=False), ("ar",))
+        loader = PathsLoader(resolve_models(["ar_distilled"], model_dir=root, allow_download=False, set_offline=False), ("ar_distilled",))
         pipe = (loader.for_follower() if rank else loader)("cpu")
         pipe.use_sequence_parallel(sp)
         assert (pipe.encoders is None and pipe.vae is None) == (rank > 0)
@@ -150,9 +150,9 @@ def test_follower_holds_no_encoders_and_denoises_the_same(tiny_models, tiny_pipe
     later = GenerationRequest(prompt="a harbour", image=None, camera=parse_pose("right-7"), mode="ar",
                               num_inference_steps=2, seed=5, history=one.state)
     two = tiny_pipeline.generate(later)
-    paths = resolve_models(["ar"], model_dir=tiny_models, allow_download=False, set_offline=False)
+    paths = resolve_models(["ar_distilled"], model_dir=tiny_models, allow_download=False, set_offline=False)
     with pytest.raises(PipelineError, match="without encoders"):  # a follower's pipeline cannot work alone
-        PathsLoader(paths, ("ar",)).for_follower()("cpu").generate(first)
+        PathsLoader(paths, ("ar_distilled",)).for_follower()("cpu").generate(first)
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -170,7 +170,7 @@ def test_follower_holds_no_encoders_and_denoises_the_same(tiny_models, tiny_pipe
     from pipeline.errors import ImageError
     from pipeline.generation.ranks import load_ranked
 
-    pipe = load_ranked(PathsLoader(paths, ("ar",)), "cpu", 2)
+    pipe = load_ranked(PathsLoader(paths, ("ar_distilled",)), "cpu", 2)
     try:
         assert pipe.health()["sequence_parallel"]["followers"] == [{"rank": 1, "encoders": False, "vae": False}]
         with pytest.raises(ImageError):
@@ -275,7 +275,7 @@ def test_handler_on_two_ranks(worker_env):
         assert health["model"]["sequence_parallel"]["world_size"] == ranks
         if ranks == 2:  # the follower loaded its transformers only
             assert health["model"]["sequence_parallel"]["followers"] == [{"rank": 1, "encoders": False, "vae": False}]
-        assert set(health["model"]["warm_up_seconds"]) == {"ar", "bidirectional"}
+        assert set(health["model"]["warm_up_seconds"]) == {"ar_distilled", "bidirectional"}
         latents[ranks] = list(captured)
     assert len(latents[1]) == len(latents[2]) == 2
     for one, two in zip(latents[1], latents[2]):

@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from pipeline.encoders.causal_decode import CausalVAEDecoder
-from pipeline.errors import FrameCountError, SessionTooLongError, StateError, StateMismatchError
+from pipeline.errors import (
+    FrameCountError,
+    ModelUnavailableError,
+    SessionTooLongError,
+    StateError,
+    StateMismatchError,
+)
 from pipeline.generation.camera import continue_pose, parse_pose
 from pipeline.generation.continuation import continuation_request
 from pipeline.generation.engine import GenerationRequest
@@ -100,12 +106,40 @@ def test_another_mode_checkpoint_or_size_is_refused(pipe, ar_split):
     with pytest.raises(StateMismatchError, match="ar mode"):
         continuation_request(state, "w-4", mode="bidirectional")
     other = WorldState(**{**vars(state), "checkpoint": "sha256:" + "0" * 32})
-    with pytest.raises(StateMismatchError, match="another ar checkpoint"):
+    with pytest.raises(StateMismatchError, match="another ar_distilled checkpoint"):
         pipe.generate(continuation_request(other, "w-4"))
     bigger = WorldState(**{**vars(state), "latents": torch.zeros(8, 32, 4, 5), "image_latent": torch.zeros(32, 4, 5),
                            "height": 64})
     with pytest.raises(StateMismatchError, match="80x64"):
         pipe.generate(continuation_request(bigger, "w-4"))
+
+
+def test_a_state_records_its_model_and_continues_only_on_it(pipe, ar_split):
+    """The model's name travels in the state; continuing it with another model (even one of the same
+    rollout, even on a worker holding both) is STATE_MISMATCH, by request or at the pipeline."""
+    state = ar_split[1].state
+    assert state.model == "ar_distilled" and state.metadata()["model"] == "ar_distilled"
+    again = WorldState.from_bytes(state.to_bytes())
+    assert again.model == "ar_distilled"
+    with pytest.raises(StateMismatchError, match="made with model ar_distilled.*asks for ar_rl"):
+        continuation_request(state, "w-4", model="ar_rl")
+    relabelled = WorldState(**{**vars(state), "model": "ar_rl"})  # as if made by ar_rl
+    with pytest.raises(StateMismatchError, match="made with model ar_rl; this request asks for ar_distilled"):
+        request = continuation_request(relabelled, "w-4")
+        request.model = "ar_distilled"  # a request on this worker's ar_distilled
+        pipe.generate(request)
+    with pytest.raises(ModelUnavailableError, match="ar_rl.*loaded: ar_distilled, bidirectional"):
+        pipe.generate(continuation_request(relabelled, "w-4"))
+
+
+def test_a_state_without_a_model_name_is_its_modes_model(ar_split):
+    """States written before models had names carry no ``model``: they are their mode's model."""
+    state = ar_split[1].state
+    data = _rewrite(state.to_bytes(), lambda header: header["__metadata__"].pop("model"))
+    assert WorldState.from_bytes(data).model == "ar_distilled"
+    bad = _rewrite(state.to_bytes(), lambda header: header["__metadata__"].update(model="bidirectional"))
+    with pytest.raises(StateError, match="not a ar model"):
+        WorldState.from_bytes(bad)
 
 
 def test_session_limit(pipe, ar_split, monkeypatch):

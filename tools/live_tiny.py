@@ -14,7 +14,7 @@ def main(argv=None) -> int:
     from pipeline.tools.tiny import write_tiny_models
 
     with tempfile.TemporaryDirectory(prefix="worldplay-live-tiny-") as root:
-        write_tiny_models(Path(root), modes=("ar",))
+        write_tiny_models(Path(root), models=("ar_distilled",))
         os.environ.update(WORLDPLAY_MODEL_DIR=root, WORLDPLAY_ALLOW_DOWNLOAD="0", WORLDPLAY_MODES="ar")
         os.environ.setdefault("WORLDPLAY_DEVICE", "cpu")
         from worker.live import main as live_main

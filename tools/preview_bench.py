@@ -144,9 +144,9 @@ def tiny(args) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             os.environ["WORLDPLAY_TMPDIR"] = tmp
             os.environ["WORLDPLAY_MODES"] = "ar"
-            root = write_tiny_models(Path(tmp) / "tiny", modes=("ar",))
-            pipe = WorldPlayPipeline.from_paths(layout_paths(root, ("ar",)), device="cpu",
-                                                modes=("ar",))
+            root = write_tiny_models(Path(tmp) / "tiny", models=("ar_distilled",))
+            pipe = WorldPlayPipeline.from_paths(layout_paths(root, ("ar_distilled",)), device="cpu",
+                                                models=("ar_distilled",))
             worker_job.reset_state(loader=lambda modes: pipe)
             import base64
             import io

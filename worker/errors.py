@@ -16,7 +16,10 @@ ERROR_CODES = {
     "INVALID_POSE": (False, "the camera spec (pose, pose_key, pose_json, actions) is malformed"),
     "INVALID_FRAME_COUNT": (False, "num_frames / latent count breaks the 4k+1 or mode rule"),
     "INVALID_IMAGE": (False, "the image is unreadable, not PNG/JPEG/WebP, too large or too small"),
-    "MODE_UNAVAILABLE": (False, "the requested mode is not served by this worker (WORLDPLAY_MODES)"),
+    "MODE_UNAVAILABLE": (False, "the requested mode is not served by this worker (WORLDPLAY_MODES), or a "
+                                "live world asks for a bidirectional model"),
+    "MODEL_UNAVAILABLE": (False, "the requested model is not served by this worker (WORLDPLAY_MODELS); the "
+                                 "message names those it serves"),
     "OBJECT_NOT_FOUND": (False, "image_key / pose_key does not exist in the bucket"),
     "OBJECT_TOO_LARGE": (False, "an input object exceeds its size limit"),
     "BUCKET_NOT_FOUND": (False, "MINIO_BUCKET does not exist"),

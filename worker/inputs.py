@@ -145,12 +145,12 @@ def parse_camera(req: "schemas.JobInput", spec: Any):
 
     num_latents = None
     if req.num_frames is not None:  # checked first, so its error speaks in frames
-        num_latents = camera.check_frame_count(req.num_frames, req.mode)
+        num_latents = camera.check_frame_count(req.num_frames, req.rollout)
     # errors in the units the spec was written in (pose string / action moves, pose JSON entries)
-    traj = camera.parse_pose(spec, num_latents=num_latents, mode=req.mode)
+    traj = camera.parse_pose(spec, num_latents=num_latents, mode=req.rollout)
     if num_latents is not None and traj.num_latents != num_latents:  # defensive
         raise WorkerError("INVALID_FRAME_COUNT",
                           f"num_frames {req.num_frames} does not match the camera path "
                           f"({traj.num_frames} frames)")
-    camera.check_latent_count(traj.num_latents, req.mode)
+    camera.check_latent_count(traj.num_latents, req.rollout)
     return traj

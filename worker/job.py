@@ -36,22 +36,40 @@ from worker.errors import WorkerError, clean_message, from_exception
 
 log = logging.getLogger("worldplay.job")
 
-VALID_MODES = ("ar", "bidirectional")
+VALID_MODES = ("ar", "bidirectional")  # the older WORLDPLAY_MODES names (ar = model ar_distilled)
 _JOB_ID_RE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 # ---- configuration ----------------------------------------------------------------------------
-def configured_modes(env=None) -> Tuple[str, ...]:
-    """Modes this worker serves: ``WORLDPLAY_MODES`` (comma separated), default ``ar``."""
+def configured_models(env=None) -> Tuple[str, ...]:
+    """Models this worker serves (and loads, nothing else): ``WORLDPLAY_MODELS`` (comma separated model names,
+    or ``all``), else the older ``WORLDPLAY_MODES`` (``ar`` = ar_distilled, ``bidirectional``); default
+    ar_distilled."""
+    from pipeline.checkpoints import MODEL_NAMES, parse_model_list
+
     env = os.environ if env is None else env
+    raw = (env.get("WORLDPLAY_MODELS") or "").strip()
+    if raw:
+        try:
+            return parse_model_list(raw.split(","))
+        except ValueError:
+            raise WorkerError("MODEL_UNAVAILABLE", f"WORLDPLAY_MODELS={raw!r} is invalid; use one or more of "
+                                                   f"{', '.join(MODEL_NAMES)} (comma separated) or all") from None
     raw = env.get("WORLDPLAY_MODES", "ar") or "ar"
     modes = tuple(dict.fromkeys(m.strip().lower() for m in raw.split(",") if m.strip()))
     bad = [m for m in modes if m not in VALID_MODES]
     if bad or not modes:
         raise WorkerError("MODE_UNAVAILABLE",
                           f"WORLDPLAY_MODES={raw!r} is invalid; use ar, bidirectional or "
-                          "ar,bidirectional")
-    return modes
+                          "ar,bidirectional (or WORLDPLAY_MODELS)")
+    return parse_model_list(modes, legacy_modes=True)
+
+
+def configured_modes(env=None) -> Tuple[str, ...]:
+    """The rollouts of the models this worker serves (``ar``, ``bidirectional``)."""
+    from pipeline.checkpoints import rollout_of
+
+    return tuple(dict.fromkeys(rollout_of(m) for m in configured_models(env)))
 
 
 def configure_logging(level: Optional[str] = None) -> None:
@@ -69,15 +87,17 @@ def configure_logging(level: Optional[str] = None) -> None:
 
 
 # ---- model holder -----------------------------------------------------------------------------
-def default_loader(modes: Tuple[str, ...]):
+def default_loader(models: Tuple[str, ...]):
     """resolve_models + WorldPlayPipeline.from_paths (imported lazily: torch is heavy), on every
-    sequence-parallel rank (WORLDPLAY_SEQUENCE_PARALLEL; pipeline.generation.ranks)."""
+    sequence-parallel rank (WORLDPLAY_SEQUENCE_PARALLEL; pipeline.generation.ranks). Only the checkpoints
+    of `models` are resolved and loaded."""
     from pipeline.generation.ranks import PathsLoader, load_ranked
     from pipeline.model_files.resolve import resolve_models
 
-    paths = resolve_models(list(modes))  # reads WORLDPLAY_MODEL_DIR, WORLDPLAY_ALLOW_DOWNLOAD, ...
+    # reads WORLDPLAY_MODEL_DIR, WORLDPLAY_ALLOW_DOWNLOAD, ...
+    paths = resolve_models(list(models))
     device = os.environ.get("WORLDPLAY_DEVICE") or None
-    pipe = load_ranked(PathsLoader(paths, tuple(modes)), device)
+    pipe = load_ranked(PathsLoader(paths, tuple(models)), device)
     pipe.warm_up_if_configured()  # WORLDPLAY_WARMUP (default: with WORLDPLAY_COMPILE=1 only)
     return pipe
 
@@ -89,7 +109,7 @@ class ModelHolder:
         self.loader = loader
         self._lock = threading.Lock()
         self.pipe = None
-        self.modes: Tuple[str, ...] = ()
+        self.models: Tuple[str, ...] = ()
         self.load_seconds: Optional[float] = None
         self.last_error: Optional[str] = None
 
@@ -97,7 +117,7 @@ class ModelHolder:
     def loaded(self) -> bool:
         return self.pipe is not None
 
-    def get(self, modes: Tuple[str, ...]) -> Tuple[Any, float]:
+    def get(self, models: Tuple[str, ...]) -> Tuple[Any, float]:
         """Return (pipeline, seconds spent loading in this call)."""
         if self.pipe is not None:
             return self.pipe, 0.0
@@ -105,21 +125,21 @@ class ModelHolder:
             if self.pipe is not None:
                 return self.pipe, 0.0
             t0 = time.perf_counter()
-            log.info("loading models for modes %s", ",".join(modes))
+            log.info("loading models %s", ",".join(models))
             try:
-                pipe = self.loader(modes)
+                pipe = self.loader(models)
             except BaseException as exc:
                 err = from_exception(exc)
                 self.last_error = f"{err.code}: {err.message}"
                 raise
             self.load_seconds = time.perf_counter() - t0
-            self.pipe, self.modes, self.last_error = pipe, modes, None
+            self.pipe, self.models, self.last_error = pipe, models, None
             log.info("models loaded in %.1f s", self.load_seconds)
             return pipe, self.load_seconds
 
     def reset(self) -> None:
         with self._lock:
-            self.pipe, self.modes, self.load_seconds, self.last_error = None, (), None, None
+            self.pipe, self.models, self.load_seconds, self.last_error = None, (), None, None
 
 
 MODELS = ModelHolder()
@@ -152,7 +172,7 @@ def reset_state(loader: Optional[Callable] = None) -> None:
 def preload() -> bool:
     """Load the models now (worker start). Failures are logged and reported per job."""
     try:
-        MODELS.get(configured_modes())
+        MODELS.get(configured_models())
         return True
     except Exception as exc:  # noqa: BLE001
         err = from_exception(exc)
@@ -273,13 +293,13 @@ def _check_cancel(cancel_event: Optional[threading.Event], stage: str) -> None:
 @dataclass
 class JobPlan:
     """What the validate stage decided: the request, where the video goes (``storage`` None: inline),
-    the seed, and the modes this worker serves."""
+    the seed, and the models this worker serves."""
 
     req: Any
     job_id: str
     storage: Any
     seed: int
-    modes: Tuple[str, ...]
+    models: Tuple[str, ...]
 
 
 @dataclass
@@ -303,8 +323,8 @@ class Rendered:
 
 
 def validate_job(job: dict) -> "JobPlan | dict":
-    """The validate stage: the schema, the mode, the storage (checked now, not after paid GPU time)
-    and the seed. A health request returns the health report instead."""
+    """The validate stage: the schema, the model, the storage (checked now, not after paid GPU
+    time) and the seed. A health request returns the health report instead."""
     job_id = _job_id(job)
     try:
         req = schemas.parse_input(job.get("input"))
@@ -314,19 +334,35 @@ def validate_job(job: dict) -> "JobPlan | dict":
         raise WorkerError("INVALID_INPUT", str(exc)) from None
     if isinstance(req, schemas.HealthInput):
         return health_report()
-    modes = configured_modes()
-    # a continuation's mode defaults to its state's: checked once the state is read
-    if req.mode not in modes and (req.continue_from is None or "mode" in req.model_fields_set):
-        raise WorkerError("MODE_UNAVAILABLE",
-                          f"mode {req.mode!r} is not served by this worker "
-                          f"(WORLDPLAY_MODES={','.join(modes)}); send it to an endpoint "
-                          f"started with WORLDPLAY_MODES including {req.mode}")
+    models = configured_models()
+    check_model_served(req, models)
     from worker import delivery
 
     storage = delivery.preflight(req, get_storage)  # None: inline result
     seed = req.seed if req.seed is not None else random_seed()
     log.info("job %s: %s", job_id, json.dumps({**req.summary(), "seed": seed}))
-    return JobPlan(req=req, job_id=job_id, storage=storage, seed=seed, modes=modes)
+    return JobPlan(req=req, job_id=job_id, storage=storage, seed=seed, models=models)
+
+
+def check_model_served(req, models: Tuple[str, ...]) -> None:
+    """The request's model is one this worker holds (a continuation naming none: checked once the state is
+    read). ``model`` not served: MODEL_UNAVAILABLE; the older ``mode`` (or the default): MODE_UNAVAILABLE, as
+    before models had names. Both name what the worker serves."""
+    if req.continue_from is not None and not req.model_named:
+        return
+    model = req.resolved_model
+    if model in models:
+        return
+    if req.model is not None:
+        raise WorkerError("MODEL_UNAVAILABLE",
+                          f"model {model!r} is not served by this worker (it serves {', '.join(models)}: "
+                          f"WORLDPLAY_MODELS); send it to an endpoint started with WORLDPLAY_MODELS including "
+                          f"{model}")
+    mode = req.mode or "ar"
+    raise WorkerError("MODE_UNAVAILABLE",
+                      f"mode {mode!r} (model {model}) is not served by this worker (it serves "
+                      f"{', '.join(models)}: WORLDPLAY_MODELS / WORLDPLAY_MODES); send it to an endpoint "
+                      f"started with WORLDPLAY_MODES including {mode}")
 
 
 def random_seed() -> int:
@@ -338,14 +374,14 @@ def fetch_inputs(plan: JobPlan, cancel_event: Optional[threading.Event] = None) 
     req = plan.req
     spec = camera_spec(req, get_storage)
     if req.continue_from is not None:  # a world session: no image, new latents only
-        world = session.open_world(req, spec, plan.storage, plan.modes)
+        world = session.open_world(req, spec, plan.storage, plan.models)
         return JobInputs(request=world.request, req=world.req, seed=world.seed,
                          expected_frames=world.num_frames)
     trajectory = parse_camera(req, spec)
     image = fetch_image(req, get_storage, cancel_event)
     request = _request_class()(
         prompt=req.prompt, negative_prompt=req.negative_prompt, image=image, camera=trajectory,
-        mode=req.mode, num_inference_steps=req.steps, guidance_scale=req.guidance, seed=plan.seed)
+        model=req.resolved_model, num_inference_steps=req.steps, guidance_scale=req.guidance, seed=plan.seed)
     return JobInputs(request=request, req=req, seed=plan.seed, expected_frames=trajectory.num_frames)
 
 
@@ -425,7 +461,7 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
 
         t0 = time.perf_counter()
         progress.update("load", force=True)
-        pipe, _ = MODELS.get(plan.modes)  # once per worker
+        pipe, _ = MODELS.get(plan.models)  # once per worker
         stages.add("load", time.perf_counter() - t0)
         _check_cancel(cancel_event, "generation")
 
@@ -447,7 +483,8 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
         out = schemas.JobOutput(
             **delivered,
             num_frames=info.num_frames, fps=req.fps, width=info.width, height=info.height,
-            duration_seconds=round(info.duration, 4), seed=inputs.seed, mode=req.mode,
+            duration_seconds=round(info.duration, 4), seed=inputs.seed, model=req.resolved_model,
+            mode=req.rollout,
             num_inference_steps=req.steps, guidance_scale=req.guidance,
             timings=schemas.Timings(**stages.timings), generation_time_seconds=total,
             **saved, **previewed,
@@ -506,11 +543,14 @@ def health_report() -> dict:
     """Readiness without generating (and without loading models)."""
     import worker
 
+    from pipeline.checkpoints import rollout_of
+
     try:
-        modes = list(configured_modes())
+        models = list(configured_models())
         mode_error = None
     except WorkerError as exc:
-        modes, mode_error = [], f"{exc.code}: {exc.message}"
+        models, mode_error = [], f"{exc.code}: {exc.message}"
+    modes = list(dict.fromkeys(rollout_of(m) for m in models))
     pipe = MODELS.pipe
     model: Dict[str, Any] = {}
     if pipe is not None:
@@ -535,6 +575,8 @@ def health_report() -> dict:
     report = schemas.HealthOutput(
         status="ok" if ok else "degraded",
         models_loaded=pipe is not None,
+        models=models,
+        loaded_models=list(getattr(pipe, "models", ()) or ()) if pipe is not None else [],
         modes=modes,
         loaded_modes=list(getattr(pipe, "modes", ()) or ()) if pipe is not None else [],
         device=str(device) if device is not None else None,

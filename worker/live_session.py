@@ -197,10 +197,15 @@ class LiveSession:
             raise WorkerError("MODE_UNAVAILABLE", "live worlds step 4 latents per chunk in AR mode; "
                                                   "bidirectional worlds are rendered by queue jobs "
                                                   "(whole 16-latent chunks), not live")
-        modes = job.configured_modes()
-        if "ar" not in modes:
-            raise WorkerError("MODE_UNAVAILABLE", f"this worker serves {','.join(modes)} "
-                                                  "(WORLDPLAY_MODES); live worlds need ar")
+        from pipeline.checkpoints import rollout_of
+
+        models = job.configured_models()
+        autoregressive = [m for m in models if rollout_of(m) == "ar"]
+        if not autoregressive:
+            raise WorkerError("MODE_UNAVAILABLE", f"this worker serves {','.join(models)} "
+                                                  "(WORLDPLAY_MODELS); live worlds need an autoregressive model")
+        # a live world steps the distilled model when the worker holds it (4 steps a chunk), else its first AR model
+        live_model = "ar_distilled" if "ar_distilled" in autoregressive else autoregressive[0]
         from worker import delivery
 
         req = _open_request(msg)
@@ -212,13 +217,13 @@ class LiveSession:
             state, image = None, await asyncio.to_thread(job.fetch_image, req, job.get_storage)
 
         def build():
-            pipe, _ = job.MODELS.get(modes)
+            pipe, _ = job.MODELS.get(models)
             if state is not None:
                 return pipe.resume_world(state, prompt=msg.prompt, seed=msg.seed,
                                          negative_prompt=msg.negative_prompt)
             seed = msg.seed if msg.seed is not None else job.random_seed()
             return pipe.open_world(prompt=msg.prompt, image=image, seed=seed,
-                                   negative_prompt=msg.negative_prompt or "", mode="ar")
+                                   negative_prompt=msg.negative_prompt or "", model=live_model)
 
         self.world = await self.gpu(build)
         self.req, self.storage, self.drive = req, storage, msg.drive

@@ -129,7 +129,7 @@ def read_state(key: str, storage):
     return WorldState.from_bytes(data, limits), size
 
 
-def open_world(req, spec: Any, storage, modes: Tuple[str, ...]) -> ContinuedWorld:
+def open_world(req, spec: Any, storage, models: Tuple[str, ...]) -> ContinuedWorld:
     """Load and check the state ``req.continue_from`` and build the continuation request."""
     from pipeline.generation.continuation import continuation_request
 
@@ -137,27 +137,30 @@ def open_world(req, spec: Any, storage, modes: Tuple[str, ...]) -> ContinuedWorl
     key = req.continue_from
     state, size = read_state(key, storage)
     fields = req.model_fields_set
-    mode = req.mode if "mode" in fields else state.mode  # another mode than the state's: STATE_MISMATCH
+    # another model than the state's (named by model, or by mode, its alias): STATE_MISMATCH
+    model = req.resolved_model if req.model_named else None
     request = continuation_request(
         state, spec,
         prompt=req.prompt,
         negative_prompt=req.negative_prompt if "negative_prompt" in fields else None,
-        mode=mode,
+        model=model,
         num_inference_steps=req.num_inference_steps,
         guidance_scale=req.guidance_scale,
         seed=req.seed,
         spec_text=req.pose if req.pose is not None and len(req.pose) <= 80 else None,
     )
-    if request.mode not in modes:
-        raise WorkerError("MODE_UNAVAILABLE", f"the world state is in {request.mode} mode, which this worker "
-                                              f"does not serve (WORLDPLAY_MODES={','.join(modes)})")
+    if request.model not in models:
+        raise WorkerError("MODEL_UNAVAILABLE", f"the world state was made with model {request.model}, which this "
+                                               f"worker does not serve (it serves {', '.join(models)}: "
+                                               "WORLDPLAY_MODELS)")
     new_latents = request.camera.num_latents
     if req.num_frames is not None and req.num_frames != 4 * new_latents:
         raise WorkerError("INVALID_FRAME_COUNT",
                           f"num_frames {req.num_frames} does not match the continuation: {new_latents} new "
                           f"latents render {4 * new_latents} new frames")
     resolved = req.model_copy(update={
-        "prompt": request.prompt, "negative_prompt": request.negative_prompt, "mode": request.mode,
+        "prompt": request.prompt, "negative_prompt": request.negative_prompt, "model": request.model,
+        "mode": None,
         "num_inference_steps": request.num_inference_steps, "guidance_scale": request.guidance_scale,
     })
     log.info("continuing world %s: %d latents + %d new (%d bytes)", key, state.num_latents, new_latents, size)

@@ -20,12 +20,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipeline.checkpoints import CHECKPOINTS, MODE_ALIASES, ROLLOUTS, rollout_of
 from pipeline.dit.attention import prepare as prepare_attention
 from pipeline.dit.checkpoint import load_transformer
 from pipeline.dit.transformer import WorldPlayTransformer, disable_compile, enable_compile
 from pipeline.encoders import components as comp
 from pipeline.encoders.causal_decode import CausalVAEDecoder
-from pipeline.errors import ImageError, PipelineError, RankZeroFailedError, SessionTooLongError, StateMismatchError
+from pipeline.errors import ImageError, ModelUnavailableError, PipelineError, RankZeroFailedError, SessionTooLongError, StateMismatchError
 from pipeline.generation.camera import CameraTrajectory, check_latent_count, parse_pose
 from pipeline.generation.rollout import (
     AR_CHUNK_LATENTS,
@@ -42,8 +43,9 @@ from pipeline.settings import env_flag
 logger = logging.getLogger("worldplay.engine")
 
 Mode = Literal["ar", "bidirectional"]
-MODES: tuple[str, ...] = ("ar", "bidirectional")
-DEFAULTS = {"ar": {"steps": 4, "guidance": 1.0}, "bidirectional": {"steps": 30, "guidance": 6.0}}
+MODES: tuple[str, ...] = ROLLOUTS  # the rollouts; a model (pipeline.checkpoints) runs one of them
+#: model -> its published default steps and guidance (pipeline.checkpoints)
+DEFAULTS = {name: {"steps": c.steps, "guidance": c.guidance} for name, c in CHECKPOINTS.items()}
 FPS = 24
 CHUNK_LATENTS = {"ar": AR_CHUNK_LATENTS, "bidirectional": BIDIRECTIONAL_CHUNK_LATENTS}
 
@@ -52,26 +54,41 @@ CHUNK_LATENTS = {"ar": AR_CHUNK_LATENTS, "bidirectional": BIDIRECTIONAL_CHUNK_LA
 class GenerationRequest:
     """One video. With ``history`` (a world session, :mod:`pipeline.generation.world_state`) ``camera`` holds only
     the new latents' cameras, ``image`` is None (the state carries the image's latent and embedding)
-    and the rollout resumes after the state's latents."""
+    and the rollout resumes after the state's latents.
+
+    ``model`` names the checkpoint (:mod:`pipeline.checkpoints`); ``mode`` is then its rollout. Given alone,
+    ``mode`` picks the model it has always meant ("ar": ar_distilled, "bidirectional": bidirectional)."""
 
     prompt: str
     image: Image.Image | None
     camera: CameraTrajectory
-    mode: Mode = "ar"
+    mode: Mode | None = None
     negative_prompt: str = ""
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     seed: int = 0
     history: WorldState | None = None
+    model: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.model is None:
+            if self.mode is not None and self.mode not in MODE_ALIASES:
+                raise PipelineError(f"mode {self.mode!r} is unknown; expected ar or bidirectional")
+            self.model = MODE_ALIASES[self.mode or "ar"]
+        elif self.model not in CHECKPOINTS:
+            raise PipelineError(f"model {self.model!r} is unknown; expected one of {', '.join(CHECKPOINTS)}")
+        elif self.mode is not None and self.mode != rollout_of(self.model):
+            raise PipelineError(f"model {self.model} rolls out {rollout_of(self.model)}, not {self.mode}")
+        self.mode = rollout_of(self.model)  # type: ignore[assignment]
 
     @property
     def steps(self) -> int:
-        return int(self.num_inference_steps or DEFAULTS[self.mode]["steps"])
+        return int(self.num_inference_steps or DEFAULTS[self.model]["steps"])
 
     @property
     def guidance(self) -> float:
         value = self.guidance_scale
-        return float(DEFAULTS[self.mode]["guidance"] if value is None else value)
+        return float(DEFAULTS[self.model]["guidance"] if value is None else value)
 
 
 @dataclass
@@ -86,6 +103,7 @@ class GenerationResult:
     guidance_scale: float
     timings: dict[str, float] = field(default_factory=dict)
     state: WorldState | None = None  # the whole session after this video (history + new latents)
+    model: str = ""
 
 
 @dataclass
@@ -170,8 +188,8 @@ class WorldPlayPipeline:
         self.load_info = load_info or {}
         # what a world state records to refuse continuing on another checkpoint
         self.checkpoint_ids = dict(checkpoint_ids or {})
-        for mode, transformer in transformers.items():
-            self.checkpoint_ids.setdefault(mode, _config_fingerprint(transformer))
+        for model, transformer in transformers.items():
+            self.checkpoint_ids.setdefault(model, _config_fingerprint(transformer))
         self.compiled = env_flag("WORLDPLAY_COMPILE", False) and _compile_with_cache()
         # Decode each chunk while later ones denoise (default), or all of them after the rollout, when
         # the DiT's K/V cache is gone: the decoder's carried state (~2.8 GB at 832x480 in bf16) and one
@@ -205,27 +223,28 @@ class WorldPlayPipeline:
         paths,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
-        modes: tuple[str, ...] | None = None,
+        models: tuple[str, ...] | None = None,
         dit_only: bool = False,
     ) -> "WorldPlayPipeline":
-        """Load every component from a resolved :class:`pipeline.model_files.resolve.ModelPaths`.
+        """Load every component from a resolved :class:`pipeline.model_files.resolve.ModelPaths`; of its
+        checkpoints, only `models` (default: every one resolved).
 
         `dit_only`: the transformers and the scheduler, without the text/image encoders and the VAE
         (``encoders`` and ``vae`` are None): a sequence-parallel follower rank, which receives its
         inputs from rank 0 (:meth:`use_sequence_parallel`) and only denoises."""
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or default_dtype(device)
-        modes = tuple(modes or paths.transformer.keys())
-        missing = [m for m in modes if m not in paths.transformer]
+        models = tuple(models or paths.transformer.keys())
+        missing = [m for m in models if m not in paths.transformer]
         if missing:
-            raise PipelineError(f"no transformer checkpoint resolved for mode(s) {missing}")
+            raise PipelineError(f"no transformer checkpoint resolved for model(s) {missing}")
         timings: dict[str, float] = {}
         started = time.perf_counter()
         transformers = {}
-        for mode in modes:
+        for model in models:
             t0 = time.perf_counter()
-            transformers[mode] = load_transformer(paths.transformer[mode], device=device, dtype=dtype)
-            timings[f"transformer_{mode}"] = round(time.perf_counter() - t0, 3)
+            transformers[model] = load_transformer(paths.transformer[model], device=device, dtype=dtype)
+            timings[f"transformer_{model}"] = round(time.perf_counter() - t0, 3)
         offload = should_offload_encoders(device)
         encoders = vae = None
         if not dit_only:
@@ -238,13 +257,13 @@ class WorldPlayPipeline:
         scheduler = comp.load_scheduler(paths.components)
         timings["vae_scheduler"] = round(time.perf_counter() - t0, 3)
         timings["total"] = round(time.perf_counter() - started, 3)
-        checkpoint_ids = {mode: checkpoint_fingerprint(paths.transformer[mode]) for mode in modes}
+        checkpoint_ids = {model: checkpoint_fingerprint(paths.transformer[model]) for model in models}
         info = {
             "load_seconds": timings,
             "sources": dict(getattr(paths, "sources", {}) or {}),
             "resolve_seconds": dict(getattr(paths, "timings", {}) or {}),
         }
-        logger.info("pipeline ready on %s (%s), modes %s, load %s", device, dtype, modes, timings)
+        logger.info("pipeline ready on %s (%s), models %s, load %s", device, dtype, models, timings)
         return cls(
             transformers=transformers,
             encoders=encoders,
@@ -258,8 +277,14 @@ class WorldPlayPipeline:
         )
 
     @property
-    def modes(self) -> tuple[str, ...]:
+    def models(self) -> tuple[str, ...]:
+        """The checkpoints loaded, by model name."""
         return tuple(self.transformers)
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The rollouts the loaded models run."""
+        return tuple(dict.fromkeys(rollout_of(m) for m in self.transformers))
 
     def use_sequence_parallel(self, sp) -> None:
         """Split every DiT pass across the ranks of `sp` (:class:`pipeline.dit.parallel.SequenceParallel`).
@@ -283,6 +308,7 @@ class WorldPlayPipeline:
         import transformers as hf_transformers
 
         info = {
+            "models": list(self.models),
             "modes": list(self.modes),
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
@@ -304,23 +330,23 @@ class WorldPlayPipeline:
         return info
 
     def warm_up(self) -> dict[str, float]:
-        """One short generation per loaded mode on a synthetic picture, before the first job.
+        """One short generation per loaded model on a synthetic picture, before the first job.
 
         With ``WORLDPLAY_COMPILE=1`` this is where the blocks compile (otherwise the first job pays
         for it); it also initialises the GPU libraries' kernels and plans. AR renders 45 frames at one
         step per chunk (three chunks: the text pass, chunk steps, and context passes of two sizes, after
         which torch.compile's graphs take any size), bidirectional one step of its first 16-latent chunk
         with guidance, both at the production 832x480 bucket. If the compiled blocks fail here, the
-        worker goes on with the eager ones rather than failing every job. Returns seconds per mode,
+        worker goes on with the eager ones rather than failing every job. Returns seconds per model,
         also kept in the health report (``warm_up_seconds``).
         """
         ys, xs = np.mgrid[0:480, 0:832]
         picture = Image.fromarray(np.stack([xs % 256, ys % 256, (xs + ys) % 256], -1).astype(np.uint8))
         poses = {"ar": "w-11", "bidirectional": "w-15"}  # 12 latents: 3 AR chunks; 16: one bidirectional chunk
         seconds: dict[str, float] = {}
-        for mode in self.modes:
+        for model in self.models:
             request = GenerationRequest(
-                prompt="warm-up", image=picture, camera=parse_pose(poses[mode]), mode=mode,
+                prompt="warm-up", image=picture, camera=parse_pose(poses[rollout_of(model)]), model=model,
                 num_inference_steps=1, negative_prompt="",
             )
             started = time.perf_counter()
@@ -333,8 +359,8 @@ class WorldPlayPipeline:
                 disable_compile()
                 self.compiled = False
                 self.generate(request)
-            seconds[mode] = round(time.perf_counter() - started, 3)
-            logger.info("warm-up %s: %.1f s%s", mode, seconds[mode], " (compiled blocks)" if self.compiled else "")
+            seconds[model] = round(time.perf_counter() - started, 3)
+            logger.info("warm-up %s: %.1f s%s", model, seconds[model], " (compiled blocks)" if self.compiled else "")
         self.load_info["warm_up_seconds"] = seconds
         return seconds
 
@@ -357,8 +383,9 @@ class WorldPlayPipeline:
 
     def validate(self, request: GenerationRequest) -> None:
         """Every cheap check, before any heavy work."""
-        if request.mode not in self.transformers:
-            raise PipelineError(f"mode {request.mode!r} is not loaded on this worker (loaded: {list(self.modes)})")
+        if request.model not in self.transformers:
+            raise ModelUnavailableError(f"model {request.model!r} is not loaded on this worker "
+                                        f"(loaded: {', '.join(self.models)})")
         if request.history is None:
             check_latent_count(request.camera.num_latents, request.mode)
         else:
@@ -368,21 +395,25 @@ class WorldPlayPipeline:
 
     def _validate_continuation(self, request: GenerationRequest) -> None:
         """A world state fits this model, this mode and the session limits; the new part is whole chunks."""
-        self._check_state(request.history, request.mode, new_latents=request.camera.num_latents)
+        self._check_state(request.history, request.model, new_latents=request.camera.num_latents)
 
-    def _check_state(self, state: WorldState, mode: str, *, new_latents: int) -> None:
-        """A world state fits this model and this mode, `new_latents` (> 0) are whole chunks and stay within
-        the session limit."""
+    def _check_state(self, state: WorldState, model: str, *, new_latents: int) -> None:
+        """A world state fits this model (checkpoint) and its rollout, `new_latents` (> 0) are whole chunks and
+        stay within the session limit."""
         from pipeline.encoders.components import bucket_sizes
         from pipeline.generation.camera import check_continuation_count
 
-        transformer = self.transformers[mode]
+        transformer = self.transformers[model]
+        mode = rollout_of(model)
         if state.mode != mode:
             raise StateMismatchError(f"the world state was made in {state.mode} mode; this request is {mode}")
-        if state.checkpoint != self.checkpoint_ids[mode]:
+        if state.model != model:
+            raise StateMismatchError(f"the world state was made with model {state.model}; this request asks for "
+                                     f"{model} (a world continues on the checkpoint that made it)")
+        if state.checkpoint != self.checkpoint_ids[model]:
             raise StateMismatchError(
-                f"the world state was made with another {mode} checkpoint ({state.checkpoint}); this "
-                f"worker runs {self.checkpoint_ids[mode]}"
+                f"the world state was made with another {model} checkpoint ({state.checkpoint}); this "
+                f"worker runs {self.checkpoint_ids[model]}"
             )
         channels, h, w = state.latents.shape[1:]
         buckets = bucket_sizes(transformer.config.resolution_base)
@@ -445,7 +476,7 @@ class WorldPlayPipeline:
             chunks = ChunkFrames(self.vae, timer, on_frames, during_denoise=self.decode_during_denoise,
                                  history_latents=past, keep=True)
         world = self._world(
-            mode=request.mode, seed=int(request.seed), prompt=request.prompt, negative_prompt=request.negative_prompt,
+            model=request.model, seed=int(request.seed), prompt=request.prompt, negative_prompt=request.negative_prompt,
             steps=request.steps, guidance=request.guidance, image=request.image, history=history, timer=timer,
             frames=chunks, follower=follower, limits=None,
         )
@@ -486,27 +517,30 @@ class WorldPlayPipeline:
             guidance_scale=request.guidance,
             timings=timer.timings,
             state=state,
+            model=request.model,
         )
 
     # ---------------------------------------------------------------------------- worlds
 
     def open_world(self, *, prompt: str, image: Image.Image, seed: int = 0, negative_prompt: str = "",
                    num_inference_steps: int | None = None, guidance_scale: float | None = None,
-                   mode: Mode = "ar") -> World:
+                   mode: Mode | None = None, model: str | None = None) -> World:
         """A new world from a picture, ready to :meth:`World.step` chunk by chunk (a live world)."""
         request = GenerationRequest(prompt=prompt, image=image, camera=None, mode=mode,  # type: ignore[arg-type]
+                                    model=model,
                                     negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
                                     guidance_scale=guidance_scale, seed=seed)
         return self._live_world(request)
 
     def resume_world(self, state: WorldState, *, prompt: str | None = None, negative_prompt: str | None = None,
                      seed: int | None = None, num_inference_steps: int | None = None,
-                     guidance_scale: float | None = None, mode: Mode | None = None) -> World:
+                     guidance_scale: float | None = None, mode: Mode | None = None,
+                     model: str | None = None) -> World:
         """The world of a saved state, ready to step on from its last latent (no decoder resume needed
         later: the decoder's state is rebuilt once, before the first new chunk)."""
         request = GenerationRequest(
             prompt=state.prompt if prompt is None else prompt, image=None, camera=None,  # type: ignore[arg-type]
-            mode=mode or state.mode,  # type: ignore[arg-type]
+            model=model or (state.model if mode in (None, state.mode) else MODE_ALIASES.get(mode, mode)),
             negative_prompt=state.negative_prompt if negative_prompt is None else negative_prompt,
             num_inference_steps=num_inference_steps or state.num_inference_steps,
             guidance_scale=state.guidance_scale if guidance_scale is None else guidance_scale,
@@ -521,23 +555,24 @@ class WorldPlayPipeline:
                                 "across several (WORLDPLAY_SEQUENCE_PARALLEL)")
         if self.encoders is None or self.vae is None:
             raise PipelineError("this pipeline was loaded without encoders and VAE: it cannot open a world")
-        if request.mode not in self.transformers:
-            raise PipelineError(f"mode {request.mode!r} is not loaded on this worker (loaded: {list(self.modes)})")
+        if request.model not in self.transformers:
+            raise ModelUnavailableError(f"model {request.model!r} is not loaded on this worker "
+                                        f"(loaded: {', '.join(self.models)})")
         if request.steps < 1:
             raise PipelineError("num_inference_steps must be at least 1")
         if request.history is not None:
-            self._check_state(request.history, request.mode, new_latents=0)
+            self._check_state(request.history, request.model, new_latents=0)
         timer = _Timer(self.device)
         past = request.history.num_latents if request.history is not None else 0
         # a live world hands every chunk's frames back from its step: no decoding later
         chunks = ChunkFrames(self.vae, timer, None, during_denoise=True, history_latents=past, keep=False,
                              fallback=False)
-        return self._world(mode=request.mode, seed=int(request.seed), prompt=request.prompt,
+        return self._world(model=request.model, seed=int(request.seed), prompt=request.prompt,
                            negative_prompt=request.negative_prompt, steps=request.steps, guidance=request.guidance,
                            image=request.image, history=request.history, timer=timer, frames=chunks,
                            follower=False, limits=None)
 
-    def _world(self, *, mode: str, seed: int, prompt: str, negative_prompt: str, steps: int, guidance: float,
+    def _world(self, *, model: str, seed: int, prompt: str, negative_prompt: str, steps: int, guidance: float,
                image, history: WorldState | None, timer: "_Timer", frames: "ChunkFrames | None", follower: bool,
                limits) -> World:
         """Prepare a world's inputs (rank 0: image latent, image embedding, conditioning; with sequence
@@ -556,7 +591,7 @@ class WorldPlayPipeline:
             vision = None
         else:
             try:  # preparing rank 0's inputs; the followers wait for them above
-                transformer = self.transformers[mode]
+                transformer = self.transformers[model]
                 if history is None:
                     with timer.stage("prepare_image"):
                         image = _as_rgb(image)
@@ -580,7 +615,7 @@ class WorldPlayPipeline:
             if sp is not None:
                 shared = [image_latent] + ([history_latents.to(self.device)] if history is not None else [])
                 _share_inputs(sp, shared + [*positive.tensors(), *(negative.tensors() if negative else ())])
-        return World(self, mode=mode, seed=seed, prompt=prompt, negative_prompt=negative_prompt, steps=steps,
+        return World(self, model=model, seed=seed, prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                      guidance=guidance, width=width, height=height, image_latent=image_latent, vision=vision,
                      positive=positive, negative=negative, history=history, history_latents=history_latents,
                      frames=frames, timer=timer, limits=limits)

@@ -268,6 +268,10 @@ class RankedPipeline:
     def modes(self):
         return self.pipe.modes
 
+    @property
+    def models(self):
+        return self.pipe.models
+
     def health(self) -> dict:
         info = self.pipe.health()
         alive = [True] + [p.is_alive() for p in self.processes]
@@ -567,13 +571,13 @@ class PathsLoader:
     heads fails before any rank is started."""
 
     paths: object  # pipeline.model_files.resolve.ModelPaths
-    modes: tuple
+    models: tuple  # model names (pipeline.checkpoints)
     dit_only: bool = False  # a follower rank's loader: no encoders, no VAE
 
     def __call__(self, device):
         from pipeline.generation.engine import WorldPlayPipeline
 
-        return WorldPlayPipeline.from_paths(self.paths, device=device, modes=tuple(self.modes), dit_only=self.dit_only)
+        return WorldPlayPipeline.from_paths(self.paths, device=device, models=tuple(self.models), dit_only=self.dit_only)
 
     def for_follower(self) -> "PathsLoader":
         return replace(self, dit_only=True)
@@ -581,4 +585,4 @@ class PathsLoader:
     def heads(self) -> list[int]:
         from pipeline.dit.config import WorldPlayConfig
 
-        return [WorldPlayConfig.from_checkpoint(self.paths.transformer[m]).num_heads for m in self.modes]
+        return [WorldPlayConfig.from_checkpoint(self.paths.transformer[m]).num_heads for m in self.models]

@@ -31,6 +31,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from pipeline.checkpoints import rollout_of
 from pipeline.errors import PoseSpecError, SessionTooLongError
 from pipeline.generation import camera as cameras
 from pipeline.generation.camera import CameraTrajectory
@@ -128,13 +129,14 @@ class World:
     models; `frames`: its ``ChunkFrames`` decoder, None on a follower rank; `timer`: its stage timer). Build it with :meth:`WorldPlayPipeline.open_world` /
     :meth:`WorldPlayPipeline.resume_world` (or :meth:`WorldPlayPipeline.generate`, which steps one)."""
 
-    def __init__(self, pipe, *, mode: str, seed: int, prompt: str, negative_prompt: str,
+    def __init__(self, pipe, *, model: str, seed: int, prompt: str, negative_prompt: str,
                  steps: int, guidance: float, width: int, height: int, image_latent: torch.Tensor,
                  vision: torch.Tensor | None, positive: Conditioning, negative: Conditioning | None,
                  history: WorldState | None, history_latents: torch.Tensor | None, frames,
                  timer, limits: SessionLimits | None = None):
         self.pipe = pipe
-        self.mode = mode
+        self.model = model  # the checkpoint (pipeline.checkpoints)
+        self.mode = mode = rollout_of(model)  # its rollout: "ar" or "bidirectional"
         self.seed = int(seed)
         self.prompt = prompt
         self.negative_prompt = negative_prompt
@@ -143,7 +145,7 @@ class World:
         self.width, self.height = int(width), int(height)
         self.fps = 24
         self.device = pipe.device
-        self.transformer = pipe.transformers[mode]
+        self.transformer = pipe.transformers[model]
         self.image_latent = image_latent  # [1, C, 1, h, w] on the device
         self.vision = vision  # [1, Lv, D] on the device (None on a follower rank)
         self.timer = timer
@@ -287,7 +289,7 @@ class World:
             vision=self.vision[0].float().cpu() if self.vision is not None else torch.zeros(0, 0),
             prompt=self.prompt, negative_prompt=self.negative_prompt, seed=self.seed, mode=self.mode,
             num_inference_steps=self.steps, guidance_scale=self.guidance, width=self.width, height=self.height,
-            checkpoint=self.pipe.checkpoint_ids[self.mode],
+            checkpoint=self.pipe.checkpoint_ids[self.model], model=self.model,
         )
 
     def release_cache(self) -> None:

@@ -17,7 +17,8 @@ tensor                  dtype        shape / meaning
 
 and, as string metadata: ``format``, ``format_version``, ``prompt``, ``negative_prompt``, ``seed``,
 ``mode``, ``num_inference_steps``, ``guidance_scale``, ``width``, ``height``, ``checkpoint`` (the
-fingerprint of the transformer checkpoint, :func:`checkpoint_fingerprint`) and ``worker_version``.
+fingerprint of the transformer checkpoint, :func:`checkpoint_fingerprint`), ``worker_version`` and ``model``
+(the checkpoint's name, :mod:`pipeline.checkpoints`; optional: a state without it was made by its mode's model).
 
 Reading is strict (:meth:`WorldState.from_bytes`): the size is bounded before anything is parsed,
 the header length is bounded before the header is read, every tensor's name, dtype, shape and byte
@@ -40,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.checkpoints import CHECKPOINTS, MODE_ALIASES
 from pipeline.errors import SessionTooLongError, StateError
 from pipeline.generation.camera import MODE_LATENT_MULTIPLE, ROTATION_TOLERANCE
 from pipeline.limits import MAX_SESSION_LATENTS
@@ -116,6 +118,12 @@ class WorldState:
     height: int
     checkpoint: str
     worker_version: str = ""
+    model: str = ""  # the checkpoint's model name (pipeline.checkpoints); a state written before models had
+    # names holds none: its mode's alias (ar -> ar_distilled)
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            self.model = MODE_ALIASES.get(self.mode, "")
 
     @property
     def num_latents(self) -> int:
@@ -140,6 +148,7 @@ class WorldState:
             "height": str(int(self.height)),
             "checkpoint": self.checkpoint,
             "worker_version": self.worker_version or "unknown",  # the worker sets its own version
+            "model": self.model,
         }
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -241,6 +250,10 @@ def _check_metadata(meta: Any) -> dict[str, Any]:
         raise StateError("world state metadata prompt is empty")
     if not 1 <= len(meta["checkpoint"]) <= 200 or len(meta["worker_version"]) > 100:
         raise StateError("world state metadata checkpoint / worker_version is malformed")
+    model = meta.get("model") or MODE_ALIASES[meta["mode"]]  # optional: states written before models had names
+    if model not in CHECKPOINTS or CHECKPOINTS[model].rollout != meta["mode"]:
+        raise StateError(f"world state metadata model {model[:40]!r} is not a {meta['mode']} model "
+                         f"({', '.join(m for m, c in CHECKPOINTS.items() if c.rollout == meta['mode'])})")
     return {
         "prompt": meta["prompt"],
         "negative_prompt": meta["negative_prompt"],
@@ -252,6 +265,7 @@ def _check_metadata(meta: Any) -> dict[str, Any]:
         "height": integer("height", 16, 16 * MAX_LATENT_SIDE),
         "checkpoint": meta["checkpoint"],
         "worker_version": meta["worker_version"],
+        "model": model,
     }
 
 

@@ -1,8 +1,10 @@
 """Model resolution: find, fetch and verify exactly the files the worker needs (cold start, ``download_models.py``).
 
 Components (``ModelPaths``): ``components``, the diffusers repo ``hunyuanvideo-community/HunyuanVideo-1.5-480p_i2v``
-without ``transformer/``; ``ar`` and ``bidirectional``, a checkpoint each (and its ``config.json``) from
-``tencent/HY-WorldPlay``. Each comes from the first place holding it complete (:mod:`pipeline.model_files.verify`):
+without ``transformer/``; one WorldPlay checkpoint per model asked for (``ar_distilled``, ``ar``, ``ar_rl``,
+``bidirectional``: :mod:`pipeline.checkpoints`), each (and its ``config.json``) from ``tencent/HY-WorldPlay``;
+with ``sr=True`` (``resolution: "720p"``), ``sr``: the super-resolution stage of ``tencent/HunyuanVideo-1.5``, its
+``transformer/720p_sr_distilled/`` and ``upsampler/720p_sr_distilled/`` (config + weights; nothing else of that repo). Each comes from the first place holding it complete (:mod:`pipeline.model_files.verify`):
 1. ``WORLDPLAY_MODEL_DIR`` in the local layout, ``<dir>/HunyuanVideo-1.5-480p_i2v/`` and ``<dir>/HY-WorldPlay/<sub>/``;
 2. the RunPod model cache (``RUNPOD_HF_CACHE``), then 3. the Hugging Face cache: in each, a bundle repo in the
 local layout first, then the official repos; in each repo the snapshot ``refs/<revision>`` names, then the newest;
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from pipeline.checkpoints import CHECKPOINTS, MODEL_NAMES
 from pipeline.errors import ModelDownloadError, ModelNotFoundError
 from pipeline.model_files.hub import (
     RepoFetch,
@@ -37,18 +40,23 @@ from pipeline.settings import env_flag, env_number
 
 logger = logging.getLogger("worldplay.resolve")
 
-MODES: tuple[str, ...] = ("ar", "bidirectional")
+MODELS: tuple[str, ...] = MODEL_NAMES  # every WorldPlay checkpoint, by model name
 DEFAULT_COMPONENTS_REPO = "hunyuanvideo-community/HunyuanVideo-1.5-480p_i2v"
 DEFAULT_WORLDPLAY_REPO = "tencent/HY-WorldPlay"
 DEFAULT_RUNPOD_CACHE = "/runpod-volume/huggingface-cache/hub"
 COMPONENTS_DIRNAME = "HunyuanVideo-1.5-480p_i2v"
 WORLDPLAY_DIRNAME = "HY-WorldPlay"
-#: mode -> (subfolder in tencent/HY-WorldPlay, checkpoint file name)
-TRANSFORMER_FILES: dict[str, tuple[str, str]] = {
-    "ar": ("ar_distilled_action_model", "model.safetensors"),
-    "bidirectional": ("bidirectional_model", "diffusion_pytorch_model.safetensors"),
-}
+#: model -> (subfolder in tencent/HY-WorldPlay, checkpoint file name)
+TRANSFORMER_FILES: dict[str, tuple[str, str]] = {name: (c.folder, c.file) for name, c in CHECKPOINTS.items()}
 #: sub-folders of the diffusers repo the worker may need (never ``transformer/``).
+#: the super-resolution stage (480p -> 720p): its repo, local folder name, and files (each beside a config.json)
+SR_REPO = "tencent/HunyuanVideo-1.5"
+SR_DIRNAME = "HunyuanVideo-1.5"
+SR_VERSION = "720p_sr_distilled"
+SR_FILES: dict[str, str] = {
+    "transformer": f"transformer/{SR_VERSION}/diffusion_pytorch_model.safetensors",
+    "upsampler": f"upsampler/{SR_VERSION}/diffusion_pytorch_model.safetensors",
+}
 COMPONENT_FOLDERS: tuple[str, ...] = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "image_encoder",
                                       "feature_extractor", "vae", "scheduler", "guider")
 
@@ -61,10 +69,16 @@ class ModelPaths:
     transformer: dict[str, Path]
     sources: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # seconds, plus "total"
+    sr: Path | None = None  # the super-resolution folder (SR_FILES inside), when resolved
 
     @property
-    def modes(self) -> tuple[str, ...]:
-        return tuple(m for m in MODES if m in self.transformer)
+    def sr_files(self) -> dict[str, Path]:
+        """``transformer`` / ``upsampler`` -> the SR stage's weight files (each with config.json beside it)."""
+        return {} if self.sr is None else {part: self.sr / rel for part, rel in SR_FILES.items()}
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return tuple(m for m in MODELS if m in self.transformer)
 
 
 @dataclass
@@ -95,7 +109,8 @@ class Settings:
             hf_cache=Path(os.path.expandvars(hf_cache)).expanduser(),  # huggingface_hub's rules, but read now
             bundle_repo=env("WORLDPLAY_BUNDLE_REPO"),
             repos={"components": (env("WORLDPLAY_COMPONENTS_REPO", DEFAULT_COMPONENTS_REPO),
-                                  env("WORLDPLAY_COMPONENTS_REVISION", "main")), **dict.fromkeys(MODES, worldplay)},
+                                  env("WORLDPLAY_COMPONENTS_REVISION", "main")), **dict.fromkeys(MODELS, worldplay),
+                   "sr": (SR_REPO, "main")},
             retry=RetryPolicy(attempts=max(1, env_number("WORLDPLAY_DOWNLOAD_ATTEMPTS", 5, int)),
                               wait_base=max(0.0, env_number("WORLDPLAY_RETRY_WAIT", 2.0, float)),
                               wait_max=max(0.0, env_number("WORLDPLAY_RETRY_WAIT_MAX", 60.0, float))),
@@ -114,31 +129,58 @@ def set_hub_offline(offline: bool = True) -> None:
     constants.HF_HUB_OFFLINE = bool(offline)
 
 
-def _keys(modes: str | Sequence[str]) -> tuple[str, ...]:  # "components" and the modes asked for, in order
-    modes = (modes,) if isinstance(modes, str) else tuple(modes)
-    if not modes or any(m != "all" and m not in MODES for m in modes):
-        raise ValueError(f"modes {modes!r}: expected one or more of {', '.join(MODES)} or 'all'")
-    return ("components",) + tuple(m for m in MODES if m in modes or "all" in modes)
+def _keys(models: str | Sequence[str], sr: bool = False) -> tuple[str, ...]:
+    """"components", the models asked for (in order), then "sr" when asked for."""
+    models = (models,) if isinstance(models, str) else tuple(models)
+    if not models or any(m != "all" and m not in MODELS for m in models):
+        raise ValueError(f"models {models!r}: expected one or more of {', '.join(MODELS)} or 'all'")
+    return ("components",) + tuple(m for m in MODELS if m in models or "all" in models) + (("sr",) if sr else ())
 
 
-def _rel(key: str) -> str:  # path of a component inside its repo
-    return "" if key == "components" else "/".join(TRANSFORMER_FILES[key])
+def _models(keys: Sequence[str]) -> list[str]:
+    return [k for k in keys if k in TRANSFORMER_FILES]
+
+
+def _dirname(key: str) -> str:  # the local-layout folder of a component
+    return {"components": COMPONENTS_DIRNAME, "sr": SR_DIRNAME}.get(key, WORLDPLAY_DIRNAME)
+
+
+def _rel(key: str) -> str:  # path of a component inside its repo ("": the folder itself)
+    return "" if key in ("components", "sr") else "/".join(TRANSFORMER_FILES[key])
+
+
+def check_sr(path: str | os.PathLike) -> list[str]:
+    """Problems with a super-resolution folder: each SR_FILES weight file and the config.json beside it."""
+    problems = []
+    for rel in SR_FILES.values():
+        weights = Path(path) / rel
+        for f in (weights, weights.parent / "config.json"):
+            if not (f.exists() or f.is_symlink()):
+                problems.append(f"{f}: missing")
+        if weights.exists():
+            problems += check_transformer(weights)
+    return problems
 
 
 def _check(key: str, path: Path) -> list[str]:
+    if key == "sr":
+        return check_sr(path)
     return check_components(path) if key == "components" else check_transformer(path)
 
 
-def layout_paths(root: str | os.PathLike, modes: str | Sequence[str] = MODES) -> ModelPaths:
+def layout_paths(root: str | os.PathLike, models: str | Sequence[str] = MODELS, *, sr: bool = False) -> ModelPaths:
     """The paths of the local-folder layout under ``root`` (nothing is checked)."""
     root = Path(root)
-    return ModelPaths(root / COMPONENTS_DIRNAME, {m: root / WORLDPLAY_DIRNAME / _rel(m) for m in _keys(modes)[1:]})
+    keys = _keys(models, sr)
+    return ModelPaths(root / COMPONENTS_DIRNAME, {m: root / WORLDPLAY_DIRNAME / _rel(m) for m in _models(keys)},
+                      sr=root / SR_DIRNAME if sr else None)
 
 
-def check_model_dir(root: str | os.PathLike, modes: str | Sequence[str] = MODES) -> list[str]:
-    """Problems with a local-layout folder for ``modes`` (empty list: complete). No network."""
-    paths = layout_paths(root, modes)
-    return check_components(paths.components) + [p for t in paths.transformer.values() for p in check_transformer(t)]
+def check_model_dir(root: str | os.PathLike, models: str | Sequence[str] = MODELS, *, sr: bool = False) -> list[str]:
+    """Problems with a local-layout folder for ``models`` (and the SR stage; empty list: complete). No network."""
+    paths = layout_paths(root, models, sr=sr)
+    return (check_components(paths.components) + [p for t in paths.transformer.values() for p in check_transformer(t)]
+            + (check_sr(paths.sr) if paths.sr is not None else []))
 
 
 def snapshot_dirs(repo_folder: str | os.PathLike, revision: str = "main") -> list[Path]:
@@ -159,7 +201,7 @@ def snapshot_dirs(repo_folder: str | os.PathLike, revision: str = "main") -> lis
 
 def _candidates(key: str, s: Settings) -> Iterator[tuple[str, str, Path]]:
     """(source, label, path) of each place ``key`` may be, in the order of the module docstring."""
-    sub, rel = COMPONENTS_DIRNAME if key == "components" else WORLDPLAY_DIRNAME, _rel(key)
+    sub, rel = _dirname(key), _rel(key)
     folder = lambda cache, repo_id: cache / ("models--" + repo_id.replace("/", "--"))  # noqa: E731
     if s.model_dir is not None:
         yield "local", f"local folder {s.model_dir}", s.model_dir / sub / rel
@@ -186,7 +228,7 @@ def _locate(keys: Sequence[str], s: Settings) -> tuple[dict[str, tuple[Path, str
     for key in keys:
         t0, problems = time.perf_counter(), []
         for source, label, path in _candidates(key, s):
-            if not (path.exists() or (key != "components" and path.is_symlink())):
+            if not (path.exists() or (key in TRANSFORMER_FILES and path.is_symlink())):
                 continue
             if not (bad := _check(key, path)):
                 found[key] = path, source, time.perf_counter() - t0, label
@@ -217,10 +259,13 @@ def _download(keys: Sequence[str], s: Settings, layout_root: Path | None) -> Ite
                                  "set WORLDPLAY_DOWNLOAD_DIR (download_models.py: --dest) to a writable folder")
     plans: dict[str, RepoFetch] = {}
     for key in keys:
-        where = ({"local_dir": layout_root / (COMPONENTS_DIRNAME if key == "components" else WORLDPLAY_DIRNAME)}
-                 if layout_root is not None else {"cache_dir": s.hf_cache})
-        allow = (["model_index.json"] + [f"{f}/*" for f in COMPONENT_FOLDERS] if key == "components"
-                 else [_rel(key), f"{TRANSFORMER_FILES[key][0]}/config.json"])
+        where = ({"local_dir": layout_root / _dirname(key)} if layout_root is not None else {"cache_dir": s.hf_cache})
+        if key == "components":
+            allow = ["model_index.json"] + [f"{f}/*" for f in COMPONENT_FOLDERS]
+        elif key == "sr":
+            allow = [p for rel in SR_FILES.values() for p in (rel, rel.rpartition("/")[0] + "/config.json")]
+        else:
+            allow = [_rel(key), f"{TRANSFORMER_FILES[key][0]}/config.json"]
         plans[key] = RepoFetch(*s.repos[key], where, s.retry).plan(allow, allow[0])
     needed = sum(sum(f.todo.values()) for f in plans.values())
     if needed and needed > (free := shutil.disk_usage(root).free):
@@ -235,15 +280,16 @@ def _download(keys: Sequence[str], s: Settings, layout_root: Path | None) -> Ite
         yield key, path, fetched, time.perf_counter() - t0
 
 
-def resolve_models(modes: str | Sequence[str] = ("ar",), *, allow_download: bool | None = None,
+def resolve_models(models: str | Sequence[str] = ("ar_distilled",), *, allow_download: bool | None = None,
                    model_dir: str | os.PathLike | None = None, download_dir: str | os.PathLike | None = None,
-                   set_offline: bool = True) -> ModelPaths:
-    """Find (or fetch) the components for ``modes``; the arguments override ``WORLDPLAY_ALLOW_DOWNLOAD`` (default
+                   set_offline: bool = True, sr: bool = False) -> ModelPaths:
+    """Find (or fetch) the components for ``models`` (model names, :mod:`pipeline.checkpoints`); the arguments override ``WORLDPLAY_ALLOW_DOWNLOAD`` (default
     off), ``WORLDPLAY_MODEL_DIR`` and ``WORLDPLAY_DOWNLOAD_DIR``. With ``set_offline``, huggingface_hub goes offline
-    once all is on disk. An offline mode the entrypoint chose (``WORLDPLAY_AUTO_OFFLINE=1``) is lifted to download."""
+    once all is on disk. An offline mode the entrypoint chose (``WORLDPLAY_AUTO_OFFLINE=1``) is lifted to download.
+    ``sr``: also the super-resolution stage (``resolution: "720p"``; ``WORLDPLAY_SR=1``)."""
     from huggingface_hub import constants
 
-    t_start, keys = time.perf_counter(), _keys(modes)
+    t_start, keys = time.perf_counter(), _keys(models, sr)
     s = Settings.from_env(model_dir, download_dir, allow_download)
     if s.model_dir is not None and not s.model_dir.is_dir():
         logger.warning("WORLDPLAY_MODEL_DIR %s does not exist; looking elsewhere", s.model_dir)
@@ -253,9 +299,9 @@ def resolve_models(modes: str | Sequence[str] = ("ar",), *, allow_download: bool
         if not s.allow_download or (offline and not env_flag("WORLDPLAY_AUTO_OFFLINE", False)):
             fix = ("HF_HUB_OFFLINE=1 forbids downloading: unset it, or provide the files locally" if s.allow_download
                    else "set WORLDPLAY_ALLOW_DOWNLOAD=1 to fetch only the needed files, or pre-fetch them with `python "
-                   f"download_models.py --mode {'all' if len(keys) > 2 else keys[1]} --dest DIR` and set "
+                   f"download_models.py --model {','.join(_models(keys))}{' --sr' if sr else ''} --dest DIR` and set "
                    "WORLDPLAY_MODEL_DIR=DIR")
-            raise ModelNotFoundError(f"model files missing or incomplete for mode(s) {', '.join(keys[1:])} "
+            raise ModelNotFoundError(f"model files missing or incomplete for {', '.join(keys[1:])} "
                                      f"({_not_found(missing, s)}); {fix}")
         if offline:
             logger.info("lifting the automatic offline mode to download %s", ", ".join(missing))
@@ -269,8 +315,9 @@ def resolve_models(modes: str | Sequence[str] = ("ar",), *, allow_download: bool
                 set_hub_offline(True)
     if set_offline:
         set_hub_offline(True)
-    paths = ModelPaths(found["components"][0], {m: found[m][0] for m in keys[1:]}, {k: found[k][1] for k in keys},
-                       {**{k: found[k][2] for k in keys}, "total": time.perf_counter() - t_start})
+    paths = ModelPaths(found["components"][0], {m: found[m][0] for m in _models(keys)}, {k: found[k][1] for k in keys},
+                       {**{k: found[k][2] for k in keys}, "total": time.perf_counter() - t_start},
+                       sr=found["sr"][0] if sr else None)
     logger.info("models resolved in %.2fs: %s", paths.timings["total"],
                 ", ".join(f"{k}={v}" for k, v in paths.sources.items()))
     return paths
@@ -286,16 +333,18 @@ def _link_or_copy(src: str | Path, dst: str | Path) -> None:  # through a tempor
     os.replace(tmp, dst)
 
 
-def prefetch(modes: str | Sequence[str], dest: str | os.PathLike, *, allow_download=True) -> tuple[ModelPaths, dict]:
-    """Make ``dest`` a complete local-layout folder for ``modes``; return its paths and where each component came from.
+def prefetch(models: str | Sequence[str], dest: str | os.PathLike, *, allow_download=True,
+             sr: bool = False) -> tuple[ModelPaths, dict]:
+    """Make ``dest`` a complete local-layout folder for ``models``; return its paths and where each component came from.
 
     What is complete there is kept; the rest is copied (hard-linked) from the first complete place (not
     ``WORLDPLAY_DOWNLOAD_DIR``), else its needed files are downloaded into ``dest`` when allowed.
     """
-    keys, dest, s = _keys(modes), Path(dest), Settings.from_env(allow_download=allow_download)
+    keys, dest, s = _keys(models, sr), Path(dest), Settings.from_env(allow_download=allow_download)
     s.download_dir, s.model_dir = None, None if s.model_dir == dest else s.model_dir  # dest is the target, not a source
-    layout = layout_paths(dest, keys[1:])
-    want = {"components": layout.components, **layout.transformer}
+    layout = layout_paths(dest, _models(keys) or MODELS[:1], sr=sr)
+    layout.transformer = {m: layout.transformer[m] for m in _models(keys)}
+    want = {"components": layout.components, **layout.transformer, **({"sr": layout.sr} if sr else {})}
     own = {key: bad for key in keys if (bad := _check(key, want[key]))}
     origins = {key: f"already present in {dest}" for key in keys if key not in own}
     layout.sources.update(dict.fromkeys(origins, "local"))
@@ -309,6 +358,11 @@ def prefetch(modes: str | Sequence[str], dest: str | os.PathLike, *, allow_downl
         if key == "components":
             shutil.copytree(path, want[key], ignore=shutil.ignore_patterns("transformer", ".cache"),
                             copy_function=_link_or_copy, dirs_exist_ok=True)
+        elif key == "sr":  # the SR files only, never the rest of the repo
+            for rel in SR_FILES.values():
+                for src in (path / rel, (path / rel).parent / "config.json"):
+                    (want[key] / rel).parent.mkdir(parents=True, exist_ok=True)
+                    _link_or_copy(src, (want[key] / rel).parent / src.name)
         else:  # the checkpoint, and its config.json when there is one
             want[key].parent.mkdir(parents=True, exist_ok=True)
             for src in filter(Path.exists, (path, path.parent / "config.json")):

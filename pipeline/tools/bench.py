@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipeline.checkpoints import MODE_ALIASES
 from pipeline.dit.attention import FLASH_KERNELS, backend_name, flash_attention, flash_kernel
 from pipeline.dit.config import WorldPlayConfig
 from pipeline.dit.transformer import WorldPlayTransformer
@@ -39,6 +40,10 @@ from pipeline.generation.engine import GenerationRequest, WorldPlayPipeline, def
 from pipeline.generation.rollout import Trace
 
 PEAK_BF16_TFLOPS = {"H100": 790.0, "H200": 790.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.0}
+#: the bench's sampling per rollout, kept at the configurations docs/PERFORMANCE.md measured (AR distilled 4
+#: steps; bidirectional 30 steps + CFG 6, below the model's published 50 so the figures stay comparable)
+BENCH_DEFAULTS = {"ar": {"steps": 4, "guidance": 1.0}, "bidirectional": {"steps": 30, "guidance": 6.0}}
+
 PROMPT = (
     "A paved pathway leads towards a stone arch bridge over calm water, lush trees on both banks, "
     "a pavilion with a tiered reddish-brown roof on the far shore, soft natural light."
@@ -108,7 +113,6 @@ def rollout_passes(mode: str, frames: int = 125, width: int = 832, height: int =
                    text_tokens: int = 1000, guidance: float | None = None) -> list[dict]:
     """Every DiT pass of one generation (kind, query and key tokens), without running it: the chunking
     and memory selection of :mod:`pipeline.generation.rollout` on the straight camera path of `frames` frames."""
-    from pipeline.generation.engine import DEFAULTS
     from pipeline.generation.memory import sample_memory_points, select_context_latents
     from pipeline.generation.rollout import AR_CHUNK_LATENTS, BIDIRECTIONAL_CHUNK_LATENTS, _context_indices
 
@@ -116,8 +120,8 @@ def rollout_passes(mode: str, frames: int = 125, width: int = 832, height: int =
     per_latent = (height // 16) * (width // 16)
     w2c = parse_pose(pose_for(mode, frames)).w2c
     points = sample_memory_points(torch.Generator("cpu").manual_seed(42))
-    steps = steps or DEFAULTS[mode]["steps"]
-    guidance = DEFAULTS[mode]["guidance"] if guidance is None else guidance
+    steps = steps or BENCH_DEFAULTS[mode]["steps"]
+    guidance = BENCH_DEFAULTS[mode]["guidance"] if guidance is None else guidance
     branches = 2 if guidance > 1.0 else 1
 
     def select(start: int, size: int):
@@ -216,7 +220,7 @@ def build_full_size(modes: tuple[str, ...], device: torch.device, dtype: torch.d
 
     from pipeline.tools.tiny import COMPONENTS_DIR, write_tiny_models
 
-    tiny_root = tiny_root or write_tiny_models(scratch / "tiny", modes=())
+    tiny_root = tiny_root or write_tiny_models(scratch / "tiny", models=())
     tiny_components = tiny_root / COMPONENTS_DIR
     started = time.perf_counter()
     transformers = {}
@@ -225,7 +229,7 @@ def build_full_size(modes: tuple[str, ...], device: torch.device, dtype: torch.d
             model = WorldPlayTransformer(WorldPlayConfig.full())
         model = model.to_empty(device=device).to(dtype)
         _random_init_(model)
-        transformers[mode] = model.eval().requires_grad_(False)
+        transformers[MODE_ALIASES[mode]] = model.eval().requires_grad_(False)
     if dit_only:
         return WorldPlayPipeline(
             transformers=transformers, encoders=None, vae=None, scheduler=comp.load_scheduler(tiny_components),
@@ -286,7 +290,7 @@ def build_for_rank(tiny: bool, modes: tuple[str, ...], tiny_root: str, device: s
 
     torch.manual_seed(0)
     if tiny:
-        return WorldPlayPipeline.from_paths(layout_paths(Path(tiny_root), modes), device="cpu", dtype=torch.float32,
+        return WorldPlayPipeline.from_paths(layout_paths(Path(tiny_root), [MODE_ALIASES[m] for m in modes]), device="cpu", dtype=torch.float32,
                                             dit_only=dit_only)
     device = torch.device(device or "cuda")
     return build_full_size(modes, device, default_dtype(device), Path(tiny_root).parent, Path(tiny_root),
@@ -351,7 +355,7 @@ def run_one(pipe: WorldPlayPipeline, mode: str, frames: int, width: int, height:
 
     request = GenerationRequest(
         prompt=prompt, image=demo_image(width, height), camera=parse_pose(pose_for(mode, frames)), mode=mode,
-        num_inference_steps=steps, guidance_scale=guidance, seed=42,
+        num_inference_steps=steps or BENCH_DEFAULTS[mode]["steps"], guidance_scale=guidance, seed=42,
     )
     with writer if writer is not None else nullcontext():  # a failed run aborts the writer
         result = pipe.generate(request, on_frames=on_frames, trace=trace)
@@ -615,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.generation.ranks import load_ranked
         from pipeline.tools.tiny import write_tiny_models
 
-        tiny_root = write_tiny_models(scratch / "tiny", modes=modes if args.tiny else ())
+        tiny_root = write_tiny_models(scratch / "tiny", models=tuple(MODE_ALIASES[m] for m in modes) if args.tiny else ())
         pipe = load_ranked(RankBuilder(args.tiny, modes, str(tiny_root)), str(device), args.sp)
         ranks = getattr(pipe, "world_size", 1)
         build_s = time.perf_counter() - t0

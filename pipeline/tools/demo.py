@@ -1,6 +1,6 @@
 """Render a video from the command line.
 
-    python -m pipeline --tiny --image in.png --pose "w-3" --mode ar --out demo.mp4
+    python -m pipeline --tiny --image in.png --pose "w-3" --model ar_distilled --out demo.mp4
     python -m pipeline --model-dir /models --image in.png --prompt "..." --pose "w-31" --out out.mp4
     python -m pipeline --sp 4 --pose "w-31" --state-out world.safetensors   # 4 GPUs, sequence parallel
 
@@ -32,6 +32,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from pipeline.checkpoints import DEFAULT_MODEL, MODEL_NAMES, resolve_model, rollout_of
 from pipeline.errors import ImageError, PipelineError
 from pipeline.generation.camera import parse_pose
 
@@ -47,7 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt", default=None, help=f"default: {DEMO_PROMPT!r} (with --continue-from: the state's)")
     parser.add_argument("--negative-prompt", default=None)
     parser.add_argument("--pose", default="w-3", help='pose string ("w-31"), or a pose JSON / action list file')
-    parser.add_argument("--mode", choices=["ar", "bidirectional"], default=None, help="default: ar (or the state's)")
+    parser.add_argument("--model", choices=list(MODEL_NAMES), default=None,
+                        help="the WorldPlay checkpoint; default: ar_distilled (or the state's)")
+    parser.add_argument("--mode", choices=["ar", "bidirectional"], default=None,
+                        help="older alias of --model: ar = ar_distilled, bidirectional = bidirectional")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--guidance", type=float, default=None)
     parser.add_argument("--seed", type=int, default=None, help="default: 0 (or the state's)")
@@ -101,18 +105,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # every input first: a typo must not cost a model build
         spec = _camera_spec(args.pose)
+        try:
+            named = resolve_model(args.model, args.mode) if (args.model or args.mode) else None
+        except ValueError as exc:
+            raise PipelineError(str(exc)) from None
         if args.continue_from is not None:  # a world session: the worker's continue_from, same code path
             if args.image:
                 raise ImageError("--continue-from takes no --image: the world state carries the image")
             request = continuation_request(
                 WorldState.load(args.continue_from), spec, prompt=args.prompt, negative_prompt=args.negative_prompt,
-                mode=args.mode, num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
+                model=named, num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
             )
         else:
             request = GenerationRequest(
                 prompt=args.prompt or DEMO_PROMPT, negative_prompt=args.negative_prompt or "",
                 image=_open_image(args.image) if args.image else None,
-                camera=parse_pose(spec, mode=args.mode or "ar"), mode=args.mode or "ar",
+                camera=parse_pose(spec, mode=rollout_of(named or DEFAULT_MODEL)), model=named or DEFAULT_MODEL,
                 num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed or 0,
             )
         mode = request.mode
@@ -120,18 +128,18 @@ def main(argv: list[str] | None = None) -> int:
             raise PipelineError(f"--out {str(args.out)!r}: folder {str(args.out.parent)!r} "
                                 "does not exist")
         with tempfile.TemporaryDirectory() as tmp:
-            modes = (mode,)
+            models = (request.model,)
             if args.tiny:
                 from pipeline.model_files.resolve import layout_paths
                 from pipeline.tools.tiny import write_tiny_models
 
-                root = write_tiny_models(Path(tmp), modes=modes)
-                pipe = load_ranked(PathsLoader(layout_paths(root, modes), modes), "cpu", args.sp)
+                root = write_tiny_models(Path(tmp), models=models)
+                pipe = load_ranked(PathsLoader(layout_paths(root, models), models), "cpu", args.sp)
             else:
                 from pipeline.model_files.resolve import resolve_models
 
                 kwargs = {"model_dir": args.model_dir} if args.model_dir else {}
-                pipe = load_ranked(PathsLoader(resolve_models(modes, **kwargs), modes), None, args.sp)
+                pipe = load_ranked(PathsLoader(resolve_models(models, **kwargs), models), None, args.sp)
             if request.history is None and request.image is None:
                 from pipeline.tools.bench import demo_image
 

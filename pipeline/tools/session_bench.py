@@ -72,8 +72,8 @@ def continuation_overhead(a: str = "w-15", b: str = "right-16", steps: int = 4, 
     from pipeline.tools.tiny import write_tiny_models
 
     with tempfile.TemporaryDirectory() as tmp:
-        root = write_tiny_models(Path(tmp), modes=("ar",))
-        pipe = WorldPlayPipeline.from_paths(layout_paths(root, ("ar",)), device="cpu")
+        root = write_tiny_models(Path(tmp), models=("ar_distilled",))
+        pipe = WorldPlayPipeline.from_paths(layout_paths(root, ("ar_distilled",)), device="cpu")
     y, x = np.mgrid[0:90, 0:160]
     image = Image.fromarray(np.stack([x % 256, y % 256, (x + y) % 256], -1).astype(np.uint8))
 

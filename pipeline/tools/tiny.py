@@ -9,8 +9,12 @@
         image_encoder/ feature_extractor/ SigLIP vision model + SigLIP image processor config
         vae/ scheduler/ guider/
     HY-WorldPlay/
-        ar_distilled_action_model/model.safetensors                  (+ config.json)
-        bidirectional_model/diffusion_pytorch_model.safetensors      (+ config.json)
+        ar_distilled_action_model/model.safetensors                  (+ config.json)   model ar_distilled
+        ar_model/diffusion_pytorch_model.safetensors                 (+ config.json)   model ar
+        ar_rl_model/diffusion_pytorch_model.safetensors              (+ config.json)   model ar_rl
+        bidirectional_model/diffusion_pytorch_model.safetensors      (+ config.json)   model bidirectional
+
+(only the checkpoints of the ``models`` asked for; by default ar_distilled and bidirectional)
 
 Every component is written with its library's own ``save_pretrained``, so it loads through exactly the
 code path used for the real weights (:class:`pipeline.encoders.components.ConditionEncoders`,
@@ -36,8 +40,8 @@ from pipeline.model_files.resolve import COMPONENTS_DIRNAME as COMPONENTS_DIR
 from pipeline.model_files.resolve import TRANSFORMER_FILES
 from pipeline.model_files.resolve import WORLDPLAY_DIRNAME as WORLDPLAY_DIR
 
-#: mode -> checkpoint path relative to the WorldPlay folder (the layout has one home: pipeline.model_files.resolve)
-CHECKPOINT_FILES = {mode: Path(folder) / name for mode, (folder, name) in TRANSFORMER_FILES.items()}
+#: model -> checkpoint path relative to the WorldPlay folder (the layout has one home: pipeline.model_files.resolve)
+CHECKPOINT_FILES = {model: Path(folder) / name for model, (folder, name) in TRANSFORMER_FILES.items()}
 
 #: model_index.json of the real diffusers repo (its classes; the version is filled in when written)
 MODEL_INDEX = {
@@ -211,13 +215,13 @@ def _diffusers_version() -> str:
     return diffusers.__version__
 
 
-def _write_transformers(folder: Path, modes: Iterable[str], seed: int) -> None:
+def _write_transformers(folder: Path, models: Iterable[str], seed: int) -> None:
     from pipeline.dit.checkpoint import write_random_checkpoint
     from pipeline.dit.config import WorldPlayConfig
 
     config = WorldPlayConfig.tiny(**TINY_DIMS)
-    for i, mode in enumerate(modes):
-        path = folder / CHECKPOINT_FILES[mode]
+    for i, model in enumerate(models):
+        path = folder / CHECKPOINT_FILES[model]
         write_random_checkpoint(path, config, seed=seed + 100 + i)  # also writes config.json beside it
 
 
@@ -242,20 +246,20 @@ def _quiet() -> Iterator[None]:
 
 
 def write_tiny_models(
-    root: Path, *, modes: Iterable[str] = ("ar", "bidirectional"), seed: int = 0
+    root: Path, *, models: Iterable[str] = ("ar_distilled", "bidirectional"), seed: int = 0
 ) -> Path:
     """Write every tiny component under ``root`` (see the module docstring) and return ``root``.
 
     Deterministic for a given ``seed``; the global torch RNG state is restored afterwards.
     """
-    modes = tuple(modes)
-    unknown = [m for m in modes if m not in CHECKPOINT_FILES]
+    models = tuple(models)
+    unknown = [m for m in models if m not in CHECKPOINT_FILES]
     if unknown:
-        raise ValueError(f"unknown mode(s) {unknown}; expected some of {sorted(CHECKPOINT_FILES)}")
+        raise ValueError(f"unknown model(s) {unknown}; expected some of {sorted(CHECKPOINT_FILES)}")
     root = Path(root)
     with torch.random.fork_rng(devices=[]), _quiet():
         _write_components(root / COMPONENTS_DIR, seed)
-        _write_transformers(root / WORLDPLAY_DIR, modes, seed)
+        _write_transformers(root / WORLDPLAY_DIR, models, seed)
     return root
 
 
