@@ -169,22 +169,22 @@ def setup(ctx: Ctx) -> dict:
     torch.manual_seed(0)
     if ctx.tiny:
         ctx.device, ctx.dtype = torch.device("cpu"), torch.float32
-        ctx.tiny_root = write_tiny_models(ctx.scratch / "tiny", modes=("ar", "bidirectional"))
-        ctx.pipe = WorldPlayPipeline.from_paths(layout_paths(ctx.tiny_root, ("ar",)), device="cpu",
-                                                dtype=torch.float32, modes=("ar",))
+        ctx.tiny_root = write_tiny_models(ctx.scratch / "tiny", models=("ar_distilled", "bidirectional"))
+        ctx.pipe = WorldPlayPipeline.from_paths(layout_paths(ctx.tiny_root, ("ar_distilled",)), device="cpu",
+                                                dtype=torch.float32, models=("ar_distilled",))
     else:
         from pipeline.generation.engine import default_dtype
         from pipeline.tools.bench import build_full_size
 
         ctx.device = torch.device("cuda")
         ctx.dtype = default_dtype(ctx.device)
-        ctx.tiny_root = write_tiny_models(ctx.scratch / "tiny", modes=())  # tokenizers only
+        ctx.tiny_root = write_tiny_models(ctx.scratch / "tiny", models=())  # tokenizers only
         ctx.pipe = build_full_size(("ar",), ctx.device, ctx.dtype, ctx.scratch, ctx.tiny_root)
     build_s = time.perf_counter() - started
     # the worker's warm-up (kernel selection, FlashAttention's compile), as the earlier GPU figures had it;
     # --tiny leaves it out (seconds of CPU for nothing to select)
-    warm = ctx.pipe.warm_up() if not ctx.tiny else {"ar": "skipped with --tiny"}
-    return {"build_seconds": round(build_s, 2), "warm_up_seconds": warm.get("ar"),
+    warm = ctx.pipe.warm_up() if not ctx.tiny else {"ar_distilled": "skipped with --tiny"}
+    return {"build_seconds": round(build_s, 2), "warm_up_seconds": next(iter(warm.values()), None),
             "attention_at_start": ctx.pipe.load_info.get("attention"),
             "attention_prepare_seconds": ctx.pipe.load_info.get("load_seconds", {}).get("attention_kernel")}
 
@@ -505,7 +505,7 @@ def item_live_server(ctx: Ctx) -> dict:
     server = None
     thread = None
     try:
-        job.MODELS.get(("ar",))
+        job.MODELS.get(("ar_distilled",))
         app = create_app(LiveSettings(), preload=False)
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
@@ -646,7 +646,7 @@ def item_cold_load(ctx: Ctx) -> dict:
     from pipeline.dit.checkpoint import load_transformer
 
     pipe = ctx.need_pipe()
-    model = pipe.transformers["ar"]
+    model = pipe.transformers["ar_distilled"]
     folder = Path(ctx.args.scratch_disk or ctx.scratch) / "cold_load"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.safetensors"
