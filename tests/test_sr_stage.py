@@ -213,3 +213,25 @@ def test_an_engine_without_the_sr_stage_refuses_720p(sr_pipe):
             sr_pipe.generate(request)
     finally:
         sr_pipe.sr = stage
+
+
+def test_a_sequence_parallel_follower_needs_no_sr_stage(sr_pipe):
+    """Followers only denoise the 480p rollout; rank 0 alone runs (and must hold) the SR stage."""
+    import types
+
+    from PIL import Image
+
+    from pipeline.generation.camera import parse_pose
+    from pipeline.generation.engine import GenerationRequest
+
+    request = GenerationRequest(prompt="p", image=Image.new("RGB", (64, 48)), camera=parse_pose("w-3"),
+                                resolution="720p")
+    stage, sr_pipe.sr = sr_pipe.sr, None
+    try:
+        sr_pipe.sequence_parallel = types.SimpleNamespace(rank=1)
+        sr_pipe.validate(request)
+        sr_pipe.sequence_parallel = types.SimpleNamespace(rank=0)
+        with pytest.raises(Exception, match="WORLDPLAY_SR"):
+            sr_pipe.validate(request)
+    finally:
+        sr_pipe.sr, sr_pipe.sequence_parallel = stage, None

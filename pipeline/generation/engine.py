@@ -416,7 +416,8 @@ class WorldPlayPipeline:
         if request.resolution != "480p":
             from pipeline.sr.upsampler import check_sr_frames
 
-            if self.sr is None:
+            follower = self.sequence_parallel is not None and self.sequence_parallel.rank > 0
+            if self.sr is None and not follower:  # a follower only denoises the 480p rollout
                 raise ModelUnavailableError(f"resolution {request.resolution!r} needs the super-resolution stage, "
                                             "which this worker did not load (start it with WORLDPLAY_SR=1)")
             if request.history is not None:
