@@ -595,10 +595,12 @@ class WorldPlayPipeline:
             latents = self.sr.run(world.job.latents, image_latent, text=positive.text, text_mask=positive.text_mask,
                                   byt5=positive.byt5, byt5_mask=positive.byt5_mask, vision=vision,
                                   seed=int(request.seed), callback=step_done, should_cancel=progress.should_cancel)
-        with timer.stage("decode_720p"):
-            video = CausalVAEDecoder(self.vae).decode(latents)
-            frames = comp.frames_to_uint8(video)
-        return frames
+        with timer.stage("decode_720p"):  # chunk by chunk, each turned into uint8 at once (bounded memory)
+            decoder = CausalVAEDecoder(self.vae)
+            step = AR_CHUNK_LATENTS
+            pieces = [comp.frames_to_uint8(decoder.decode(latents[:, :, start:start + step]))
+                      for start in range(0, latents.shape[2], step)]
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
     # ---------------------------------------------------------------------------- worlds
 

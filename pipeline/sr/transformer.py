@@ -205,8 +205,8 @@ class SRTransformer(nn.Module):
         """[1, Lc, C]: SigLIP, valid byT5 and valid Qwen tokens (the refiner conditioned on `t`)."""
         dtype, device = self.dtype, self.device
         t = torch.as_tensor(t, dtype=torch.float32, device=device).reshape(1)
-        text_valid = text[0][text_mask[0].to(device).bool()].unsqueeze(0).to(device, dtype)
-        byt5_valid = byt5[0][byt5_mask[0].to(device).bool()].unsqueeze(0).to(device, dtype)
+        text_valid = text[0].to(device)[text_mask[0].to(device).bool()].unsqueeze(0).to(dtype)
+        byt5_valid = byt5[0].to(device)[byt5_mask[0].to(device).bool()].unsqueeze(0).to(dtype)
         type_emb = self.cond_type_embedding.weight
         parts = [self.vision_in(vision.to(device, dtype)) + type_emb[2]]
         if byt5_valid.shape[1]:
