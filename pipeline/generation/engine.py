@@ -268,7 +268,9 @@ class WorldPlayPipeline:
             from pipeline.sr.stage import SRStage
 
             t0 = time.perf_counter()
-            sr = SRStage.from_folder(paths.sr, device=device, dtype=dtype)
+            files = paths.sr_files
+            sr = SRStage.from_folders(files["transformer"].parent, files["upsampler"].parent, device=device,
+                                      dtype=dtype)
             timings["sr"] = round(time.perf_counter() - t0, 3)
         timings["total"] = round(time.perf_counter() - started, 3)
         checkpoint_ids = {model: checkpoint_fingerprint(paths.transformer[model]) for model in models}

@@ -91,15 +91,13 @@ class SRStage:
     flow_shift: float = SR_FLOW_SHIFT
 
     @classmethod
-    def from_folder(cls, folder: str | Path, *, device: str | torch.device = "cpu",
-                    dtype: torch.dtype = torch.bfloat16) -> "SRStage":
-        """From a resolved SR folder (``transformer/720p_sr_distilled`` and ``upsampler/720p_sr_distilled``)."""
-        from pipeline.model_files.resolve import SR_FILES
-
-        folder = Path(folder)
+    def from_folders(cls, transformer: str | Path, upsampler: str | Path, *, device: str | torch.device = "cpu",
+                     dtype: torch.dtype = torch.bfloat16) -> "SRStage":
+        """From the resolved ``transformer/720p_sr_distilled`` and ``upsampler/720p_sr_distilled`` folders
+        (``ModelPaths.sr_files``' parents)."""
         started = time.perf_counter()
-        transformer = load_sr_transformer((folder / SR_FILES["transformer"]).parent, device=device, dtype=dtype)
-        upsampler = LatentUpsampler.from_folder((folder / SR_FILES["upsampler"]).parent, device=device)
+        transformer = load_sr_transformer(Path(transformer), device=device, dtype=dtype)
+        upsampler = LatentUpsampler.from_folder(Path(upsampler), device=device)
         logger.info("SR stage loaded in %.2f s", time.perf_counter() - started)
         return cls(transformer=transformer, upsampler=upsampler)
 
