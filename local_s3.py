@@ -3,6 +3,7 @@
 
     python local_s3.py                    # S3 on 127.0.0.1:9000 with the bucket "videos"; Ctrl-C stops
     python local_s3.py --port 9100 --bucket renders
+    python local_s3.py --upload street.png inputs/street.png   # put an input image in (server up or not)
 
 Runs moto's S3 server (``moto[server]`` from requirements-dev.txt; in memory, any credentials are
 accepted), creates the bucket through the worker's own storage client, and prints the ``MINIO_*``
@@ -19,6 +20,7 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 
 ACCESS_KEY = "local-access-key"
 SECRET_KEY = "local-secret-key"
@@ -34,12 +36,51 @@ def settings(host: str, port: int, bucket: str) -> dict:
     }
 
 
+def _listening(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def _upload_all(env: dict, uploads) -> int:
+    """Put each (file, key) into the bucket of ``env``; 0, or 1 with the reason on stderr."""
+    import mimetypes
+
+    from worker.errors import WorkerError
+    from worker.storage import Storage
+
+    storage = Storage.from_env(env)
+    try:
+        storage.ensure_bucket()
+        for name, key in uploads:
+            kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
+            storage.put_bytes(key, Path(name).read_bytes(), kind)
+            print(f"uploaded {name} as {key!r} (bucket {env['MINIO_BUCKET']!r}): send \"image_key\": \"{key}\"",
+                  flush=True)
+    except WorkerError as exc:
+        print(f"local_s3: upload failed: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=9000, help="port (default 9000)")
     parser.add_argument("--bucket", default="videos", help='bucket to create (default "videos")')
+    parser.add_argument("--upload", nargs=2, action="append", metavar=("FILE", "KEY"), default=[],
+                        help="put FILE into the bucket as KEY (e.g. an input image for image_key); "
+                             "repeatable. With a local S3 already listening on --host/--port it uploads "
+                             "there and exits; otherwise it starts one first and keeps serving")
     args = parser.parse_args(argv)
+    missing = [f for f, _ in args.upload if not Path(f).is_file()]
+    if missing:
+        print(f"local_s3: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    if args.upload and _listening(args.host, args.port):  # a server from an earlier `python local_s3.py`
+        return _upload_all(settings(args.host, args.port, args.bucket), args.upload)
 
     try:
         from moto.server import ThreadedMotoServer
@@ -72,6 +113,8 @@ def main(argv=None) -> int:
         Storage.from_env(env).ensure_bucket()
         print(f"local S3 ready on {env['MINIO_ENDPOINT']}, bucket {args.bucket!r}; point the worker at it with:")
         print("export " + " ".join(f"{k}={v}" for k, v in env.items()), flush=True)
+        if args.upload and _upload_all(env, args.upload):
+            return 1
         while not stop.is_set():
             stop.wait(0.5)
     except KeyboardInterrupt:

@@ -179,11 +179,52 @@ def patched_env(values: Dict[str, str]) -> Iterator[None]:
                 os.environ[key] = old
 
 
+class Watcher:
+    """``--watch``: what a client polling ``GET /status`` of a deployed endpoint sees, locally.
+
+    Receives the worker's progress updates (the payloads RunPod would put in ``/status``), prints
+    each one, and the moment the first carries ``preview_url`` prints a viewer link that plays it
+    (the viewer served on 127.0.0.1 by :mod:`tools.serve_viewer`)."""
+
+    def __init__(self, out=None, viewer_base: Optional[str] = None, hold: float = 0.0):
+        self.out = out or sys.stdout
+        self.hold = hold  # seconds the viewer and the S3 stay up after the job (to replay the preview)
+        self.updates: list = []
+        self.viewer_base = viewer_base
+        self.link: Optional[str] = None
+        self._server = None
+
+    def start(self) -> "Watcher":
+        if self.viewer_base is None:
+            from tools.serve_viewer import start
+
+            self._server, self.viewer_base = start(port=0)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __call__(self, job: dict, payload: dict) -> None:
+        self.updates.append(dict(payload))
+        shown = {k: v for k, v in payload.items() if k in ("stage", "step", "total", "preview_segments")}
+        print(f"progress {json.dumps(shown)}", file=self.out, flush=True)
+        if self.link is None and payload.get("preview_url"):
+            from tools.serve_viewer import viewer_link
+
+            self.link = viewer_link(self.viewer_base, payload["preview_url"])
+            print(f"preview ready: {self.link}", file=self.out, flush=True)
+
+
 def run_local(*, model_dir: Optional[str] = None, num_latents: int = 4, fps: int = 24,
-              keep_dir: Optional[str] = None) -> Dict:
+              keep_dir: Optional[str] = None, watch: Optional[Watcher] = None) -> Dict:
     """Embedded S3 + tiny model + one job through the handler. Returns a report; raises
     SmokeFailure. ``model_dir``: an existing tiny-model root (else one is written to a temp dir).
-    ``keep_dir``: also save the MP4 there, with the input image and the camera path plot."""
+    ``keep_dir``: also save the MP4 there, with the input image and the camera path plot.
+    ``watch``: receives the job's progress updates as RunPod's ``/status`` would carry them (the
+    bucket then allows cross-origin GETs, so the served viewer can play the preview)."""
     import asyncio
 
     from worker import job as worker_job
@@ -214,7 +255,20 @@ def run_local(*, model_dir: Optional[str] = None, num_latents: int = 4, fps: int
             "prompt": "a sunlit stone courtyard with a fountain, camera walking forward",
             "image_key": image_key, "pose_key": pose_key, "seed": 7, "fps": fps,
             "output": {"key_prefix": "smoke-out"}}}
-        output = asyncio.run(worker_job.handler(job))
+        if watch is None:
+            output = asyncio.run(worker_job.handler(job))
+        else:  # the handler's own code path, with the progress updates RunPod would relay
+            import boto3  # moto's S3 takes the CORS rule the viewer on another origin needs
+
+            boto3.client("s3", endpoint_url=s3_env["MINIO_ENDPOINT"], region_name="us-east-1",
+                         aws_access_key_id=LOCAL_ACCESS_KEY, aws_secret_access_key=LOCAL_SECRET_KEY
+                         ).put_bucket_cors(Bucket=storage.bucket, CORSConfiguration={"CORSRules": [{
+                             "AllowedOrigins": ["*"], "AllowedMethods": ["GET", "HEAD"],
+                             "AllowedHeaders": ["*"]}]})
+            watch.start()
+            stack.callback(watch.stop)
+            output = worker_job.run_job(job, progress=worker_job.ProgressReporter(
+                job, interval=0.5, sender=watch, enabled=True))
         report = verify_output(output, storage, fps=fps, num_frames=expected_frames(num_latents))
         report["continuation"] = continue_world(output, storage, fps=fps, run_id=run_id)
         if keep_dir:
@@ -230,6 +284,13 @@ def run_local(*, model_dir: Optional[str] = None, num_latents: int = 4, fps: int
             report["saved_inputs"] = [str(Path(keep_dir) / "smoke_input.png"),
                                       str(Path(keep_dir) / "smoke_path.png")]
         report.update(output=output, seconds=round(time.perf_counter() - t_start, 2))
+        if watch is not None and watch.hold > 0 and watch.link:
+            print(f"the viewer and the S3 stay up {watch.hold:g} s more (Ctrl-C ends): {watch.link}",
+                  file=watch.out, flush=True)
+            try:
+                time.sleep(watch.hold)
+            except KeyboardInterrupt:
+                pass
         return report
 
 
@@ -328,6 +389,11 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=900.0, help="--endpoint: seconds to wait")
     parser.add_argument("--save", metavar="DIR", help="--local: also save the MP4 into DIR, beside "
                                                       "the input image and a plot of the camera path")
+    parser.add_argument("--watch", action="store_true",
+                        help="--local: print the progress updates /status would carry and, once the live "
+                             "preview exists, a viewer link that plays it (viewer served on 127.0.0.1)")
+    parser.add_argument("--hold", type=float, default=0.0, metavar="S",
+                        help="--watch: keep the viewer and the S3 up S seconds after the job, to replay it")
     args = parser.parse_args(argv)
 
     from worker.job import configure_logging
@@ -336,7 +402,7 @@ def main(argv=None) -> int:
     try:
         if args.local:
             report = run_local(model_dir=args.model_dir, num_latents=args.latents,
-                               keep_dir=args.save)
+                               keep_dir=args.save, watch=Watcher(hold=args.hold) if args.watch else None)
         else:
             report = run_endpoint(args.endpoint, timeout=args.timeout, num_latents=args.latents)
     except SmokeFailure as exc:

@@ -23,6 +23,13 @@ class PoseSpecError(PipelineError, ValueError):
     code = "INVALID_POSE"
 
 
+class InvalidArgumentError(PipelineError, ValueError):
+    """A command-line argument of the model package's tools is unusable (e.g. ``--out`` in a folder
+    that does not exist); the same code as a job input the schema refuses."""
+
+    code = "INVALID_INPUT"
+
+
 class FrameCountError(PoseSpecError):
     """A latent / frame count violates the mode's rules; the message lists the nearest valid counts."""
 

@@ -7,8 +7,10 @@ checked against ``MAX_LATENTS`` while it is parsed, before the image is fetched 
 What the limit costs (H100, 832x480, docs/PERFORMANCE.md): AR distilled takes ~24 s per 125 frames
 (32 latents, 8 chunks of 4; the memory context stops growing after 20 latents, so the cost per chunk
 is then constant), i.e. ~3 minutes at the limit. Bidirectional takes ~80 s for its first chunk of
-16 latents and ~255 s for each later one (30 steps + CFG), i.e. ~65 minutes at the limit: set the
-endpoint's execution timeout accordingly, or keep bidirectional requests short.
+16 latents and ~255 s for each later one at 30 steps + CFG, i.e. ~65 minutes at the limit, and ~5/3 of
+that (~110 minutes) at its published default of 50 steps (the non-distilled AR models likewise cost
+~25x the distilled one per step count): set the endpoint's execution timeout accordingly, or keep such
+requests short.
 """
 
 from __future__ import annotations

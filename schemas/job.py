@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -167,6 +168,9 @@ class JobInput(_Strict):
     """A generation request: prompt + one image source + one camera source."""
 
     model_config = ConfigDict(json_schema_extra=_job_input_schema)
+    # no camera field was sent: the path was made from num_frames (or the default); errors about its
+    # length are then worded in the num_frames the user wrote
+    _camera_defaulted: bool = PrivateAttr(default=False)
 
     prompt: Optional[str] = Field(None, max_length=MAX_PROMPT_CHARS,
                                   description="What the scene looks like (required, non-empty; with "
@@ -338,7 +342,13 @@ class JobInput(_Strict):
             self.pose = f"w-{max(1, self.num_frames // 4) if self.num_frames else CONTINUE_LATENTS}"
         elif not cameras:
             self.pose = default_pose(self.num_frames)
+        self._camera_defaulted = not cameras
         return self
+
+    @property
+    def camera_defaulted(self) -> bool:
+        """True when no camera field was sent (the path comes from ``num_frames`` or the default)."""
+        return self._camera_defaulted
 
     # ---- resolved values -------------------------------------------------------------------
     @property
@@ -474,6 +484,9 @@ class HealthOutput(BaseModel):
     versions: Dict[str, Optional[str]]
     model: Dict[str, Any] = Field(default_factory=dict, description="pipe.health() when loaded.")
     model_error: Optional[str] = None
+    weights: Optional[Dict[str, Any]] = Field(
+        default=None, description="Before the models are loaded: whether the weights resolve without "
+        "loading or downloading (resolved, sources or problem, download_allowed); null once loaded.")
     storage: Dict[str, Any]
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 
 from pipeline.generation.camera import parse_pose
 from pipeline.tools.camera_plot import (
+    _BAD,
     _CHUNK,
     _DOWN,
     _LEVEL,
@@ -100,7 +101,7 @@ def test_cli_reports_bad_specs_without_a_traceback(tmp_path, capsys):
     assert "INVALID_FRAME_COUNT" in capsys.readouterr().err
     assert main(["--check", "w-31"]) == 0
     assert json.loads(capsys.readouterr().out) == {"latents": 32, "moves": 31, "frames": 125,
-                                                   "mode": "ar"}
+                                                   "chunks": 8, "mode": "ar"}
 
 
 def test_python_m_pipeline_camera_plot(tmp_path):
@@ -112,3 +113,80 @@ def test_python_m_pipeline_camera_plot(tmp_path):
     helped = subprocess.run([sys.executable, "-m", "pipeline.camera", "--help"], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
     assert helped.returncode == 0 and "--plot SPEC OUT" in helped.stdout
+
+
+# ---- issue 23: units at the command line, visible turns, labels apart, refused lengths, states ----
+def test_check_counts_a_continuation_without_the_start_latent(capsys):
+    """`w-8` is refused for a new AR job (9 latents) but right for a continuation (8 new latents)."""
+    assert main(["--check", "w-8"]) == 1
+    err = capsys.readouterr().err
+    assert "INVALID_FRAME_COUNT" in err and "'w-7' or 'w-11' instead of 'w-8'" in err
+    assert "8 moves would be right to continue a world with continue_from" in err  # and why
+    assert main(["--check", "w-8", "--continuation"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"new_latents": 8, "new_frames": 32, "chunks": 2,
+                                                   "mode": "ar", "continuation": True}
+    assert main(["--check", "w-7", "--continuation"]) == 1
+    assert "nearest valid are 4 latents (16 frames) or 8 latents (32 frames)" in capsys.readouterr().err
+    assert main(["--check", "w-15", "--continuation", "--mode", "bidirectional"]) == 1
+    assert main(["--check", "w-16", "--continuation", "--mode", "bidirectional"]) == 0
+    assert json.loads(capsys.readouterr().out)["chunks"] == 1
+
+
+def _extent(img: Image.Image, colour) -> int:
+    pixels = np.asarray(img.convert("RGB"))[90:]
+    ys, xs = np.nonzero((np.abs(pixels.astype(int) - np.array(colour)).sum(axis=2) == 0))
+    return int(max(xs.max() - xs.min(), ys.max() - ys.min())) if len(xs) else 0
+
+
+def test_turns_and_pitch_in_place_are_drawn_as_fans_not_a_dot():
+    turn = render_path("right-31")  # 32 latents at one spot, turning 93 degrees
+    assert _extent(turn, _LEVEL) > 80  # a fan of arrows, not a dot
+    assert count_colour(turn, _LEVEL) > 2 * count_colour(render_path("right-3"), _LEVEL)
+    # looking up 12 degrees in place: the up-coloured arrows reach out of the start's dot
+    pitch = render_path("up-3")
+    assert _extent(pitch, _UP) > 30
+
+
+def test_labels_never_overlap():
+    img = render_path("right-3, up-4, left-4, down-4, right-4, up-4, left-4, down-3")  # all in place
+    boxes = img.info["labels"]
+    assert len(boxes) >= 8  # start, chunk labels, one label per stretch
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)
+
+
+def test_a_refused_length_is_marked_and_exits_1(tmp_path, capsys):
+    out = tmp_path / "bad-length.png"
+    assert main(["--plot", "w-30", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "INVALID_FRAME_COUNT" in err and "'w-27' or 'w-31'" in err
+    img = Image.open(out)  # still written, to show what was asked for, framed in red
+    assert count_colour(img, _BAD) > 2000 and render_path("w-31").info["problem"] is None
+    assert count_colour(render_path("w-31"), _BAD) == 0
+    assert main(["--plot", "w-15", str(tmp_path / "bi.png"), "--mode", "bidirectional"]) == 0
+
+
+def test_a_world_state_plots_the_path_so_far(tmp_path, capsys):
+    import torch
+
+    from pipeline.generation.world_state import WorldState
+
+    traj = parse_pose("w-7, right-8")  # 16 latents: a whole number of AR chunks
+    n = traj.num_latents
+    state = WorldState(latents=torch.zeros(n, 32, 3, 5), c2w=traj.c2w.double(),
+                       intrinsics=traj.intrinsics.float().expand(n, 3, 3).clone()
+                       if traj.intrinsics.dim() == 2 else traj.intrinsics.float(),
+                       actions=traj.actions.long(), image_latent=torch.zeros(32, 3, 5),
+                       vision=torch.zeros(4, 8), prompt="p", negative_prompt="", seed=1, mode="ar",
+                       num_inference_steps=4, guidance_scale=1.0, width=80, height=48, checkpoint="x" * 64)
+    path = tmp_path / "world.safetensors"
+    state.save(path)
+    out = tmp_path / "state.png"
+    assert main(["--plot", str(path), str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    img = Image.open(out)
+    assert count_colour(img, _CHUNK) > 0 and count_colour(img, _BAD) == 0
+    assert [t for _, _, t in stretch_labels(parse_pose("w-7, right-8"))] == ["w x7", "right x8"]
+    assert main(["--plot", str(tmp_path / "missing.safetensors"), str(out)]) == 1
+    assert "does not exist" in capsys.readouterr().err

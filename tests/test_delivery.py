@@ -306,13 +306,14 @@ def test_hub_tests_pass_without_storage(real_pipeline, monkeypatch, tmp_path):
 
 def test_http_imitation_without_storage_and_the_readme_decode_step(tiny_models, tmp_path):
     """`python handler.py --rp_serve_api` with no MINIO_*: /runsync with test_input.json returns the
-    video inline, and the README's own decode one-liner turns the answer into a playable out.mp4."""
+    video inline, and the documented decode one-liner (docs/LOCAL.md) turns the answer into a playable
+    out.mp4."""
     import requests
     from conftest import free_port
 
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "LOCAL.md").read_text()
     match = re.search(r'\| python -c "(import base64, json, sys; open\(\'out\.mp4\'.*?)"\n', readme)
-    assert match, "README: no decode step for video_base64"
+    assert match, "docs/LOCAL.md: no decode step for video_base64"
     decode_snippet = match.group(1)
 
     port = free_port()

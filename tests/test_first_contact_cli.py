@@ -116,3 +116,39 @@ def test_cuda_bindings_pinned_to_the_images_cuda_series():
                 if line.strip() and not line.startswith("#"))
     assert pins["cuda-bindings"].split(".")[0] == cuda_major
     assert not [name for name in pins if "cu13" in name]
+
+
+# ---- issue 23, items 9 and 10: every CLI error is a documented code, in the flag's own words; the
+# demo leaves nothing in the checkout ---------------------------------------------------------------
+def test_cli_errors_use_documented_codes_and_the_flag_typed(tmp_path, capsys, no_model_builds):
+    from worker.errors import ERROR_CODES
+
+    assert demo_main(["--tiny", "--out", str(tmp_path / "no" / "such" / "demo.mp4")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: INVALID_INPUT: --out ") and "INVALID_INPUT" in ERROR_CODES
+    assert "PIPELINE_ERROR" not in err
+    assert demo_main(["--tiny", "--sp", "x", "--out", str(tmp_path / "d.mp4")]) == 1
+    err = capsys.readouterr().err
+    assert "error: SEQUENCE_PARALLEL_CONFIG: --sp x is not a number" in err
+    assert "WORLDPLAY_SEQUENCE_PARALLEL" not in err
+
+
+def test_sp_messages_name_the_flag():
+    from pipeline.dit.parallel import ENV
+    from pipeline.tools.demo import sp_flag_message
+
+    assert sp_flag_message(f"{ENV}=3 does not divide the transformer's 16 attention heads (use one of "
+                           "[1, 2, 4, 8, 16])", "3") == \
+        "--sp 3 does not divide the transformer's 16 attention heads (use one of [1, 2, 4, 8, 16])"
+    gpus = sp_flag_message(f"{ENV}=4 but only 1 GPU(s) are visible; set 'GPUs per worker' on the endpoint to "
+                           f"at least 4, or lower {ENV}", "4")
+    assert gpus == "--sp 4 but only 1 GPU(s) are visible; run it where at least 4 GPUs are visible, or lower --sp"
+
+
+def test_demo_default_output_goes_to_the_ignored_out_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert demo_main(["--tiny", "--pose", "w-3"]) == 0
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert written == ["out/demo.mp4", "out/demo_input.png", "out/demo_path.png"], written
+    ignore = (REPO / ".gitignore").read_text().splitlines()
+    assert "/out/" in ignore

@@ -556,3 +556,43 @@ def test_test_input_json_runs(real_pipeline, s3_env, tiny_models, tmp_path):
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-3000:]
     assert "Using test_input.json" in text and "completed successfully" in text
+
+
+# ---- health before the first load: do the weights resolve? (issue 23, item 8) -------------------
+def test_health_is_ok_only_when_the_weights_resolve(s3_env, tiny_models, tmp_path, monkeypatch):
+    """Locally the models load at the first job: health asks the resolver (nothing loaded, nothing
+    downloaded) and says "ok" only when a job could run."""
+    for name in ("WORLDPLAY_MODEL_DIR", "WORLDPLAY_BUNDLE_REPO", "WORLDPLAY_DOWNLOAD_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RUNPOD_HF_CACHE", str(tmp_path / "no-runpod-cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "no-hf-cache"))
+    monkeypatch.setenv("WORLDPLAY_ALLOW_DOWNLOAD", "0")
+    worker_job.reset_state(loader=worker_job.default_loader)
+    try:
+        out = run({"health": True})
+        assert out["status"] == "degraded" and out["models_loaded"] is False
+        assert out["weights"]["resolved"] is False and out["weights"]["download_allowed"] is False
+        assert out["weights"]["problem"].startswith("MODEL_NOT_FOUND: ")
+        assert "WORLDPLAY_ALLOW_DOWNLOAD=1" in out["weights"]["problem"]  # says what to do
+
+        # downloads allowed: a job could run (it would fetch them first)
+        monkeypatch.setenv("WORLDPLAY_ALLOW_DOWNLOAD", "1")
+        worker_job.MODELS.reset()
+        out = run({"health": True})
+        assert out["status"] == "ok" and out["weights"]["download_allowed"] is True
+
+        # weights on disk: resolved, with where from; and the probe is remembered for a while
+        monkeypatch.setenv("WORLDPLAY_ALLOW_DOWNLOAD", "0")
+        monkeypatch.setenv("WORLDPLAY_MODEL_DIR", str(tiny_models))
+        worker_job.MODELS.reset()
+        calls = []
+        real_probe = worker_job.MODELS.probe
+        worker_job.MODELS.probe = lambda modes: calls.append(modes) or real_probe(modes)
+        out = run({"health": True})
+        assert out["status"] == "ok" and out["weights"]["resolved"] is True
+        assert set(out["weights"]["sources"].values()) == {"local"}
+        run({"health": True})
+        assert len(calls) == 1  # cached for WEIGHTS_PROBE_SECONDS
+        assert worker_job.MODELS.pipe is None  # nothing was loaded
+    finally:
+        worker_job.reset_state(loader=worker_job.default_loader)

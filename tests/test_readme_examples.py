@@ -1,6 +1,7 @@
-"""Every example in README.md is valid, and `python -m schemas` is a schema validators can use.
+"""Every example in README.md and the docs it links to is valid, and `python -m schemas` is a schema
+validators can use.
 
-Examples are taken from the README itself: every ```json block (a job ``{"input": ...}``, a job's
+Examples are taken from the README and docs/ (tests/docs_files.py: USER_DOCS but the live protocol's): every ```json block (a job ``{"input": ...}``, a job's
 output, or a /status reply carrying one), every inline `...` span that is JSON (a job, an output,
 an action list or a single action) or a quoted pose string, and every ``--pose "..."`` of a
 command line. Jobs go through the schema, the camera parser of the worker (in their mode) and
@@ -22,8 +23,11 @@ import schemas
 from pipeline.generation.camera import parse_pose
 from worker import job as worker_job
 
+from docs_files import USER_DOCS, read
+
 REPO = Path(__file__).resolve().parents[1]
-README = (REPO / "README.md").read_text(encoding="utf-8")
+# the live socket's messages (docs/LIVE.md) are checked by tests/test_live_server.py, not as jobs
+README = "\n".join(read(name) for name in USER_DOCS if name != "docs/LIVE.md")
 _POSE_STRING = re.compile(r"^\s*[a-zA-Z]+\s*-\s*\d+(\s*,\s*[a-zA-Z]+\s*-\s*\d+)*\s*$")
 
 

@@ -1,5 +1,6 @@
-"""What a newcomer reads first: the README's set-up notes, its local-S3 command, its curl and docker
-examples, and the licence files — each checked against the code it describes."""
+"""What a newcomer reads first: the README's set-up notes, and the docs it points to (docs/LOCAL.md's
+set-up details and local-S3 command, docs/DEPLOY.md's curl and docker examples), and the licence
+files — each checked against the code it describes."""
 
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ from pathlib import Path
 from conftest import free_port
 
 import schemas
+from docs_files import DEPLOY_DOC, LOCAL_DOC, read
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
+LOCAL = read(LOCAL_DOC)
+DEPLOY = read(DEPLOY_DOC)
 
 
 def bash_blocks(text: str) -> list[str]:
@@ -31,10 +35,10 @@ def joined_lines(block: str) -> list[str]:
 
 # ---- set-up notes ----------------------------------------------------------------------------
 def test_cpu_only_torch_is_explained_and_supported_by_ci_run():
-    assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu bash .ci/run" in README
-    assert "several GB" in README and "CUDA" in README
+    assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu bash .ci/run" in LOCAL
+    assert "several GB" in README and "CUDA" in README and "several GB" in LOCAL
     ci = (REPO / ".ci" / "run").read_text()
-    assert '--index-url "$TORCH_INDEX_URL"' in ci
+    assert '--index-url "$TORCH_INDEX"' in ci and "TORCH_INDEX_URL" in ci
 
 
 def test_tiny_demo_noise_is_explained():
@@ -56,7 +60,7 @@ def test_local_s3_command_serves_a_bucket_the_worker_accepts(tmp_path):
     # the README's export line is exactly what the command prints for its defaults
     default_line = "export " + " ".join(f"{k}={v}" for k, v in
                                         local_s3.settings("127.0.0.1", 9000, "videos").items())
-    assert default_line in README and "python local_s3.py" in README
+    assert default_line in LOCAL and "python local_s3.py" in LOCAL
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "local_s3.py", "--port", str(port), "--bucket", "readme"],
@@ -90,7 +94,7 @@ def test_local_s3_command_serves_a_bucket_the_worker_accepts(tmp_path):
 
 # ---- a deployed endpoint: curl with the Authorization header ---------------------------------
 def test_curl_example_for_run_and_status():
-    lines = [line for block in bash_blocks(README) for line in joined_lines(block)
+    lines = [line for block in bash_blocks(DEPLOY) for line in joined_lines(block)
              if line.startswith("curl") and "api.runpod.ai" in line]
     run = [line for line in lines if re.search(r"/v2/\$ENDPOINT/run\"", line)]
     status = [line for line in lines if "/status/" in line]
@@ -104,18 +108,19 @@ def test_curl_example_for_run_and_status():
     assert isinstance(schemas.parse_input(payload["input"]), schemas.JobInput)
 
 
-def test_init_timeout_is_concrete_in_the_readme():
-    assert "RUNPOD_INIT_TIMEOUT=1800" in README and "40 GB" in README
+def test_init_timeout_is_concrete_in_the_deploy_checklist():
+    assert "RUNPOD_INIT_TIMEOUT=1800" in DEPLOY and "40 GB" in DEPLOY
+    assert "docs/DEPLOY.md" in README
 
 
 # ---- docker run -------------------------------------------------------------------------------
 def test_docker_run_example_matches_the_image():
-    lines = [line for block in bash_blocks(README) for line in joined_lines(block)
+    lines = [line for block in bash_blocks(DEPLOY) for line in joined_lines(block)
              if line.startswith("docker run")]
     assert lines, "no docker run example"
     line = lines[0]
     assert "--gpus all" in line and "-p 8000:8000" in line and "worldplay-worker" in line
-    assert "docker build -t worldplay-worker ." in README
+    assert "docker build -t worldplay-worker ." in DEPLOY
     # the settings it passes are ones the entrypoint reads, and the volume is where the image's
     # Hugging Face cache lives
     entrypoint = (REPO / "entrypoint.sh").read_text()

@@ -9,6 +9,7 @@ import torch
 from conftest import b64, decode_rgb, png_bytes, run
 
 from pipeline.generation.world_state import WorldState
+from worker.errors import WorkerError
 
 
 
@@ -161,3 +162,29 @@ def test_a_state_upload_that_fails_keeps_the_finished_video(real_pipeline, stora
     assert "error" not in out and out["state_key"] is None and out["session_latents"] is None
     assert out["state_error"].startswith("STORAGE_UNAVAILABLE")
     assert storage.get_bytes(out["minio_key"], 2**30)[4:8] == b"ftyp"  # the video is stored
+
+
+def test_num_frames_of_a_continuation_is_answered_in_frames(sixteen, storage):
+    """issue 23, item 9: a continuation's num_frames is checked in the frames the user wrote (4 per
+    new latent, whole chunks), not in the latents of the camera path it implies."""
+    from worker.session import check_continuation_frames
+
+    with pytest.raises(WorkerError) as info:
+        check_continuation_frames(30, "ar")
+    assert info.value.code == "INVALID_FRAME_COUNT"
+    assert info.value.message == ("num_frames 30 cannot continue a world in ar mode: a continuation adds "
+                                  "whole chunks of 16 frames (4 per new latent, no start frame), i.e. 16, "
+                                  "32, 48, ...; the nearest valid are 16 or 32 frames")
+    with pytest.raises(WorkerError) as info:
+        check_continuation_frames(33, "bidirectional")
+    assert "the nearest valid are 64 frames" not in info.value.message and "64" in info.value.message
+    check_continuation_frames(32, "ar")
+    check_continuation_frames(128, "bidirectional")
+    key = sixteen[1]["state_key"]
+    out = run({"continue_from": key, "num_frames": 30}, "nf2")  # no camera field: num_frames alone
+    assert code_of(out) == "INVALID_FRAME_COUNT" and "num_frames 30" in out["error"]
+    assert "16 or 32 frames" in out["error"] and "latents (" not in out["error"]
+    ok = run({"continue_from": key, "num_frames": 32}, "nf3")
+    assert "error" not in ok and ok["num_frames"] == 32
+    out = run({"continue_from": key, "pose": "w-8", "num_frames": 48}, "nf4")
+    assert "send num_frames 32, or leave num_frames out" in out["error"]

@@ -60,3 +60,25 @@ def test_pose_json_is_accepted_by_the_camera_parser():
         traj = parse_pose(smoke_test.make_pose_json(latents))
         assert traj.num_latents == latents
         assert traj.num_frames == smoke_test.expected_frames(latents)
+
+
+def test_watch_shows_progress_and_a_viewer_link_the_moment_the_preview_exists(tiny_models):
+    """`smoke_test.py --local --watch` (issue 23, item 4): the progress updates /status would carry,
+    and as soon as one names the preview playlist, a viewer link whose src is that URL, encoded."""
+    import io
+    from urllib.parse import parse_qs, urlsplit
+
+    out = io.StringIO()
+    watch = smoke_test.Watcher(out=out)
+    report = smoke_test.run_local(model_dir=str(tiny_models), num_latents=16, watch=watch)
+    assert report["video"]["num_frames"] == 61
+    stages = [u["stage"] for u in watch.updates]
+    assert stages[0] == "fetch" and "denoising" in stages
+    first = next(i for i, u in enumerate(watch.updates) if u.get("preview_url"))
+    assert first < len(watch.updates) - 1  # the link comes while the job still runs
+    preview_url = watch.updates[first]["preview_url"]
+    assert watch.link.startswith(watch.viewer_base + "/index.html?src=")
+    assert parse_qs(urlsplit(watch.link).query)["src"] == [preview_url]
+    text = out.getvalue()
+    assert f"preview ready: {watch.link}" in text and text.index("progress ") < text.index("preview ready")
+    assert watch._server is None  # the viewer server stopped with the run

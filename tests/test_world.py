@@ -80,6 +80,27 @@ def test_a_prompt_change_equals_a_continuation_with_the_new_prompt(ar_pipe, imag
     assert world.state().prompt == "the same alley in snow"
 
 
+def test_a_world_stepped_from_another_thread_gives_the_same_latents(ar_pipe, image):
+    """A thread keeps the CPU thread count it first ran with (the live server steps its world on its own
+    thread); the world steps with the pipeline's count whichever thread steps it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    reference, _ = played(ar_pipe, image, PLAY[:2])
+    other = ThreadPoolExecutor(1)
+    try:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            other.submit(lambda: torch.ones(1 << 20).sum()).result()  # that thread now runs with 1
+        finally:
+            torch.set_num_threads(threads)
+        world, _ = other.submit(played, ar_pipe, image, PLAY[:2]).result()
+        assert other.submit(torch.get_num_threads).result() == ar_pipe.cpu_threads
+    finally:
+        other.shutdown()
+    assert torch.equal(world.state().latents, reference.state().latents)
+
+
 def test_a_resumed_world_steps_on_like_the_one_that_never_stopped(ar_pipe, image):
     whole, _ = played(ar_pipe, image, PLAY)
     first, _ = played(ar_pipe, image, PLAY[:2])

@@ -88,8 +88,19 @@ def paced_once(frames, storage, workdir: Path, *, preview_on: bool, first: float
     }
 
 
+def paced_estimate(frames: int, first: float, gap: float, repeat: int) -> float:
+    """Seconds a --paced run takes: 2 runs (preview off, on) per repeat, each paced like an AR job
+    (the first chunk of 13 frames after ``first``, one of 16 frames every ``gap``), ~1 s of tail."""
+    chunks = 1 + max(0, -(-(frames - 13) // 16))
+    return 2 * repeat * (first + gap * (chunks - 1) + 1.0)
+
+
 def paced(args) -> None:
     from pipeline.video import synthetic_pan
+
+    total = paced_estimate(args.frames, args.first, args.gap, args.repeat)
+    print(f"paced: {2 * args.repeat} runs (preview off / on x {args.repeat}) at the H100's chunk cadence: "
+          f"about {total:.0f} s ({total / 60:.1f} min); --repeat 1 takes a third of that", flush=True)
     from worker.storage import Storage
 
     server = _moto("preview-bench")

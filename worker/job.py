@@ -112,11 +112,34 @@ def default_loader(models: Tuple[str, ...]):
     return pipe
 
 
-class ModelHolder:
-    """Loads the pipeline once per process; thread-safe; a failed load is retried next time."""
+WEIGHTS_PROBE_SECONDS = 30.0  # how long health remembers a weights probe
 
-    def __init__(self, loader: Callable = default_loader):
+
+def default_weights_probe(modes: Tuple[str, ...]) -> Dict[str, Any]:
+    """Would the default loader find the weights? A resolve that loads nothing and downloads nothing
+    (every file present, safetensors headers and sizes checked: what resolve_models checks)."""
+    from pipeline.errors import PipelineError
+    from pipeline.model_files.resolve import resolve_models
+    from pipeline.settings import env_flag
+
+    try:
+        paths = resolve_models(list(modes), allow_download=False, set_offline=False)
+    except PipelineError as exc:
+        allowed = env_flag("WORLDPLAY_ALLOW_DOWNLOAD", False)
+        return {"resolved": False, "download_allowed": allowed, "problem": f"{exc.code}: {exc.message}"}
+    return {"resolved": True, "sources": dict(paths.sources)}
+
+
+class ModelHolder:
+    """Loads the pipeline once per process; thread-safe; a failed load is retried next time.
+
+    ``probe(modes)`` says, without loading, whether ``loader`` would find its weights (health asks it
+    while nothing is loaded); None for loaders that need no weights on disk (tests' stand-ins)."""
+
+    def __init__(self, loader: Callable = default_loader, probe: Optional[Callable] = default_weights_probe):
         self.loader = loader
+        self.probe = probe
+        self._probed: Optional[Tuple[float, Tuple[str, ...], Dict[str, Any]]] = None
         self._lock = threading.Lock()
         self.pipe = None
         self.models: Tuple[str, ...] = ()
@@ -150,6 +173,23 @@ class ModelHolder:
     def reset(self) -> None:
         with self._lock:
             self.pipe, self.models, self.load_seconds, self.last_error = None, (), None, None
+            self._probed = None
+
+    def weights(self, models: Tuple[str, ...]) -> Optional[Dict[str, Any]]:
+        """The probe's answer for ``models`` (remembered WEIGHTS_PROBE_SECONDS); None when loaded or no probe."""
+        if self.pipe is not None or self.probe is None:
+            return None
+        now = time.monotonic()
+        cached = self._probed
+        if cached is not None and cached[1] == models and now - cached[0] < WEIGHTS_PROBE_SECONDS:
+            return cached[2]
+        try:
+            result = dict(self.probe(models))
+        except Exception as exc:  # noqa: BLE001 - health must answer whatever the disk holds
+            result = {"resolved": False, "download_allowed": False,
+                      "problem": f"{type(exc).__name__}: {exc}"[:500]}
+        self._probed = (now, models, result)
+        return result
 
 
 MODELS = ModelHolder()
@@ -177,6 +217,8 @@ def reset_state(loader: Optional[Callable] = None) -> None:
     MODELS.reset()
     if loader is not None:
         MODELS.loader = loader
+        # the weights probe answers for the default loader only (a stand-in loads nothing from disk)
+        MODELS.probe = default_weights_probe if loader is default_loader else None
 
 
 def preload() -> bool:
@@ -616,7 +658,10 @@ def health_report() -> dict:
     from worker.delivery import storage_health
 
     storage, storage_ok = storage_health(get_storage)  # mode bucket / inline / incomplete
-    ok = storage_ok and mode_error is None and MODELS.last_error is None
+    # before the first load: would a job find its weights? (loads and downloads nothing; cached)
+    weights = MODELS.weights(tuple(models)) if models else None
+    weights_ok = weights is None or weights["resolved"] or weights.get("download_allowed", False)
+    ok = storage_ok and mode_error is None and MODELS.last_error is None and weights_ok
     report = schemas.HealthOutput(
         status="ok" if ok else "degraded",
         models_loaded=pipe is not None,
@@ -635,6 +680,7 @@ def health_report() -> dict:
         },
         model=json.loads(json.dumps(model, default=str)),
         model_error=mode_error or MODELS.last_error,
+        weights=weights,
         storage=storage,
     )
     return report.model_dump()

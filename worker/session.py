@@ -129,6 +129,24 @@ def read_state(key: str, storage):
     return WorldState.from_bytes(data, limits), size
 
 
+def check_continuation_frames(num_frames: int, mode: str) -> None:
+    """``num_frames`` of a continuation, checked in frames: 4 per new latent and no start frame, in
+    whole chunks (ar: 16, 32, 48, ...; bidirectional: 64, 128, ...)."""
+    from pipeline.generation.camera import FRAMES_PER_LATENT, MODE_LATENT_MULTIPLE
+
+    step = FRAMES_PER_LATENT * MODE_LATENT_MULTIPLE[mode]
+    if num_frames >= step and num_frames % step == 0:
+        return
+    lower = num_frames - num_frames % step
+    options = [f for f in (lower, lower + step) if f >= step]
+    nearest = " or ".join(str(f) for f in options)
+    raise WorkerError("INVALID_FRAME_COUNT",
+                      f"num_frames {num_frames} cannot continue a world in {mode} mode: a continuation adds "
+                      f"whole chunks of {step} frames (4 per new latent, no start frame), i.e. {step}, "
+                      f"{2 * step}, {3 * step}, ...; the nearest valid {'are' if len(options) > 1 else 'is'} "
+                      f"{nearest} frames")
+
+
 def open_world(req, spec: Any, storage, models: Tuple[str, ...]) -> ContinuedWorld:
     """Load and check the state ``req.continue_from`` and build the continuation request."""
     from pipeline.generation.continuation import continuation_request
@@ -137,6 +155,10 @@ def open_world(req, spec: Any, storage, models: Tuple[str, ...]) -> ContinuedWor
     key = req.continue_from
     state, size = read_state(key, storage)
     fields = req.model_fields_set
+    mode = req.mode if "mode" in fields else state.mode  # another mode than the state's: STATE_MISMATCH
+    if req.num_frames is not None and getattr(req, "camera_defaulted", False) and mode in ("ar", "bidirectional"):
+        # num_frames alone made the camera path: answer in the frames the user wrote, not in its latents
+        check_continuation_frames(req.num_frames, mode)
     # another model than the state's (named by model, or by mode, its alias): STATE_MISMATCH
     model = req.resolved_model if req.model_named else None
     request = continuation_request(
@@ -156,8 +178,9 @@ def open_world(req, spec: Any, storage, models: Tuple[str, ...]) -> ContinuedWor
     new_latents = request.camera.num_latents
     if req.num_frames is not None and req.num_frames != 4 * new_latents:
         raise WorkerError("INVALID_FRAME_COUNT",
-                          f"num_frames {req.num_frames} does not match the continuation: {new_latents} new "
-                          f"latents render {4 * new_latents} new frames")
+                          f"num_frames {req.num_frames} does not match the camera path, which adds "
+                          f"{4 * new_latents} new frames (4 per new latent; a continuation has no start "
+                          f"frame): send num_frames {4 * new_latents}, or leave num_frames out")
     resolved = req.model_copy(update={
         "prompt": request.prompt, "negative_prompt": request.negative_prompt, "model": request.model,
         "mode": None,

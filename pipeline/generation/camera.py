@@ -360,6 +360,9 @@ def _mode_length_error(n: int, mode: str, form: str, fix: Any) -> FrameCountErro
         field = examples[0].split(":")[0]
         counts = " or ".join(e.split(": ")[1] for e in examples)
         message += f", e.g. {field}: {counts} in the last action"
+    if (n - 1) % multiple == 0:  # the count a continuation takes (it has no start latent)
+        message += (f" ({n - 1} moves would be right to continue a world with continue_from: a "
+                    f"continuation has no start latent, so its moves are its latents)")
     return FrameCountError(message)
 
 

@@ -192,6 +192,11 @@ class WorldPlayPipeline:
         self.device = device
         self.dtype = dtype
         self.offload_encoders = offload_encoders
+        # The CPU kernels' thread count decides how their reductions split, so the bits of a CPU run. A
+        # world may be stepped from any thread (the live server's GPU thread), and a thread keeps the
+        # count it first ran with: every step runs with this one (World.step), so a world gives the same
+        # latents whichever thread steps it.
+        self.cpu_threads = torch.get_num_threads()
         self.load_info = load_info or {}
         # what a world state records to refuse continuing on another checkpoint
         self.checkpoint_ids = dict(checkpoint_ids or {})

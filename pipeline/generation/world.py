@@ -248,6 +248,9 @@ class World:
             raise SessionTooLongError(
                 f"the world would reach {end} latents ({4 * (end - 1) + 1} frames); this worker allows at most "
                 f"{allowed} latents per session (WORLDPLAY_MAX_SESSION_LATENTS)")
+        threads = getattr(self.pipe, "cpu_threads", None)
+        if threads and torch.get_num_threads() != threads:  # this thread's own count (see engine)
+            torch.set_num_threads(threads)
         before = self.timer.timings.copy()
         saved = (self.job.latents, self.job.cond_latents, self.job.camera, self.c2w64, self.w2c, self.intrinsics,
                  self.actions_labels)

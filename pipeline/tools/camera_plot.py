@@ -1,16 +1,21 @@
 """Draw a camera path from above: ``python -m pipeline.camera --plot SPEC out.png``.
 
 SPEC is any camera form the worker takes: a pose string (``"w-15, right-8, a-8"``), an action list
-or pose JSON as JSON text, or a ``.json`` file holding either. The picture (PIL, no plotting
-library) shows, seen from above with the start camera looking up the page:
+or pose JSON as JSON text, a ``.json`` file holding either, or a world state (``world.safetensors``,
+what a job's ``state_key`` names: the world's path so far). The picture (PIL, no plotting library)
+shows, seen from above with the start camera looking up the page:
 
 - the trajectory (camera positions, x to the right, forward up),
-- the camera's heading at every latent (a short tick in its viewing direction),
+- the camera's heading at every latent (an arrow in its viewing direction); where the camera turns
+  or tilts in place the arrows of one spot fan out, each a little longer than the one before, so a
+  turn in place is a fan and a pitch in place a stripe of pitch colours, never a dot,
 - a numbered marker at the first latent of every chunk (4 latents in AR, 16 bidirectional),
-- the pitch where it changes (ticks coloured by pitch, the angle written where a stretch ends),
+- the pitch where it changes (arrows coloured by pitch, the angle written where a stretch ends),
 - the action label of each stretch, as the model sees it (derived from the geometry, so it is the
-  same for every camera form), with its number of moves,
-- a title with the latent / frame counts and whether the mode can render that length.
+  same for every camera form), with its number of moves; no label is drawn over another,
+- a title with the latent / frame counts and whether the mode can render that length: a length the
+  mode refuses is marked in red on the picture, and ``--plot`` then exits 1 (the picture is still
+  written, to show what was asked for).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ _CHUNK = (214, 96, 39)
 _LEVEL = (40, 110, 200)  # heading tick with no pitch
 _UP = (200, 40, 40)
 _DOWN = (40, 150, 80)
+_BAD = (200, 20, 20)  # the frame and banner of a length the mode refuses
 
 
 def action_name(label: int) -> str:
@@ -52,9 +58,28 @@ def action_name(label: int) -> str:
     return "+".join(parts) or "still"
 
 
+class StatePath:
+    """The camera path of a world state (a ``world.safetensors``), shaped like a trajectory."""
+
+    def __init__(self, state: Any, name: str = "world state"):
+        import torch
+
+        self.c2w = state.c2w.to(torch.float64)
+        self.actions = state.actions.to(torch.int64)
+        self.num_latents = int(state.num_latents)
+        self.num_frames = int(state.num_frames)
+        self.mode = str(state.mode)
+        self.name = name
+
+
 def load_spec(value: str) -> Any:
-    """A camera spec from the command line: a ``.json`` file's content, else the text itself."""
+    """A camera spec from the command line: a ``.json`` file's content, a world state
+    (``.safetensors``) as a :class:`StatePath`, else the text itself."""
     path = Path(value)
+    if value.lower().endswith(".safetensors"):
+        from pipeline.generation.world_state import WorldState
+
+        return StatePath(WorldState.load(path), name=path.name)
     if value.lower().endswith(".json"):
         if not path.is_file():
             raise PoseSpecError(f"camera file {value!r} does not exist")
@@ -98,7 +123,7 @@ def stretch_labels(traj: "camera_mod.CameraTrajectory") -> list[tuple[int, int, 
     for first, last, label in _stretches(traj.actions.tolist()):
         text = f"{action_name(label)} x{last - first + 1}"
         if abs(pitch[last] - pitch[first - 1]) >= 0.05:
-            text += f"  pitch {pitch[last]:+.0f}°"
+            text += f"  pitch {round(float(pitch[last])) + 0:+d}°"
         out.append((first, last, text))
     return out
 
@@ -108,7 +133,9 @@ def render_path(spec: Any, *, mode: str = "ar", title: str | None = None,
     """The top-down picture of a camera spec (raises PoseSpecError / FrameCountError)."""
     if mode not in camera_mod.MODE_LATENT_MULTIPLE:
         raise ValueError(f"unknown mode {mode!r}")
-    traj = camera_mod.parse_pose(spec)
+    traj = spec if isinstance(spec, StatePath) else camera_mod.parse_pose(spec)
+    if isinstance(spec, StatePath):
+        mode = spec.mode
     c2w = traj.c2w.double().numpy()
     n = traj.num_latents
     chunk = camera_mod.MODE_LATENT_MULTIPLE[mode]
@@ -135,6 +162,18 @@ def render_path(spec: Any, *, mode: str = "ar", title: str | None = None,
     img = Image.new("RGB", size, _BG)
     draw = ImageDraw.Draw(img)
     small, normal, big = _font(13), _font(15), _font(18)
+    placed: list[tuple[float, float, float, float]] = []  # boxes of the labels drawn so far
+
+    def label(x: float, y: float, text: str, fill, font, anchor: str = "la") -> None:
+        """Draw ``text`` at (x, y), moved down past every label already there."""
+        for _ in range(60):
+            box = draw.textbbox((x, y), text, font=font, anchor=anchor)
+            box = (box[0] - 2, box[1] - 1, box[2] + 2, box[3] + 1)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                break
+            y += box[3] - box[1]
+        placed.append(box)
+        draw.text((x, y), text, fill=fill, font=font, anchor=anchor)
 
     # grid in scene units, with a scale bar
     step = 10 ** math.floor(math.log10(extent / 2)) if extent > 0 else 0.1
@@ -150,18 +189,44 @@ def render_path(spec: Any, *, mode: str = "ar", title: str | None = None,
     draw.text((side + bar + 8, height - 38), f"{step:g} scene unit{'' if step == 1 else 's'} (grid)",
               fill=_TEXT, font=small)
 
+    problem = None if isinstance(spec, StatePath) else length_problem(spec, mode)
+    if problem:  # refused length: a red frame and the reason, so the picture cannot pass for a plan
+        draw.rectangle([0, 0, width - 1, height - 1], outline=_BAD, width=6)
+        words, lines, line = f"NOT RENDERABLE: {problem}".split(), [], ""
+        for word in words:
+            if draw.textlength(f"{line} {word}", font=small) > width - side:
+                lines.append(line)
+                line = word
+            else:
+                line = f"{line} {word}".strip()
+        lines.append(line)
+        for k, text in enumerate(lines[:4]):
+            label(side / 2, height - 80 - 16 * (min(len(lines), 4) - 1 - k), text, _BAD, small)
+
     # trajectory
     points = [px(p) for p in pos]
     if len(points) > 1:
         draw.line(points, fill=_PATH, width=2, joint="curve")
 
-    # heading ticks, coloured by pitch
-    tick = 16.0
-    for i in range(n):
+    # heading arrows, coloured by pitch; the k-th latent at one spot gets a longer arrow, so turns
+    # and tilts in place fan out (drawn longest first: each arrow's tip stays visible)
+    tick = 22.0
+    stack = [sum(1 for j in range(i) if abs(points[j][0] - points[i][0]) < 3
+                 and abs(points[j][1] - points[i][1]) < 3) for i in range(n)]
+    grow = min(12.0, 90.0 / max(1, max(stack)))
+    for i in sorted(range(n), key=lambda i: -stack[i]):
         x, y = points[i]
         dx, dy = heading[i]
         colour = _LEVEL if abs(pitch[i]) < 0.05 else (_UP if pitch[i] > 0 else _DOWN)
-        draw.line([(x, y), (x + dx * tick, y - dy * tick)], fill=colour, width=2)
+        length = tick + grow * stack[i]
+        tip = (x + dx * length, y - dy * length)
+        draw.line([(x, y), tip], fill=colour, width=3)
+        # arrowhead: two short strokes back from the tip
+        for side in (-1.0, 1.0):
+            bx, by = -dx * 6 + side * dy * 4, dy * 6 + side * dx * 4
+            draw.line([tip, (tip[0] + bx, tip[1] + by)], fill=colour, width=2)
+    for i in range(n):
+        x, y = points[i]
         draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=_PATH)
 
     # chunk markers
@@ -174,12 +239,13 @@ def render_path(spec: Any, *, mode: str = "ar", title: str | None = None,
             markers.append((x, y, [str(index + 1)]))
     for x, y, names in markers:
         draw.ellipse([x - 6, y - 6, x + 6, y + 6], outline=_CHUNK, width=2)
-        draw.text((x - 12, y + 4), ",".join(names), fill=_CHUNK, font=small, anchor="rt")
     x0, y0 = points[0]
-    draw.text((x0 + 10, y0 + 8), "start", fill=_TEXT, font=small)
+    label(x0 + 10, y0 + 8, "start", _TEXT, small)
+    for x, y, names in markers:
+        text = ",".join(names) if len(names) <= 6 else f"{names[0]}-{names[-1]}"
+        label(x - 12, y + 4, text, _CHUNK, small, anchor="ra")
 
     # action labels per stretch (+ pitch where it changed)
-    placed: list[tuple[float, float]] = []
     for first, last, text in stretch_labels(traj):
         mid = (first + last) // 2
         x, y = points[mid]
@@ -188,26 +254,23 @@ def render_path(spec: Any, *, mode: str = "ar", title: str | None = None,
         length = float(np.linalg.norm(motion))
         dx, dy = motion / length if length > 1e-6 else heading[mid]
         nx, ny = (dy, dx) if (dx or dy) else (1.0, 0.0)  # world (x, z) right-normal, on screen
-        lx, ly = x + nx * 24, y + ny * 24
-        while any(abs(lx - px_) < 60 and abs(ly - py_) < 16 for px_, py_ in placed):
-            ly += 16
-        placed.append((lx, ly))
-        draw.text((lx, ly), text, fill=_TEXT, font=normal, anchor="lm")
+        label(x + nx * 24, y + ny * 24, text, _TEXT, normal, anchor="lm")
 
     # title + legend
     frames = traj.num_frames
-    try:
-        camera_mod.check_latent_count(n, mode)
-        verdict = f"{mode}: ok"
-    except PipelineError:
-        verdict = f"{mode} needs a multiple of {chunk} latents"
-    head = title if title is not None else (spec if isinstance(spec, str) else
-                                            camera_mod.spec_form(spec))
+    if isinstance(spec, StatePath):
+        verdict = f"the world so far, {mode}"
+    else:
+        verdict = f"{mode}: ok" if problem is None else f"{mode} needs a multiple of {chunk} latents"
+    head = title if title is not None else (spec.name if isinstance(spec, StatePath) else
+                                            spec if isinstance(spec, str) else camera_mod.spec_form(spec))
     head = head if len(head) <= 70 else head[:67] + "..."
     draw.text((side / 2, 14), head, fill=_TEXT, font=big)
-    draw.text((side / 2, 40), f"{n} latents = {n - 1} moves + start, {frames} frames, "
-                              f"{math.ceil(n / chunk)} chunks of {chunk} ({verdict})",
-              fill=_TEXT, font=normal)
+    counts = (f"{n} latents, {frames} frames" if isinstance(spec, StatePath)
+              else f"{n} latents = {n - 1} moves + start, {frames} frames")
+    draw.text((side / 2, 40), f"{counts}, {math.ceil(n / chunk)} chunks of {chunk} ({verdict})",
+              fill=_BAD if problem else _TEXT, font=normal)
+
     legend = [(_LEVEL, "heading, level"), (_UP, "looking up"), (_DOWN, "looking down"),
               (_CHUNK, "chunk start")]
     lx = side / 2
@@ -217,7 +280,18 @@ def render_path(spec: Any, *, mode: str = "ar", title: str | None = None,
         lx += 40 + draw.textlength(name, font=small)
     draw.text((width - side / 2, 70), "top view, forward = up", fill=_TEXT, font=small,
               anchor="rm")
+    img.info["labels"] = placed  # where the labels went (tests check that none overlaps another)
+    img.info["problem"] = problem
     return img
+
+
+def length_problem(spec: Any, mode: str) -> str | None:
+    """Why ``mode`` refuses the length of ``spec`` (the worker's own message), or None."""
+    try:
+        camera_mod.parse_pose(spec, mode=mode)
+    except camera_mod.FrameCountError as exc:
+        return exc.message
+    return None
 
 
 def plot_path(spec: Any, out: str | Path, *, mode: str = "ar", title: str | None = None) -> Path:
@@ -233,27 +307,48 @@ def main(argv: list[str] | None = None) -> int:
         description="Check a camera spec, or draw it from above with --plot.",
         epilog='examples: python -m pipeline.camera --plot "w-15, right-8, a-8" path.png; '
                "python -m pipeline.camera --plot '[{\"key\": \"w\", \"moves\": 15}]' path.png; "
-               "python -m pipeline.camera --plot pose.json path.png")
+               "python -m pipeline.camera --plot pose.json path.png; "
+               "python -m pipeline.camera --plot world.safetensors path.png (a world state: its path so far); "
+               'python -m pipeline.camera --check "w-8" --continuation')
     parser.add_argument("--plot", nargs=2, metavar=("SPEC", "OUT"),
-                        help="camera spec (pose string, JSON text, or .json file) and the image "
+                        help="camera spec (pose string, JSON text, .json file, or a world state .safetensors) and the image "
                              "to write (.png)")
-    parser.add_argument("--check", metavar="SPEC", help="print the spec's latent / frame counts")
+    parser.add_argument("--check", metavar="SPEC",
+                        help="print the spec's latents, frames and chunks, or the error the worker gives")
     parser.add_argument("--mode", choices=sorted(camera_mod.MODE_LATENT_MULTIPLE), default="ar",
                         help="mode whose chunks are marked and whose length rule is checked")
+    parser.add_argument("--continuation", action="store_true",
+                        help="--check: count SPEC as the camera path of a continue_from job (no start "
+                             "latent: 'w-8' is 8 new latents = 32 new frames)")
     args = parser.parse_args(argv)
     if not args.plot and not args.check:
         parser.error("give --plot SPEC OUT or --check SPEC")
+    if args.continuation and not args.check:
+        parser.error("--continuation goes with --check")
+    chunk = camera_mod.MODE_LATENT_MULTIPLE[args.mode]
     try:
-        if args.check:
+        if args.check and args.continuation:
+            spec = load_spec(args.check)
+            new = camera_mod.continue_pose(spec, np.eye(4)).num_latents
+            camera_mod.check_continuation_count(new, args.mode, args.check if isinstance(spec, str) else None)
+            print(json.dumps({"new_latents": new, "new_frames": 4 * new, "chunks": new // chunk,
+                              "mode": args.mode, "continuation": True}))
+        elif args.check:
             traj = camera_mod.parse_pose(load_spec(args.check), mode=args.mode)
             print(json.dumps({"latents": traj.num_latents, "moves": traj.num_latents - 1,
-                              "frames": traj.num_frames, "mode": args.mode}))
+                              "frames": traj.num_frames, "chunks": traj.num_latents // chunk,
+                              "mode": args.mode}))
         if args.plot:
             spec_text, out = args.plot
             spec = load_spec(spec_text)
-            written = plot_path(spec, out, mode=args.mode,
-                                title=spec_text if isinstance(spec, str) else Path(spec_text).name)
-            print(f"wrote {written}")
+            img = render_path(spec, mode=args.mode,
+                              title=spec_text if isinstance(spec, str) else Path(spec_text).name)
+            img.save(out)
+            print(f"wrote {out}")
+            if img.info.get("problem"):
+                print(f"error: INVALID_FRAME_COUNT: {img.info['problem']} (the picture, marked in red, "
+                      f"shows what was asked for)", file=sys.stderr)
+                return 1
     except PipelineError as exc:
         print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
         return 1

@@ -33,10 +33,11 @@ from pathlib import Path
 from PIL import Image
 
 from pipeline.checkpoints import DEFAULT_MODEL, MODEL_NAMES, resolve_model, rollout_of
-from pipeline.errors import ImageError, PipelineError
+from pipeline.errors import ImageError, InvalidArgumentError, PipelineError, SequenceParallelConfigError
 from pipeline.generation.camera import parse_pose
 
 DEMO_PROMPT = "A quiet street at dawn, trees and shops under a pale sky."
+DEFAULT_OUT = Path("out") / "demo.mp4"  # out/ is git-ignored: a demo leaves nothing in the checkout
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--guidance", type=float, default=None)
     parser.add_argument("--seed", type=int, default=None, help="default: 0 (or the state's)")
     parser.add_argument("--fps", type=int, default=24)
-    parser.add_argument("--out", type=Path, default=Path("demo.mp4"))
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"the MP4 (default: {DEFAULT_OUT}, created; the side files go beside it)")
     parser.add_argument("--sp", default=None,
                         help="sequence-parallel ranks: N or 'auto' (default: WORLDPLAY_SEQUENCE_PARALLEL, else 1); "
                              "with --tiny, N gloo ranks on the CPU")
@@ -92,8 +94,21 @@ def side_files(out: Path) -> tuple[Path, Path]:
     return out.with_name(f"{out.stem}_input.png"), out.with_name(f"{out.stem}_path.png")
 
 
+def sp_flag_message(message: str, flag: str) -> str:
+    """A WORLDPLAY_SEQUENCE_PARALLEL error, worded for the ``--sp`` flag the user typed."""
+    from pipeline.dit.parallel import ENV
+
+    message = message.replace(f"{ENV}={flag!r}", f"--sp {flag}").replace(f"{ENV}={flag}", f"--sp {flag}")
+    message = message.replace("set 'GPUs per worker' on the endpoint to at least", "run it where at least")
+    message = message.replace(f"at least {flag}, or lower {ENV}", f"at least {flag} GPUs are visible, or lower --sp")
+    return message.replace(ENV, "--sp")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.out is None:
+        args.out = DEFAULT_OUT
+        args.out.parent.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from pipeline.generation.continuation import continuation_request
     from pipeline.generation.engine import GenerationRequest
@@ -104,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     pipe = None
     try:
         # every input first: a typo must not cost a model build
+        if args.sp is not None:  # the form of --sp now; heads and GPUs once the model is known
+            from pipeline.dit.parallel import parse_size
+
+            parse_size(args.sp, heads=None, gpus=0, device_type="cpu")
         spec = _camera_spec(args.pose)
         try:
             named = resolve_model(args.model, args.mode) if (args.model or args.mode) else None
@@ -125,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         mode = request.mode
         if not args.out.parent.is_dir():
-            raise PipelineError(f"--out {str(args.out)!r}: folder {str(args.out.parent)!r} "
-                                "does not exist")
+            raise InvalidArgumentError(f"--out {str(args.out)!r}: folder {str(args.out.parent)!r} "
+                                       "does not exist")
         with tempfile.TemporaryDirectory() as tmp:
             models = (request.model,)
             if args.tiny:
@@ -174,7 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report, indent=2))
         return 0
     except PipelineError as exc:
-        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
+        message = exc.message
+        if isinstance(exc, SequenceParallelConfigError) and args.sp is not None:
+            message = sp_flag_message(message, args.sp)
+        print(f"error: {exc.code}: {message}", file=sys.stderr)
         return 1
     finally:
         if hasattr(pipe, "close"):  # the followers of a sequence-parallel run
