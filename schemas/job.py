@@ -216,6 +216,12 @@ class JobInput(_Strict):
     mode: Optional[Literal["ar", "bidirectional"]] = Field(
         None, description="Older alias of model: ar = ar_distilled, bidirectional = bidirectional "
                           "(given with model, the two must agree). Default ar.")
+    resolution: Literal["480p", "720p"] = Field(
+        "480p", description='Resolution of the video: "480p" (the world model\'s own, e.g. 848x480) or "720p": '
+                            "HunyuanVideo-1.5's super-resolution stage (upsampler + 6-step distilled SR "
+                            "transformer) after generation, e.g. 1280x720; only on workers started with "
+                            "WORLDPLAY_SR=1, for new worlds of at most 125 frames (the SR transformer attends "
+                            "over the whole video). The live preview and the saved world state stay 480p.")
     num_frames: Optional[int] = Field(
         None, ge=1, le=MAX_FRAMES,
         description="Frames of the video: must equal the frames the camera path gives "
@@ -319,6 +325,9 @@ class JobInput(_Strict):
             if images:
                 raise ValueError(f"continue_from takes no image ({', '.join(images)} given): the world state "
                                  "carries the image")
+            if self.resolution != "480p":
+                raise ValueError(f"resolution {self.resolution!r} is for new worlds: a continuation renders 480p "
+                                 "(the super-resolution stage needs the picture, which a world state does not keep)")
         elif self.prompt is None:
             raise ValueError("prompt: field required")
         elif len(images) != 1:
@@ -389,6 +398,7 @@ class JobInput(_Strict):
             "fps": self.fps,
             "prompt_chars": len(self.prompt or ""),
             "continue_from": self.continue_from is not None,
+            "resolution": self.resolution,
         }
 
 

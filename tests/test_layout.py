@@ -25,7 +25,7 @@ ALLOWED = {
     "dit": BASE,
     "encoders": BASE,
     "model_files": BASE,
-    "sr": BASE,
+    "sr": BASE | {"dit"},  # the SR transformer is the HunyuanVideo-1.5 DiT, built on dit's layers
     "generation": BASE | {"dit", "encoders", "video", "sr"},
     "tools": BASE | {"video", "dit", "encoders", "generation", "model_files", "sr"},
 }

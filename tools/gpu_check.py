@@ -24,7 +24,7 @@ cold_load       ``load_transformer`` to the GPU against a plain read of the same
                 DiT's random weights written to local disk, the page cache dropped before each)
 bidirectional   bidirectional 125 frames at ``--bi-steps`` (default 2) steps, CFG; the DiT scaled to 30
                 steps from the median time of a step per chunk (first-call costs excluded)
-stage_720p      the 720p stage: a stated skip (not built yet)
+stage_720p      the 720p stage: a stated skip (not timed yet: no random-weight SR item written)
 peak_memory     the peak GPU memory of every item that ran
 ==============  ==========================================================================================
 
@@ -749,7 +749,7 @@ def item_bidirectional(ctx: Ctx) -> dict:
 
 
 def item_stage_720p(ctx: Ctx) -> dict:
-    raise Skip("the 720p stage is not built yet: nothing to time")
+    raise Skip("the 720p stage is not timed yet: gpu_check has no random-weight SR item (docs/PERFORMANCE.md, Next 10)")
 
 
 def item_peak_memory(ctx: Ctx) -> dict:

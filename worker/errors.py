@@ -18,8 +18,9 @@ ERROR_CODES = {
     "INVALID_IMAGE": (False, "the image is unreadable, not PNG/JPEG/WebP, too large or too small"),
     "MODE_UNAVAILABLE": (False, "the requested mode is not served by this worker (WORLDPLAY_MODES), or a "
                                 "live world asks for a bidirectional model"),
-    "MODEL_UNAVAILABLE": (False, "the requested model is not served by this worker (WORLDPLAY_MODELS); the "
-                                 "message names those it serves"),
+    "MODEL_UNAVAILABLE": (False, "the requested model is not served by this worker (WORLDPLAY_MODELS; the "
+                                 "message names those it serves), or resolution 720p on a worker without "
+                                 "WORLDPLAY_SR=1"),
     "OBJECT_NOT_FOUND": (False, "image_key / pose_key does not exist in the bucket"),
     "OBJECT_TOO_LARGE": (False, "an input object exceeds its size limit"),
     "BUCKET_NOT_FOUND": (False, "MINIO_BUCKET does not exist"),

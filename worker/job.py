@@ -12,6 +12,7 @@ Models are loaded once per process (``ModelHolder``), on first use or by ``prelo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -72,6 +73,15 @@ def configured_modes(env=None) -> Tuple[str, ...]:
     return tuple(dict.fromkeys(rollout_of(m) for m in configured_models(env)))
 
 
+def sr_enabled(env=None) -> bool:
+    """``WORLDPLAY_SR=1``: this worker resolves and loads the 720p super-resolution stage and serves
+    ``resolution: "720p"``."""
+    from pipeline.settings import TRUE_WORDS
+
+    value = ((os.environ if env is None else env).get("WORLDPLAY_SR") or "").strip().lower()
+    return value in TRUE_WORDS
+
+
 def configure_logging(level: Optional[str] = None) -> None:
     """Configure the ``logging`` module from ``WORLDPLAY_LOG_LEVEL`` (default INFO)."""
     name = (level or os.environ.get("WORLDPLAY_LOG_LEVEL") or "INFO").upper()
@@ -95,7 +105,7 @@ def default_loader(models: Tuple[str, ...]):
     from pipeline.model_files.resolve import resolve_models
 
     # reads WORLDPLAY_MODEL_DIR, WORLDPLAY_ALLOW_DOWNLOAD, ...
-    paths = resolve_models(list(models))
+    paths = resolve_models(list(models), sr=sr_enabled())  # WORLDPLAY_SR=1: the 720p stage too
     device = os.environ.get("WORLDPLAY_DEVICE") or None
     pipe = load_ranked(PathsLoader(paths, tuple(models)), device)
     pipe.warm_up_if_configured()  # WORLDPLAY_WARMUP (default: with WORLDPLAY_COMPILE=1 only)
@@ -378,6 +388,7 @@ def validate_job(job: dict) -> "JobPlan | dict":
         return health_report()
     models = configured_models()
     check_model_served(req, models)
+    check_resolution_served(req)
     from worker import delivery
 
     storage = delivery.preflight(req, get_storage)  # None: inline result
@@ -407,6 +418,16 @@ def check_model_served(req, models: Tuple[str, ...]) -> None:
                       f"started with WORLDPLAY_MODES including {mode}")
 
 
+def check_resolution_served(req) -> None:
+    """``resolution: "720p"`` needs the super-resolution stage, which only a worker with ``WORLDPLAY_SR=1``
+    loads: MODEL_UNAVAILABLE otherwise, before anything is fetched or loaded."""
+    resolution = getattr(req, "resolution", "480p")
+    if resolution != "480p" and not sr_enabled():
+        raise WorkerError("MODEL_UNAVAILABLE",
+                          f"resolution {resolution!r} needs the super-resolution stage, which this worker does not "
+                          "load: send it to an endpoint started with WORLDPLAY_SR=1, or ask for 480p")
+
+
 def random_seed() -> int:
     return random.SystemRandom().randint(0, schemas.RANDOM_SEED_MAX)
 
@@ -420,10 +441,18 @@ def fetch_inputs(plan: JobPlan, cancel_event: Optional[threading.Event] = None) 
         return JobInputs(request=world.request, req=world.req, seed=world.seed,
                          expected_frames=world.num_frames)
     trajectory = parse_camera(req, spec)
+    resolution = getattr(req, "resolution", "480p")
+    extra = {}
+    if resolution != "480p":
+        from pipeline.sr.upsampler import check_sr_frames
+
+        check_sr_frames(trajectory.num_frames)  # INVALID_FRAME_COUNT before the image is fetched
+        extra["resolution"] = resolution
     image = fetch_image(req, get_storage, cancel_event)
     request = _request_class()(
         prompt=req.prompt, negative_prompt=req.negative_prompt, image=image, camera=trajectory,
-        model=req.resolved_model, num_inference_steps=req.steps, guidance_scale=req.guidance, seed=plan.seed)
+        model=req.resolved_model, num_inference_steps=req.steps, guidance_scale=req.guidance, seed=plan.seed,
+        **extra)
     return JobInputs(request=request, req=req, seed=plan.seed, expected_frames=trajectory.num_frames)
 
 
@@ -437,6 +466,7 @@ def render(pipe, plan: JobPlan, inputs: JobInputs, workdir: str, progress: "Prog
     path = os.path.join(workdir, "video.mp4")
     streamed = 0
     t0 = time.perf_counter()
+    super_resolve = getattr(inputs.request, "resolution", "480p") != "480p"
 
     def _on_frames(chunk) -> None:
         nonlocal streamed
@@ -446,10 +476,25 @@ def render(pipe, plan: JobPlan, inputs: JobInputs, workdir: str, progress: "Prog
     def _callback(stage: str, step: int, total: int) -> None:
         progress.update(stage, step, total)
 
-    with Mp4Writer(path, req.fps, background=True, **live_preview.writer_options(preview)) as writer:
+    extra: Dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        if super_resolve:
+            # the MP4 gets the 720p frames at the end; the live preview (if any) the 480p chunks as they come,
+            # through a writer of its own whose file is not kept
+            writer = stack.enter_context(Mp4Writer(path, req.fps, background=True))
+            if preview is not None:
+                preview_writer = stack.enter_context(Mp4Writer(os.path.join(workdir, "preview-480p.mp4"), req.fps,
+                                                               background=True,
+                                                               **live_preview.writer_options(preview)))
+                extra["on_preview_frames"] = preview_writer.write
+        else:
+            writer = stack.enter_context(Mp4Writer(path, req.fps, background=True,
+                                                   **live_preview.writer_options(preview)))
         should_cancel = cancel_event.is_set if cancel_event is not None else None
         result = pipe.generate(inputs.request, callback=_callback, should_cancel=should_cancel,
-                               on_frames=_on_frames)
+                               on_frames=_on_frames, **extra)
+        if "on_preview_frames" in extra:
+            preview_writer.close()
         frames = result.frames
         stages.add("generate", time.perf_counter() - t0)
         if getattr(frames, "shape", None) is None or len(frames.shape) != 4:

@@ -48,6 +48,7 @@ MODES: tuple[str, ...] = ROLLOUTS  # the rollouts; a model (pipeline.checkpoints
 DEFAULTS = {name: {"steps": c.steps, "guidance": c.guidance} for name, c in CHECKPOINTS.items()}
 FPS = 24
 CHUNK_LATENTS = {"ar": AR_CHUNK_LATENTS, "bidirectional": BIDIRECTIONAL_CHUNK_LATENTS}
+RESOLUTIONS: tuple[str, ...] = ("480p", "720p")
 
 
 @dataclass
@@ -69,8 +70,12 @@ class GenerationRequest:
     seed: int = 0
     history: WorldState | None = None
     model: str | None = None
+    #: "480p", or "720p": the super-resolution stage (pipeline.sr) after the rollout; the state stays 480p
+    resolution: str = "480p"
 
     def __post_init__(self) -> None:
+        if self.resolution not in RESOLUTIONS:
+            raise PipelineError(f"resolution {self.resolution!r} is unknown; expected one of {', '.join(RESOLUTIONS)}")
         if self.model is None:
             if self.mode is not None and self.mode not in MODE_ALIASES:
                 raise PipelineError(f"mode {self.mode!r} is unknown; expected ar or bidirectional")
@@ -177,8 +182,10 @@ class WorldPlayPipeline:
         offload_encoders: bool,
         load_info: dict | None = None,
         checkpoint_ids: dict[str, str] | None = None,
+        sr=None,
     ):
         self.transformers = transformers
+        self.sr = sr  # pipeline.sr.stage.SRStage (resolution "720p"), or None
         self.encoders = encoders
         self.vae = vae
         self.scheduler = scheduler
@@ -261,6 +268,15 @@ class WorldPlayPipeline:
             vae = comp.load_vae(paths.components, device=device, dtype=dtype)
         scheduler = comp.load_scheduler(paths.components)
         timings["vae_scheduler"] = round(time.perf_counter() - t0, 3)
+        sr = None
+        if getattr(paths, "sr", None) is not None and not dit_only:  # the SR stage runs on rank 0 alone
+            from pipeline.sr.stage import SRStage
+
+            t0 = time.perf_counter()
+            files = paths.sr_files
+            sr = SRStage.from_folders(files["transformer"].parent, files["upsampler"].parent, device=device,
+                                      dtype=dtype)
+            timings["sr"] = round(time.perf_counter() - t0, 3)
         timings["total"] = round(time.perf_counter() - started, 3)
         checkpoint_ids = {model: checkpoint_fingerprint(paths.transformer[model]) for model in models}
         info = {
@@ -279,12 +295,18 @@ class WorldPlayPipeline:
             offload_encoders=offload,
             load_info=info,
             checkpoint_ids=checkpoint_ids,
+            sr=sr,
         )
 
     @property
     def models(self) -> tuple[str, ...]:
         """The checkpoints loaded, by model name."""
         return tuple(self.transformers)
+
+    @property
+    def resolutions(self) -> tuple[str, ...]:
+        """The output resolutions this pipeline renders ("720p" with the SR stage loaded)."""
+        return RESOLUTIONS if self.sr is not None else RESOLUTIONS[:1]
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -315,6 +337,7 @@ class WorldPlayPipeline:
         info = {
             "models": list(self.models),
             "modes": list(self.modes),
+            "resolutions": list(self.resolutions),
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
             "offload_encoders": self.offload_encoders,
@@ -397,6 +420,17 @@ class WorldPlayPipeline:
             self._validate_continuation(request)
         if request.steps < 1:
             raise PipelineError("num_inference_steps must be at least 1")
+        if request.resolution != "480p":
+            from pipeline.sr.upsampler import check_sr_frames
+
+            follower = self.sequence_parallel is not None and self.sequence_parallel.rank > 0
+            if self.sr is None and not follower:  # a follower only denoises the 480p rollout
+                raise ModelUnavailableError(f"resolution {request.resolution!r} needs the super-resolution stage, "
+                                            "which this worker did not load (start it with WORLDPLAY_SR=1)")
+            if request.history is not None:
+                raise PipelineError(f"resolution {request.resolution!r} is for new worlds; a continuation renders "
+                                    "480p")
+            check_sr_frames(request.camera.num_frames)
 
     def _validate_continuation(self, request: GenerationRequest) -> None:
         """A world state fits this model, this mode and the session limits; the new part is whole chunks."""
@@ -454,6 +488,7 @@ class WorldPlayPipeline:
         *,
         on_frames: Callable[[np.ndarray], None] | None = None,
         trace: Trace | None = None,
+        on_preview_frames: Callable[[np.ndarray], None] | None = None,
     ) -> GenerationResult:
         """Render one video: open a world (or resume the request's history) and step it over the camera
         path's chunks (:mod:`pipeline.generation.world`, the object a live world steps too).
@@ -463,6 +498,11 @@ class WorldPlayPipeline:
         decoded as soon as it is clean (a causal VAE decode, :mod:`pipeline.encoders.causal_decode`, so the
         frames are final) and, with `on_frames`, its uint8 frames [n, H, W, 3] are handed over right
         away, in order, while the next chunk denoises: 13 frames for the first AR chunk, 16 after.
+
+        With ``resolution`` "720p" the 480p latents then go through the super-resolution stage
+        (:mod:`pipeline.sr.stage`) and the VAE decodes the 720p latents: `on_frames` gets those frames once, at
+        the end, and `on_preview_frames` (if given) the 480p chunks as they are decoded during the rollout (the
+        live preview); without it the 480p frames are never decoded. The state keeps the 480p latents.
 
         On a sequence-parallel follower rank (rank > 0) this only denoises rank 0's inputs and returns a
         :class:`FollowerResult`.
@@ -474,12 +514,17 @@ class WorldPlayPipeline:
         history = request.history
         past = history.num_latents if history is not None else 0
         chunks = None
+        super_resolve = request.resolution != "480p"
         if not follower:
             if self.encoders is None or self.vae is None:
                 raise PipelineError("this pipeline was loaded without encoders and VAE (a follower rank): it cannot "
                                     "generate on its own")
-            chunks = ChunkFrames(self.vae, timer, on_frames, during_denoise=self.decode_during_denoise,
-                                 history_latents=past, keep=True)
+            if not super_resolve:
+                chunks = ChunkFrames(self.vae, timer, on_frames, during_denoise=self.decode_during_denoise,
+                                     history_latents=past, keep=True)
+            elif on_preview_frames is not None:  # 480p frames for the preview only, never kept
+                chunks = ChunkFrames(self.vae, timer, on_preview_frames, during_denoise=True, history_latents=past,
+                                     keep=False, fallback=False)
         world = self._world(
             model=request.model, seed=int(request.seed), prompt=request.prompt, negative_prompt=request.negative_prompt,
             steps=request.steps, guidance=request.guidance, image=request.image, history=history, timer=timer,
@@ -490,7 +535,9 @@ class WorldPlayPipeline:
             should_cancel = sp.agreed(should_cancel, self.device)  # rank 0 decides; followers poll nothing
         size = world.chunk_latents
         new = request.camera.num_latents
-        progress = Progress((new // size) * request.steps, callback if not follower else None, should_cancel)
+        sr_steps = self.sr.steps if super_resolve and not follower else 0
+        progress = Progress((new // size) * request.steps + sr_steps, callback if not follower else None,
+                            should_cancel)
         try:
             for offset in range(0, new, size):
                 world.step(slice_trajectory(request.camera, offset, offset + size), progress=progress)
@@ -498,14 +545,22 @@ class WorldPlayPipeline:
             if follower:
                 return FollowerResult(latents=world.job.latents[0].permute(1, 0, 2, 3).float().cpu().contiguous(),
                                       timings=timer.timings)
-            if chunks.fell_back:
-                # One out-of-memory decode beside the K/V cache is enough to know this card has no room for
-                # it: later jobs on this worker decode after their rollout straight away.
-                self.decode_during_denoise = False
-            frames = chunks.finish(world.job.latents)
-            num_latents = world.num_latents
-            if chunks.latents_decoded != num_latents:
-                raise RuntimeError(f"decoded {chunks.latents_decoded} of {num_latents} latents")
+            if super_resolve:
+                if chunks is not None:
+                    chunks.decoder = None  # the 480p preview decoder's state goes before the SR stage
+                frames = self._super_resolve(world, request, timer, progress)
+                if on_frames is not None:
+                    with timer.stage("hand_over"):
+                        on_frames(frames)
+            else:
+                if chunks.fell_back:
+                    # One out-of-memory decode beside the K/V cache is enough to know this card has no room for
+                    # it: later jobs on this worker decode after their rollout straight away.
+                    self.decode_during_denoise = False
+                frames = chunks.finish(world.job.latents)
+                num_latents = world.num_latents
+                if chunks.latents_decoded != num_latents:
+                    raise RuntimeError(f"decoded {chunks.latents_decoded} of {num_latents} latents")
             if callback is not None:
                 callback("decoded", 1, 1)
             state = world.state()
@@ -524,6 +579,35 @@ class WorldPlayPipeline:
             state=state,
             model=request.model,
         )
+
+    def _super_resolve(self, world: World, request: GenerationRequest, timer: "_Timer", progress: Progress
+                       ) -> np.ndarray:
+        """The 720p frames [T, H, W, 3] of a finished (new) world: the picture at the 720p size (VAE latent and
+        SigLIP embedding), the SR stage over the world's 480p latents, and a VAE decode at 720p."""
+        from pipeline.sr.stage import sr_size
+
+        base = self.transformers[request.model].config.resolution_base
+        width, height = sr_size(world.width, world.height, base)
+        with timer.stage("sr_prepare_image"):
+            image = _as_rgb(request.image)
+            pixels = comp.prepare_image(image, width, height).to(self.device, self.dtype)
+            image_latent = comp.encode_condition_latents(self.vae, pixels)
+            vision = self.encoders.encode_image(image, width, height).to(self.device)
+        positive = world.job.positive
+
+        def step_done(step: int, total: int) -> None:
+            progress.step()
+
+        with timer.stage("super_resolution"):
+            latents = self.sr.run(world.job.latents, image_latent, text=positive.text, text_mask=positive.text_mask,
+                                  byt5=positive.byt5, byt5_mask=positive.byt5_mask, vision=vision,
+                                  seed=int(request.seed), callback=step_done, should_cancel=progress.should_cancel)
+        with timer.stage("decode_720p"):  # chunk by chunk, each turned into uint8 at once (bounded memory)
+            decoder = CausalVAEDecoder(self.vae)
+            step = AR_CHUNK_LATENTS
+            pieces = [comp.frames_to_uint8(decoder.decode(latents[:, :, start:start + step]))
+                      for start in range(0, latents.shape[2], step)]
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
     # ---------------------------------------------------------------------------- worlds
 

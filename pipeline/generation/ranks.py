@@ -314,7 +314,8 @@ class RankedPipeline:
         self.warmed_up = self.warmed_up or bool(result)
         return result
 
-    def generate(self, request, callback=None, should_cancel=None, *, on_frames=None, trace=None):
+    def generate(self, request, callback=None, should_cancel=None, *, on_frames=None, trace=None,
+                 on_preview_frames=None):
         self._check()
         self.pipe.validate(request)  # a rejected request never reaches the followers
         self._send(("generate", for_followers(request)))
@@ -334,7 +335,9 @@ class RankedPipeline:
         try:
             result = self._watched(
                 lambda: self.pipe.generate(request, guard(callback), guard(should_cancel),
-                                           on_frames=guard(on_frames), trace=trace),
+                                           on_frames=guard(on_frames), trace=trace,
+                                           **({"on_preview_frames": guard(on_preview_frames)}
+                                              if on_preview_frames is not None else {})),
                 should_cancel=should_cancel, abandoned=abandoned)
         except RankFailedError:
             raise

@@ -14,6 +14,10 @@
         ar_rl_model/diffusion_pytorch_model.safetensors              (+ config.json)   model ar_rl
         bidirectional_model/diffusion_pytorch_model.safetensors      (+ config.json)   model bidirectional
 
+    HunyuanVideo-1.5/                     with ``sr=True``: the 720p super-resolution stage of tencent/HunyuanVideo-1.5
+        transformer/720p_sr_distilled/    config.json (upstream's keys) + diffusion_pytorch_model.safetensors
+        upsampler/720p_sr_distilled/      config.json + diffusion_pytorch_model.safetensors
+
 (only the checkpoints of the ``models`` asked for; by default ar_distilled and bidirectional)
 
 Every component is written with its library's own ``save_pretrained``, so it loads through exactly the
@@ -37,6 +41,8 @@ import torch
 
 from pipeline.encoders.components import SYSTEM_MESSAGE
 from pipeline.model_files.resolve import COMPONENTS_DIRNAME as COMPONENTS_DIR
+from pipeline.model_files.resolve import SR_DIRNAME as SR_DIR
+from pipeline.model_files.resolve import SR_FILES
 from pipeline.model_files.resolve import TRANSFORMER_FILES
 from pipeline.model_files.resolve import WORLDPLAY_DIRNAME as WORLDPLAY_DIR
 
@@ -225,6 +231,19 @@ def _write_transformers(folder: Path, models: Iterable[str], seed: int) -> None:
         write_random_checkpoint(path, config, seed=seed + 100 + i)  # also writes config.json beside it
 
 
+def _write_sr(folder: Path, seed: int) -> None:
+    """The SR transformer (the tiny 480p widths, 98 input channels, meanflow) and the latent upsampler."""
+    from pipeline.dit.config import WorldPlayConfig
+    from pipeline.sr.transformer import SRConfig, write_random_sr_transformer
+    from pipeline.sr.upsampler import LatentUpsampler
+
+    config = SRConfig(base=WorldPlayConfig.tiny(**TINY_DIMS), in_channels=98, use_meanflow=True)
+    write_random_sr_transformer((folder / SR_FILES["transformer"]).parent, config, seed=seed + 200)
+    torch.manual_seed(seed + 201)
+    LatentUpsampler(32, 32, hidden_channels=16, num_blocks=2, global_residual=True).save_folder(
+        (folder / SR_FILES["upsampler"]).parent)
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Silence the libraries' progress bars and notices while writing (they are not errors)."""
@@ -246,7 +265,7 @@ def _quiet() -> Iterator[None]:
 
 
 def write_tiny_models(
-    root: Path, *, models: Iterable[str] = ("ar_distilled", "bidirectional"), seed: int = 0
+    root: Path, *, models: Iterable[str] = ("ar_distilled", "bidirectional"), seed: int = 0, sr: bool = False
 ) -> Path:
     """Write every tiny component under ``root`` (see the module docstring) and return ``root``.
 
@@ -260,12 +279,15 @@ def write_tiny_models(
     with torch.random.fork_rng(devices=[]), _quiet():
         _write_components(root / COMPONENTS_DIR, seed)
         _write_transformers(root / WORLDPLAY_DIR, models, seed)
+        if sr:
+            _write_sr(root / SR_DIR, seed)
     return root
 
 
 __all__ = [
     "CHECKPOINT_FILES",
     "COMPONENTS_DIR",
+    "SR_DIR",
     "TINY_DIMS",
     "TINY_SIGLIP_IMAGE_SIZE",
     "TINY_SIGLIP_PATCH",
