@@ -30,7 +30,7 @@ import pytest
 
 from tests.conftest import LiveServer, chromium_path, png_bytes
 
-playwright_api = pytest.importorskip("playwright.sync_api")
+from playwright import sync_api as playwright_api  # noqa: E402 - requirements-dev.txt
 
 WAIT_MS = 60_000  # bound on each wait in the page
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -260,7 +260,6 @@ def test_playground_steers_a_stand_in_world(browser, stand_in, live_server):
 
 
 def test_playground_steers_a_tiny_world(browser, real_pipeline, storage, live_server):
-    pytest.importorskip("pipeline.generation.world")
     from pipeline.generation.world_state import WorldState
 
     seen = drive(browser, live_server.page, save=True)

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import LiveServer, b64, png_bytes
 
-websockets = pytest.importorskip("websockets")
+import websockets  # noqa: E402
 
 
 def _settings(**kw):
@@ -156,12 +156,8 @@ def test_exposure_rule():
 
 
 # ---- the real engine -----------------------------------------------------------------------------
-world_engine = pytest.importorskip  # alias for readability below
-
-
 @pytest.fixture
 def live_env(real_pipeline, monkeypatch):
-    pytest.importorskip("pipeline.generation.world")
     return real_pipeline
 
 
