@@ -356,24 +356,11 @@ class LiveServer:
     ``url`` (the WebSocket), ``http`` (the base URL), ``page`` (the playground), ``state``, ``stop()``."""
 
     def __init__(self, settings):
-        import time as _time
-
-        import uvicorn
-
-        from worker.live import WS_MAX_BYTES, create_app
+        from worker.live import BackgroundServer, create_app
 
         self.app = create_app(settings, preload=False)
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
-                                                    ws_max_size=WS_MAX_BYTES, log_level="warning",
-                                                    timeout_graceful_shutdown=10))
-        self.thread = _threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        for _ in range(1000):
-            if self.server.started:
-                break
-            _time.sleep(0.01)
-        assert self.server.started, "uvicorn did not start"
+        self.background = BackgroundServer(self.app)
+        self.port = self.background.port
         self.http = f"http://127.0.0.1:{self.port}"
         self.url = f"ws://127.0.0.1:{self.port}/session"
         self.page = self.http + "/"
@@ -383,8 +370,7 @@ class LiveServer:
         return self.app.state.live
 
     def stop(self):
-        self.server.should_exit = True
-        self.thread.join(20)
+        self.background.stop()
 
 
 def chromium_path() -> str:

@@ -484,14 +484,13 @@ def item_live_server(ctx: Ctx) -> dict:
         raise Skip(f"{', '.join(missing)} not installed: carry their wheels (docs/PERFORMANCE.md, One GPU check)")
     import asyncio
     import base64
-    import socket
 
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401 - the live server's stack, checked before the models are touched
         import websockets
 
         from worker import job
-        from worker.live import WS_MAX_BYTES, create_app
+        from worker.live import BackgroundServer, create_app
         from worker.live_session import LiveSettings
     except ImportError as exc:
         raise Skip(f"the live server does not import here ({exc}): carry its wheels (docs/PERFORMANCE.md, "
@@ -503,22 +502,11 @@ def item_live_server(ctx: Ctx) -> dict:
     saved_loader = job.MODELS.loader
     job.reset_state(loader=lambda modes: pipe)
     server = None
-    thread = None
     try:
         job.MODELS.get(("ar_distilled",))
         app = create_app(LiveSettings(), preload=False)
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, ws_max_size=WS_MAX_BYTES,
-                                               log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.time() + 30
-        while not server.started:
-            if time.time() > deadline or not thread.is_alive():
-                raise RuntimeError("the live server did not start")
-            time.sleep(0.01)
+        server = BackgroundServer(app)
+        port = server.port
         buf = io.BytesIO()
         _image(ctx.width, ctx.height).save(buf, "PNG")
         image = base64.b64encode(buf.getvalue()).decode()
@@ -578,9 +566,7 @@ def item_live_server(ctx: Ctx) -> dict:
         return out
     finally:
         if server is not None:
-            server.should_exit = True
-            if thread is not None and thread.is_alive():
-                thread.join(timeout=10)
+            server.stop()
         job.reset_state(loader=saved_loader)
         os.environ.update(saved_env)
 

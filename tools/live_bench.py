@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import threading
 import time
 
 
@@ -86,43 +85,20 @@ def main(argv=None) -> int:
 
     for name in ("MINIO_ENDPOINT", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY", "MINIO_BUCKET"):
         os.environ.pop(name, None)  # no bucket: nothing is uploaded at the end
-    import uvicorn
     import websockets
 
     from pipeline.video import synthetic_pan
     from worker import job
-    from worker.live import WS_MAX_BYTES, create_app
+    from worker.live import BackgroundServer, create_app
     from worker.live_session import LiveSettings
 
-    try:
-        import pipeline.generation.world  # noqa: F401 - ChunkActions of the real engine
-    except ImportError:  # before the engine: the world is a stand-in anyway
-        import sys
-        import types
-        from dataclasses import dataclass
-
-        @dataclass(frozen=True)
-        class ChunkActions:
-            keys: tuple = ()
-            speed: float = 0.08
-            degrees: float = 3.0
-
-        sys.modules["pipeline.generation.world"] = types.SimpleNamespace(ChunkActions=ChunkActions)
     frames = synthetic_pan(13 + 16 * (args.chunks - 1), args.width, args.height)
     world = PacedWorld(frames, args.gap, args.first)
     job.reset_state(loader=lambda modes: PacedPipe(world))
     job.MODELS.get(("ar",))
     app = create_app(LiveSettings(), preload=False)
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, ws_max_size=WS_MAX_BYTES,
-                                           log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.01)
+    server = BackgroundServer(app)
+    port = server.port
 
     async def drive():
         import base64
@@ -151,7 +127,7 @@ def main(argv=None) -> int:
                     return ready, received
 
     ready, received = asyncio.run(drive())
-    server.should_exit = True
+    server.stop()
     record = app.state.live.records[-1] if app.state.live.records else None
     deadline = time.time() + 10
     while record is None and time.time() < deadline:

@@ -197,6 +197,37 @@ async def _serve(ws, sess: LiveSession, s: LiveSettings, *, authenticated: bool)
     await sess.close_socket(1000, sess.reason or "close")
 
 
+class BackgroundServer:
+    """An app on uvicorn in a daemon thread (tests, benchmarks, gpu_check): ``port``, ``stop()``."""
+
+    def __init__(self, app, *, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0):
+        import socket
+        import time
+
+        import uvicorn
+
+        if port == 0:
+            with socket.socket() as sock:
+                sock.bind((host, 0))
+                port = sock.getsockname()[1]
+        self.port = port
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, ws_max_size=WS_MAX_BYTES,
+                                                    log_level="warning", timeout_graceful_shutdown=10))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                self.stop()
+                raise RuntimeError("the live server did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self.thread.is_alive():
+            self.thread.join(20)
+
+
 def _is_loopback(host: str) -> bool:
     if host in ("localhost", ""):
         return host == "localhost"
