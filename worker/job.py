@@ -326,13 +326,15 @@ def fetch_inputs(plan: JobPlan, cancel_event: Optional[threading.Event] = None) 
     spec = camera_spec(req, get_storage)
     if req.continue_from is not None:  # a world session: no image, new latents only
         world = session.open_world(req, spec, plan.storage, plan.modes)
+        world.request.decoder = req.decoder
         return JobInputs(request=world.request, req=world.req, seed=world.seed,
                          expected_frames=world.num_frames)
     trajectory = parse_camera(req, spec)
     image = fetch_image(req, get_storage, cancel_event)
     request = _request_class()(
         prompt=req.prompt, negative_prompt=req.negative_prompt, image=image, camera=trajectory,
-        mode=req.mode, num_inference_steps=req.steps, guidance_scale=req.guidance, seed=plan.seed)
+        mode=req.mode, num_inference_steps=req.steps, guidance_scale=req.guidance, seed=plan.seed,
+        decoder=req.decoder)
     return JobInputs(request=request, req=req, seed=plan.seed, expected_frames=trajectory.num_frames)
 
 
@@ -415,6 +417,10 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
         progress.update("load", force=True)
         pipe, _ = MODELS.get(plan.modes)  # once per worker
         stages.add("load", time.perf_counter() - t0)
+        if req.decoder == "fast" and getattr(pipe, "fast_decoder", None) is None:
+            reason = (getattr(pipe, "fast_decoder_info", None) or {}).get("reason", "not loaded")
+            raise WorkerError("DECODER_UNAVAILABLE", f"decoder 'fast' needs the fast decoder's weights, which "
+                                                     f"this worker does not have ({reason}); send decoder 'full'")
         _check_cancel(cancel_event, "generation")
 
         workdir = tempfile.mkdtemp(prefix="worldplay-", dir=os.environ.get("WORLDPLAY_TMPDIR"))
