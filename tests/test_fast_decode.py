@@ -202,3 +202,31 @@ def test_the_download_retries_transient_errors_and_checks_the_blob_id(tmp_path, 
         files.download_fast_decoder("taehv1_5.safetensors", tmp_path / "dl3", RetryPolicy(3, 1.0, 5.0))
     assert files.source_url("taehv1_5.safetensors").startswith(
         f"https://github.com/madebyollin/taehv/raw/{files.SOURCE_COMMIT}/safetensors/")
+
+
+def test_download_models_fetches_and_checks_the_fast_decoder(tiny_models, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import requests
+
+    import download_models
+    from pipeline.model_files import fast_decoder as files
+
+    dest = tmp_path / "models"
+    shutil.copytree(tiny_models, dest)
+    body = write_tiny_fast_decoder(tmp_path / "src.safetensors").read_bytes()
+    monkeypatch.setitem(files.SOURCE_BLOBS, "taehv1_5.safetensors", files.git_blob_id(tmp_path / "src.safetensors"))
+    monkeypatch.setenv("RUNPOD_HF_CACHE", str(tmp_path / "none"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "none"))
+    monkeypatch.delenv("WORLDPLAY_MODEL_DIR", raising=False)
+    assert download_models.main(["--check", "--fast-decoder", "--dest", str(dest)]) == 1
+    assert "TAEHV/taehv1_5.safetensors: missing" in capsys.readouterr().err
+    urls = []
+    monkeypatch.setattr(requests, "get", lambda url, **kw: urls.append(url) or _Response(200, body))
+    assert download_models.main(["--fast-decoder", "--dest", str(dest), "--no-progress"]) == 0
+    assert "downloaded from https://github.com/madebyollin/taehv/raw/" in capsys.readouterr().out and len(urls) == 1
+    assert download_models.main(["--check", "--fast-decoder", "--dest", str(dest)]) == 0
+    assert download_models.main(["--fast-decoder", "--dest", str(dest), "--no-download"]) == 0  # kept
+    (dest / "TAEHV" / "taehv1_5.safetensors").write_bytes(body[:-1] + b" ")  # same size, other bytes
+    assert download_models.main(["--check", "--fast-decoder", "--dest", str(dest)]) == 1
+    assert "not the published taehv1_5.safetensors" in capsys.readouterr().err

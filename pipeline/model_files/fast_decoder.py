@@ -160,6 +160,44 @@ def find_fast_decoder(*, components: str | os.PathLike | None = None, allow_down
     return FastDecoderFile(path, "download", seconds=time.perf_counter() - t0)
 
 
+def check_published(path: str | os.PathLike, name: str | None = None) -> list[str]:
+    """:func:`check_fast_decoder`, and the file must be the published one (its git blob id)."""
+    if problems := check_fast_decoder(path):
+        return problems
+    name = name or Path(path).name
+    blob, expected = git_blob_id(path), SOURCE_BLOBS.get(name)
+    if expected is not None and blob != expected:
+        return [f"{path}: not the published {name} (git blob {blob}, expected {expected} at "
+                f"{SOURCE_REPO}@{SOURCE_COMMIT[:12]})"]
+    return []
+
+
+def prefetch_fast_decoder(dest: str | os.PathLike, *, allow_download: bool = True) -> tuple[Path, str]:
+    """Make ``dest/TAEHV/<file>`` the published fast-decoder file (``download_models.py --fast-decoder``):
+    kept when already there, else copied from the first complete copy elsewhere, else downloaded."""
+    import shutil
+
+    from pipeline.model_files.resolve import Settings
+
+    name = chosen_file() or DEFAULT_FILE
+    target = Path(dest) / FAST_DECODER_DIRNAME / name
+    if target.exists() and not check_published(target, name):
+        return target, f"already present in {dest}"
+    settings = Settings.from_env(allow_download=allow_download)
+    settings.download_dir, settings.model_dir = None, None if settings.model_dir == Path(dest) else settings.model_dir
+    for _, label, path in _candidates(name, settings):
+        if path.exists() and not check_published(path, name):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, f"{target}.partial")
+            os.replace(f"{target}.partial", target)
+            return target, f"copied from {label}"
+    if not allow_download:
+        raise ModelNotFoundError(f"{target}: missing or not the published file, and no copy elsewhere; run without "
+                                 "--no-download to fetch it")
+    download_fast_decoder(name, target.parent, settings.retry)
+    return target, f"downloaded from {source_url(name)}"
+
+
 def _is_transient(exc: BaseException) -> bool:
     import requests
 
@@ -213,5 +251,5 @@ def download_fast_decoder(name: str, folder: Path, policy=None, *, url: str | No
 
 
 __all__ = ["DEFAULT_FILE", "FAST_DECODER_DIRNAME", "FastDecoderFile", "SOURCE_BLOBS", "SOURCE_COMMIT", "SOURCE_REPO",
-           "check_fast_decoder", "chosen_file", "download_fast_decoder", "find_fast_decoder", "git_blob_id",
+           "check_fast_decoder", "check_published", "chosen_file", "prefetch_fast_decoder", "download_fast_decoder", "find_fast_decoder", "git_blob_id",
            "source_url"]
