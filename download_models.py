@@ -26,7 +26,9 @@ from pipeline.model_files.resolve import (
     WORLDPLAY_DIRNAME,
     check_model_dir,
     fmt_bytes,
+    Settings,
     prefetch,
+    snapshot_dirs,
 )
 from pipeline.model_files.fast_decoder import (
     DEFAULT_FILE,
@@ -165,7 +167,8 @@ def run_fetch(dest: Path, mode: str, *, allow_download: bool, dest_label: str | 
         print(f"{key:<14} {origin}\n{'':<14} -> {path}")
     folders = [paths.components] + [p.parent for p in paths.transformer.values()]  # checkpoints with their configs
     if fast_decoder:
-        path, origin = prefetch_fast_decoder(dest, allow_download=allow_download)
+        path, origin = prefetch_fast_decoder(dest, Settings.from_env(allow_download=allow_download), snapshot_dirs,
+                                             allow_download=allow_download)
         print(f"{'fast_decoder':<14} {origin}\n{'':<14} -> {path}")
         folders.append(path.parent)
     total = sum(f.stat().st_size for d in folders for f in d.rglob("*")

@@ -142,18 +142,20 @@ def test_encoder_tensors_are_allowed_and_a_stride_two_time_grow_keeps_the_last_f
 
 def test_the_file_is_found_in_the_local_layout_and_its_absence_is_a_reason(tmp_path, monkeypatch):
     from pipeline.model_files import fast_decoder as files
+    from pipeline.model_files.resolve import Settings, snapshot_dirs
 
     monkeypatch.setenv("RUNPOD_HF_CACHE", str(tmp_path / "none"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "none"))
-    found = files.find_fast_decoder(model_dir=tmp_path, allow_download=False)
+    settings = Settings.from_env(model_dir=tmp_path, allow_download=False)
+    found = files.find_fast_decoder(settings, snapshot_dirs)
     assert found.path is None and "download_models.py --fast-decoder" in found.reason
     write_tiny_fast_decoder(tmp_path / "TAEHV" / "taehv1_5.safetensors")
-    found = files.find_fast_decoder(model_dir=tmp_path, allow_download=False)
+    found = files.find_fast_decoder(settings, snapshot_dirs)
     assert found.path == tmp_path / "TAEHV" / "taehv1_5.safetensors" and found.source == "local"
     monkeypatch.setenv("WORLDPLAY_FAST_DECODER", "0")
-    assert files.find_fast_decoder(model_dir=tmp_path, allow_download=False).reason == "WORLDPLAY_FAST_DECODER=0"
+    assert files.find_fast_decoder(settings, snapshot_dirs).reason == "WORLDPLAY_FAST_DECODER=0"
     monkeypatch.setenv("WORLDPLAY_FAST_DECODER", "taehv9")
-    assert "expected taehv1_5" in files.find_fast_decoder(model_dir=tmp_path, allow_download=False).reason
+    assert "expected taehv1_5" in files.find_fast_decoder(settings, snapshot_dirs).reason
 
 
 class _Response:

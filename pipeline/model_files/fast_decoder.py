@@ -7,7 +7,8 @@ It is looked for, first complete copy wins (:func:`pipeline.model_files.verify.s
 1. ``WORLDPLAY_MODEL_DIR/TAEHV/<file>`` (the local layout; ``download_models.py --fast-decoder`` writes it);
 2. the RunPod model cache, then the Hugging Face cache: a bundle repo's snapshot, ``<snapshot>/TAEHV/<file>``;
 3. ``WORLDPLAY_DOWNLOAD_DIR/TAEHV/<file>``;
-4. with downloading allowed (``WORLDPLAY_ALLOW_DOWNLOAD=1``), a download of the file at a pinned commit of
+4. with downloading allowed (``WORLDPLAY_ALLOW_DOWNLOAD=1``) and the file named (``WORLDPLAY_FAST_DECODER``
+   set: an optional file from outside the Hub is never fetched unasked), a download of the file at a pinned commit of
    the repository, retried on transient errors, checked against the file's git blob id (so a corrupt or
    changed file is refused), into ``WORLDPLAY_DOWNLOAD_DIR`` or else ``WORLDPLAY_MODEL_DIR`` or else
    ``<HF cache>/../worldplay/TAEHV``.
@@ -83,9 +84,7 @@ class FastDecoderFile:
     seconds: float = 0.0
 
 
-def _candidates(name: str, settings) -> Iterator[tuple[str, str, Path]]:
-    from pipeline.model_files.resolve import snapshot_dirs
-
+def _candidates(name: str, settings, snapshot_dirs) -> Iterator[tuple[str, str, Path]]:
     rel = Path(FAST_DECODER_DIRNAME) / name
     if settings.model_dir is not None:
         yield "local", f"local folder {settings.model_dir}", settings.model_dir / rel
@@ -122,13 +121,12 @@ def beside(components: str | os.PathLike) -> FastDecoderFile:
     return FastDecoderFile(None, reason="; ".join(problems)) if problems else FastDecoderFile(path, "local")
 
 
-def find_fast_decoder(*, components: str | os.PathLike | None = None, allow_download: bool | None = None,
-                      model_dir=None, download_dir=None, name: str | None = None) -> FastDecoderFile:
-    """The fast decoder's weight file, or why there is none (never raises for a missing file). With
-    `components` (a resolved components folder), ``TAEHV/<file>`` beside it is tried first (the local layout
-    or a bundle snapshot it came from)."""
-    from pipeline.model_files.resolve import Settings
-
+def find_fast_decoder(settings, snapshot_dirs, *, components: str | os.PathLike | None = None,
+                      name: str | None = None) -> FastDecoderFile:
+    """The fast decoder's weight file, or why there is none (never raises for a missing file).
+    `settings`: :class:`pipeline.model_files.resolve.Settings`; `snapshot_dirs`: its snapshot lister (passed
+    in: resolve imports this module). With `components` (a resolved components folder), ``TAEHV/<file>``
+    beside it is tried first (the local layout or a bundle snapshot it came from)."""
     t0 = time.perf_counter()
     try:
         name = name or chosen_file()
@@ -136,9 +134,8 @@ def find_fast_decoder(*, components: str | os.PathLike | None = None, allow_down
         return FastDecoderFile(None, reason=exc.message)
     if name is None:
         return FastDecoderFile(None, reason=f"{FAST_DECODER_ENV}=0")
-    settings = Settings.from_env(model_dir, download_dir, allow_download)
     problems = []
-    places = list(_candidates(name, settings))
+    places = list(_candidates(name, settings, snapshot_dirs))
     if components is not None:
         places.insert(0, ("local", f"beside {components}", Path(components).parent / FAST_DECODER_DIRNAME / name))
     for source, label, path in places:
@@ -148,10 +145,12 @@ def find_fast_decoder(*, components: str | os.PathLike | None = None, allow_down
             logger.info("fast decoder: %s from %s", path, label)
             return FastDecoderFile(path, source, seconds=time.perf_counter() - t0)
         problems += bad
-    if not settings.allow_download:
+    # an optional file from outside the Hub: downloaded only when asked for by name
+    if not (settings.allow_download and (os.environ.get(FAST_DECODER_ENV) or "").strip()):
         where = "; ".join(problems) or f"no {FAST_DECODER_DIRNAME}/{name} in the model folders or caches"
         return FastDecoderFile(None, reason=f"{where} (fetch it with `python download_models.py --fast-decoder`, "
-                                            "or set WORLDPLAY_ALLOW_DOWNLOAD=1)")
+                                            f"or set {FAST_DECODER_ENV}={name.removesuffix('.safetensors')} with "
+                                            "WORLDPLAY_ALLOW_DOWNLOAD=1)")
     try:
         path = download_fast_decoder(name, download_target(settings), settings.retry)
     except ModelDownloadError as exc:
@@ -172,20 +171,19 @@ def check_published(path: str | os.PathLike, name: str | None = None) -> list[st
     return []
 
 
-def prefetch_fast_decoder(dest: str | os.PathLike, *, allow_download: bool = True) -> tuple[Path, str]:
+def prefetch_fast_decoder(dest: str | os.PathLike, settings, snapshot_dirs, *,
+                          allow_download: bool = True) -> tuple[Path, str]:
     """Make ``dest/TAEHV/<file>`` the published fast-decoder file (``download_models.py --fast-decoder``):
-    kept when already there, else copied from the first complete copy elsewhere, else downloaded."""
+    kept when already there, else copied from the first complete copy elsewhere, else downloaded
+    (`settings`, `snapshot_dirs`: as for :func:`find_fast_decoder`)."""
     import shutil
-
-    from pipeline.model_files.resolve import Settings
 
     name = chosen_file() or DEFAULT_FILE
     target = Path(dest) / FAST_DECODER_DIRNAME / name
     if target.exists() and not check_published(target, name):
         return target, f"already present in {dest}"
-    settings = Settings.from_env(allow_download=allow_download)
     settings.download_dir, settings.model_dir = None, None if settings.model_dir == Path(dest) else settings.model_dir
-    for _, label, path in _candidates(name, settings):
+    for _, label, path in _candidates(name, settings, snapshot_dirs):
         if path.exists() and not check_published(path, name):
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, f"{target}.partial")

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from pipeline.errors import ModelDownloadError, ModelNotFoundError
+from pipeline.model_files.fast_decoder import beside as fast_decoder_beside
+from pipeline.model_files.fast_decoder import find_fast_decoder
 from pipeline.model_files.hub import (
     RepoFetch,
     RetryPolicy,
@@ -133,11 +135,9 @@ def _check(key: str, path: Path) -> list[str]:
 
 def layout_paths(root: str | os.PathLike, modes: str | Sequence[str] = MODES) -> ModelPaths:
     """The paths of the local-folder layout under ``root`` (nothing is checked)."""
-    from pipeline.model_files.fast_decoder import beside
-
     root = Path(root)
     return ModelPaths(root / COMPONENTS_DIRNAME, {m: root / WORLDPLAY_DIRNAME / _rel(m) for m in _keys(modes)[1:]},
-                      fast_decoder=beside(root / COMPONENTS_DIRNAME))
+                      fast_decoder=fast_decoder_beside(root / COMPONENTS_DIRNAME))
 
 
 def check_model_dir(root: str | os.PathLike, modes: str | Sequence[str] = MODES) -> list[str]:
@@ -274,10 +274,7 @@ def resolve_models(modes: str | Sequence[str] = ("ar",), *, allow_download: bool
                 set_hub_offline(True)
     if set_offline:
         set_hub_offline(True)
-    from pipeline.model_files.fast_decoder import find_fast_decoder
-
-    fast = find_fast_decoder(components=found["components"][0], allow_download=allow_download, model_dir=model_dir,
-                             download_dir=download_dir)  # optional: a path, or why there is none
+    fast = find_fast_decoder(s, snapshot_dirs, components=found["components"][0])  # optional: a path, or why not
     paths = ModelPaths(found["components"][0], {m: found[m][0] for m in keys[1:]}, {k: found[k][1] for k in keys},
                        {**{k: found[k][2] for k in keys}, "total": time.perf_counter() - t_start}, fast)
     logger.info("models resolved in %.2fs: %s", paths.timings["total"],
