@@ -224,7 +224,7 @@ def fake_pipeline(s3_env, monkeypatch):
     request_cls = make_dataclass("FakeRequest", [
         "prompt", "image", "camera", ("mode", str, "ar"), ("negative_prompt", str, ""),
         ("num_inference_steps", object, None), ("guidance_scale", object, None),
-        ("seed", int, 0)])
+        ("seed", int, 0), ("decoder", str, "full")])
     monkeypatch.setattr(worker_job, "_request_class", lambda: request_cls)
     worker_job.reset_state(loader=lambda modes: pipe)
     return pipe
