@@ -29,7 +29,16 @@ from pipeline.model_files.resolve import (
     WORLDPLAY_DIRNAME,
     check_model_dir,
     fmt_bytes,
+    Settings,
     prefetch,
+    snapshot_dirs,
+)
+from pipeline.model_files.fast_decoder import (
+    DEFAULT_FILE,
+    FAST_DECODER_DIRNAME,
+    check_published,
+    chosen_file,
+    prefetch_fast_decoder,
 )
 
 BUNDLE_MANIFEST = "worldplay_bundle.json"
@@ -40,6 +49,10 @@ actions:
           what a local cache holds, download only the missing files (progress bars shown).
   check   verify DIR without any network access; exit 1 and list every problem.
           `--check` is the same as `check`.
+  --fast-decoder  also fetch / check the fast decoder's weights (TAEHV, ~20-40 MB, from the
+          GitHub repo madebyollin/taehv at a pinned commit, checked by git blob id): live worlds
+          stream with it, jobs use it with "decoder": "fast". Without it the worker serves the
+          full VAE only.
   bundle  like fetch with ar_distilled,bidirectional by default, then add a model card and a manifest so
           DIR can be pushed as ONE Hugging Face repo and selected as the endpoint's RunPod
           cached model (one cached model per endpoint); prints the upload command.
@@ -54,6 +67,8 @@ layout written to DIR (what WORLDPLAY_MODEL_DIR and bundle repos use):
   DIR/{WORLDPLAY_DIRNAME}/{TRANSFORMER_FILES['bidirectional'][0]}/{TRANSFORMER_FILES['bidirectional'][1]}        (--model bidirectional)
   DIR/{SR_DIRNAME}/{SR_FILES['transformer']}  (--sr, from {SR_REPO};
   DIR/{SR_DIRNAME}/{SR_FILES['upsampler']}     each with its config.json)
+  DIR/{FAST_DECODER_DIRNAME}/taehv1_5.safetensors                     (--fast-decoder; taehv1_5_super with
+      WORLDPLAY_FAST_DECODER=taehv1_5_super)
 
 environment:
   HF_TOKEN                       Hugging Face read token (gated repos need the licence accepted)
@@ -64,6 +79,7 @@ environment:
   WORLDPLAY_COMPONENTS_REPO      components repo (default {DEFAULT_COMPONENTS_REPO})
   WORLDPLAY_REPO                 WorldPlay repo (default {DEFAULT_WORLDPLAY_REPO})
   WORLDPLAY_COMPONENTS_REVISION  / WORLDPLAY_REVISION: branch, tag or commit (default main)
+  WORLDPLAY_FAST_DECODER         fast decoder file: taehv1_5 (default) or taehv1_5_super
   WORLDPLAY_DOWNLOAD_ATTEMPTS    attempts per Hub call on transient errors (default 5)
   WORLDPLAY_RETRY_WAIT           first backoff wait in seconds, doubling (default 2)
   WORLDPLAY_RETRY_WAIT_MAX       longest backoff wait in seconds (default 60)
@@ -114,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--repo-id", metavar="ORG/NAME", default=None,
         help="bundle: the repo id to show in the upload command (default: <your-user>/HY-WorldPlay-worker-bundle)",
     )
+    parser.add_argument("--fast-decoder", action="store_true",
+                        help="also fetch / check the fast decoder's weights (DIR/TAEHV/taehv1_5.safetensors)")
     parser.add_argument("--no-progress", action="store_true", help="hide download progress bars")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
@@ -134,23 +152,28 @@ def _dest(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path:
     return Path(dest)
 
 
-def _label(models, sr: bool = False) -> str:
+def _label(models, sr: bool = False, fast_decoder: bool = False) -> str:
     models = (models,) if isinstance(models, str) else tuple(models)
-    return ",".join(models) + (" + sr" if sr else "")
+    return ",".join(models) + (" + sr" if sr else "") + (" + fast decoder" if fast_decoder else "")
 
 
-def run_check(dest: Path, models, sr: bool = False) -> int:
+def run_check(dest: Path, models, sr: bool = False, fast_decoder: bool = False) -> int:
     problems = check_model_dir(dest, models, sr=sr)
+    if fast_decoder:
+        name = chosen_file() or DEFAULT_FILE
+        path = dest / FAST_DECODER_DIRNAME / name
+        problems += check_published(path, name) if path.exists() else [f"{path}: missing (--fast-decoder)"]
     if problems:
-        print(f"{dest}: {len(problems)} problem(s) for {_label(models, sr)}:", file=sys.stderr)
+        print(f"{dest}: {len(problems)} problem(s) for {_label(models, sr, fast_decoder)}:", file=sys.stderr)
         for p in problems:
             print(f"  - {p}", file=sys.stderr)
         return 1
-    print(f"{dest}: complete for {_label(models, sr)}")
+    print(f"{dest}: complete for {_label(models, sr, fast_decoder)}")
     return 0
 
 
-def run_fetch(dest: Path, models, *, allow_download: bool, dest_label: str | None = None, sr: bool = False) -> int:
+def run_fetch(dest: Path, models, *, allow_download: bool, dest_label: str | None = None, sr: bool = False,
+              fast_decoder: bool = False) -> int:
     """``dest_label``: how the user named ``dest`` (``--dest D`` or ``WORLDPLAY_MODEL_DIR=D``), for errors."""
     t0 = time.perf_counter()
     try:
@@ -166,6 +189,11 @@ def run_fetch(dest: Path, models, *, allow_download: bool, dest_label: str | Non
     # checkpoints with their configs
     folders = ([paths.components] + [p.parent for p in paths.transformer.values()]
                + [p.parent for p in paths.sr_files.values()])
+    if fast_decoder:
+        path, origin = prefetch_fast_decoder(dest, Settings.from_env(allow_download=allow_download), snapshot_dirs,
+                                             allow_download=allow_download)
+        print(f"{'fast_decoder':<14} {origin}\n{'':<14} -> {path}")
+        folders.append(path.parent)
     total = sum(f.stat().st_size for d in folders for f in d.rglob("*")
                 if f.is_file() and ".cache" not in f.relative_to(d).parts)
     print(f"total size: {fmt_bytes(total)} ({total} bytes) in {dest} [{time.perf_counter() - t0:.1f}s]")
@@ -210,8 +238,8 @@ permitted to you.
 
 
 def run_bundle(dest: Path, models, *, allow_download: bool, repo_id: str | None, dest_label: str | None = None,
-               sr: bool = False) -> int:
-    run_fetch(dest, models, allow_download=allow_download, dest_label=dest_label, sr=sr)
+               sr: bool = False, fast_decoder: bool = False) -> int:
+    run_fetch(dest, models, allow_download=allow_download, dest_label=dest_label, sr=sr, fast_decoder=fast_decoder)
     files = _bundle_files(dest)
     total = sum(f["size"] for f in files)
     manifest = {
@@ -265,11 +293,12 @@ def main(argv: list[str] | None = None) -> int:
         disable_progress_bars()
     try:
         if action == "check":
-            return run_check(dest, models, args.sr)
+            return run_check(dest, models, args.sr, args.fast_decoder)
         if action == "bundle":
             return run_bundle(dest, models, allow_download=not args.no_download, repo_id=args.repo_id,
-                              dest_label=dest_label, sr=args.sr)
-        return run_fetch(dest, models, allow_download=not args.no_download, dest_label=dest_label, sr=args.sr)
+                              dest_label=dest_label, sr=args.sr, fast_decoder=args.fast_decoder)
+        return run_fetch(dest, models, allow_download=not args.no_download, dest_label=dest_label, sr=args.sr,
+                         fast_decoder=args.fast_decoder)
     except PipelineError as exc:
         print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
         return 1

@@ -60,6 +60,12 @@ class ModelDownloadError(PipelineError):
     code = "MODEL_DOWNLOAD_FAILED"
 
 
+class DecoderUnavailableError(PipelineError):
+    """The request asks for the fast decoder and this worker has no fast-decoder weights."""
+
+    code = "DECODER_UNAVAILABLE"
+
+
 class CheckpointError(PipelineError):
     """A checkpoint does not match the architecture (missing / unexpected keys, wrong shapes, truncated)."""
 

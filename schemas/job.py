@@ -237,6 +237,11 @@ class JobInput(_Strict):
     seed: Optional[int] = Field(None, ge=0, le=MAX_SEED,
                                 description="null: random in 0..2^31-1 (returned in the output).")
     fps: int = Field(24, ge=1, le=60, description="Frame rate of the MP4.")
+    decoder: Literal["full", "fast"] = Field(
+        "full", description='Latents to frames: "full", the HunyuanVideo-1.5 VAE; "fast", the TAEHV tiny '
+                            "decoder (several times faster, lower quality), on workers that have its weights "
+                            "(else DECODER_UNAVAILABLE, before any GPU work). The saved world state holds "
+                            "latents either way.")
     output: OutputOptions = Field(default_factory=OutputOptions)
     continue_from: Optional[str] = Field(
         None, max_length=MAX_KEY_CHARS,
@@ -396,6 +401,7 @@ class JobInput(_Strict):
             "guidance": self.guidance,
             "seed": self.seed,
             "fps": self.fps,
+            "decoder": self.decoder,
             "prompt_chars": len(self.prompt or ""),
             "continue_from": self.continue_from is not None,
             "resolution": self.resolution,

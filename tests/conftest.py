@@ -231,7 +231,7 @@ def fake_pipeline(s3_env, monkeypatch):
     request_cls = make_dataclass("FakeRequest", [
         "prompt", "image", "camera", ("mode", object, None), ("negative_prompt", str, ""),
         ("num_inference_steps", object, None), ("guidance_scale", object, None),
-        ("seed", int, 0), ("model", object, None)])
+        ("seed", int, 0), ("model", object, None), ("decoder", str, "full")])
     monkeypatch.setattr(worker_job, "_request_class", lambda: request_cls)
     worker_job.reset_state(loader=lambda modes: pipe)
     return pipe

@@ -32,6 +32,7 @@ ERROR_CODES = {
     "IMAGE_URL_FORBIDDEN": (False, "image_url (or a redirect) points at a non-public address"),
     "MODEL_NOT_FOUND": (False, "model weights missing and downloading disabled"),
     "MODEL_DOWNLOAD_FAILED": (False, "model download failed"),
+    "DECODER_UNAVAILABLE": (False, "decoder 'fast' asked of a worker without the fast decoder's weights"),
     "CHECKPOINT_MISMATCH": (False, "a checkpoint does not match the architecture"),
     "STATE_NOT_FOUND": (False, "the world state named by continue_from does not exist"),
     "INVALID_STATE": (False, "continue_from names an object that is not a valid world state"),

@@ -438,6 +438,7 @@ def fetch_inputs(plan: JobPlan, cancel_event: Optional[threading.Event] = None) 
     spec = camera_spec(req, get_storage)
     if req.continue_from is not None:  # a world session: no image, new latents only
         world = session.open_world(req, spec, plan.storage, plan.models)
+        world.request.decoder = req.decoder
         return JobInputs(request=world.request, req=world.req, seed=world.seed,
                          expected_frames=world.num_frames)
     trajectory = parse_camera(req, spec)
@@ -452,7 +453,7 @@ def fetch_inputs(plan: JobPlan, cancel_event: Optional[threading.Event] = None) 
     request = _request_class()(
         prompt=req.prompt, negative_prompt=req.negative_prompt, image=image, camera=trajectory,
         model=req.resolved_model, num_inference_steps=req.steps, guidance_scale=req.guidance, seed=plan.seed,
-        **extra)
+        decoder=req.decoder, **extra)
     return JobInputs(request=request, req=req, seed=plan.seed, expected_frames=trajectory.num_frames)
 
 
@@ -550,6 +551,10 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
         progress.update("load", force=True)
         pipe, _ = MODELS.get(plan.models)  # once per worker
         stages.add("load", time.perf_counter() - t0)
+        if req.decoder == "fast" and getattr(pipe, "fast_decoder", None) is None:
+            reason = (getattr(pipe, "fast_decoder_info", None) or {}).get("reason", "not loaded")
+            raise WorkerError("DECODER_UNAVAILABLE", f"decoder 'fast' needs the fast decoder's weights, which "
+                                                     f"this worker does not have ({reason}); send decoder 'full'")
         _check_cancel(cancel_event, "generation")
 
         workdir = tempfile.mkdtemp(prefix="worldplay-", dir=os.environ.get("WORLDPLAY_TMPDIR"))

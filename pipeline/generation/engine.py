@@ -26,7 +26,16 @@ from pipeline.dit.checkpoint import load_transformer
 from pipeline.dit.transformer import WorldPlayTransformer, disable_compile, enable_compile
 from pipeline.encoders import components as comp
 from pipeline.encoders.causal_decode import CausalVAEDecoder
-from pipeline.errors import ImageError, ModelUnavailableError, PipelineError, RankZeroFailedError, SessionTooLongError, StateMismatchError
+from pipeline.encoders.fast_decode import FastVideoDecoder
+from pipeline.errors import (
+    DecoderUnavailableError,
+    ImageError,
+    ModelUnavailableError,
+    PipelineError,
+    RankZeroFailedError,
+    SessionTooLongError,
+    StateMismatchError,
+)
 from pipeline.generation.camera import CameraTrajectory, check_latent_count, parse_pose
 from pipeline.generation.rollout import (
     AR_CHUNK_LATENTS,
@@ -49,6 +58,8 @@ DEFAULTS = {name: {"steps": c.steps, "guidance": c.guidance} for name, c in CHEC
 FPS = 24
 CHUNK_LATENTS = {"ar": AR_CHUNK_LATENTS, "bidirectional": BIDIRECTIONAL_CHUNK_LATENTS}
 RESOLUTIONS: tuple[str, ...] = ("480p", "720p")
+#: "full": the HunyuanVideo-1.5 VAE (causal_decode); "fast": the TAEHV tiny decoder (fast_decode)
+DECODERS: tuple[str, ...] = ("full", "fast")
 
 
 @dataclass
@@ -72,6 +83,8 @@ class GenerationRequest:
     model: str | None = None
     #: "480p", or "720p": the super-resolution stage (pipeline.sr) after the rollout; the state stays 480p
     resolution: str = "480p"
+    #: "full" (the VAE) or "fast" (the TAEHV tiny decoder, when loaded): decodes every frame of the request
+    decoder: str = "full"
 
     def __post_init__(self) -> None:
         if self.resolution not in RESOLUTIONS:
@@ -183,9 +196,15 @@ class WorldPlayPipeline:
         load_info: dict | None = None,
         checkpoint_ids: dict[str, str] | None = None,
         sr=None,
+        fast_decoder=None,
+        fast_decoder_info: dict | None = None,
     ):
         self.transformers = transformers
         self.sr = sr  # pipeline.sr.stage.SRStage (resolution "720p"), or None
+        # the TAEHV tiny decoder (pipeline.encoders.fast_decode.TAEHVDecoder) or None; the info says which
+        # file it is, or why there is none (health: fast_decoder / fast_decoder_missing)
+        self.fast_decoder = fast_decoder
+        self.fast_decoder_info = dict(fast_decoder_info or {})
         self.encoders = encoders
         self.vae = vae
         self.scheduler = scheduler
@@ -277,6 +296,11 @@ class WorldPlayPipeline:
             sr = SRStage.from_folders(files["transformer"].parent, files["upsampler"].parent, device=device,
                                       dtype=dtype)
             timings["sr"] = round(time.perf_counter() - t0, 3)
+        fast = fast_info = None
+        if not dit_only:
+            t0 = time.perf_counter()
+            fast, fast_info = load_fast_decoder_for(paths, device, dtype)
+            timings["fast_decoder"] = round(time.perf_counter() - t0, 3)
         timings["total"] = round(time.perf_counter() - started, 3)
         checkpoint_ids = {model: checkpoint_fingerprint(paths.transformer[model]) for model in models}
         info = {
@@ -296,6 +320,8 @@ class WorldPlayPipeline:
             load_info=info,
             checkpoint_ids=checkpoint_ids,
             sr=sr,
+            fast_decoder=fast,
+            fast_decoder_info=fast_info,
         )
 
     @property
@@ -343,6 +369,10 @@ class WorldPlayPipeline:
             "offload_encoders": self.offload_encoders,
             "compiled": self.compiled,
             "decode_during_denoise": self.decode_during_denoise,
+            "fast_decoder": self.fast_decoder_info.get("file") if self.fast_decoder is not None else None,
+            "fast_decoder_missing": None if self.fast_decoder is not None else self.fast_decoder_info.get(
+                "reason", "not loaded"),
+            "live_decoder": self.live_decoder(),
             "sequence_parallel": {"world_size": 1},
             "versions": {
                 "python": platform.python_version(),
@@ -431,6 +461,28 @@ class WorldPlayPipeline:
                 raise PipelineError(f"resolution {request.resolution!r} is for new worlds; a continuation renders "
                                     "480p")
             check_sr_frames(request.camera.num_frames)
+        self._check_decoder(request.decoder)
+
+    def _check_decoder(self, decoder: str) -> None:
+        if decoder not in DECODERS:
+            raise PipelineError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+        if decoder == "fast" and self.fast_decoder is None:
+            raise DecoderUnavailableError(
+                "decoder 'fast' needs the fast decoder's weights, which this worker does not have ("
+                f"{self.fast_decoder_info.get('reason', 'not loaded')}); send decoder 'full'")
+
+    def live_decoder(self) -> str:
+        """The decoder a live world uses unless told otherwise: ``WORLDPLAY_LIVE_DECODER`` (``fast``, the
+        default, when the fast decoder is loaded; ``full``)."""
+        choice = (os.environ.get("WORLDPLAY_LIVE_DECODER") or "fast").strip().lower()
+        if choice not in DECODERS:
+            logger.warning("WORLDPLAY_LIVE_DECODER=%r: expected fast or full; using fast when loaded", choice)
+            choice = "fast"
+        return "fast" if choice == "fast" and self.fast_decoder is not None else "full"
+
+    def _fast_model(self, request: GenerationRequest):
+        """The tiny decoder model when `request` asks for it (validated), else None (the VAE decodes)."""
+        return self.fast_decoder if request.decoder == "fast" else None
 
     def _validate_continuation(self, request: GenerationRequest) -> None:
         """A world state fits this model, this mode and the session limits; the new part is whole chunks."""
@@ -521,10 +573,10 @@ class WorldPlayPipeline:
                                     "generate on its own")
             if not super_resolve:
                 chunks = ChunkFrames(self.vae, timer, on_frames, during_denoise=self.decode_during_denoise,
-                                     history_latents=past, keep=True)
+                                     history_latents=past, keep=True, fast_model=self._fast_model(request))
             elif on_preview_frames is not None:  # 480p frames for the preview only, never kept
                 chunks = ChunkFrames(self.vae, timer, on_preview_frames, during_denoise=True, history_latents=past,
-                                     keep=False, fallback=False)
+                                     keep=False, fallback=False, fast_model=self._fast_model(request))
         world = self._world(
             model=request.model, seed=int(request.seed), prompt=request.prompt, negative_prompt=request.negative_prompt,
             steps=request.steps, guidance=request.guidance, image=request.image, history=history, timer=timer,
@@ -603,7 +655,8 @@ class WorldPlayPipeline:
                                   byt5=positive.byt5, byt5_mask=positive.byt5_mask, vision=vision,
                                   seed=int(request.seed), callback=step_done, should_cancel=progress.should_cancel)
         with timer.stage("decode_720p"):  # chunk by chunk, each turned into uint8 at once (bounded memory)
-            decoder = CausalVAEDecoder(self.vae)
+            fast = self._fast_model(request)
+            decoder = FastVideoDecoder(fast) if fast is not None else CausalVAEDecoder(self.vae)
             step = AR_CHUNK_LATENTS
             pieces = [comp.frames_to_uint8(decoder.decode(latents[:, :, start:start + step]))
                       for start in range(0, latents.shape[2], step)]
@@ -613,18 +666,19 @@ class WorldPlayPipeline:
 
     def open_world(self, *, prompt: str, image: Image.Image, seed: int = 0, negative_prompt: str = "",
                    num_inference_steps: int | None = None, guidance_scale: float | None = None,
-                   mode: Mode | None = None, model: str | None = None) -> World:
-        """A new world from a picture, ready to :meth:`World.step` chunk by chunk (a live world)."""
+                   mode: Mode | None = None, model: str | None = None, decoder: str | None = None) -> World:
+        """A new world from a picture, ready to :meth:`World.step` chunk by chunk (a live world). `decoder`:
+        ``"fast"`` / ``"full"``; None: :meth:`live_decoder`."""
         request = GenerationRequest(prompt=prompt, image=image, camera=None, mode=mode,  # type: ignore[arg-type]
                                     model=model,
                                     negative_prompt=negative_prompt, num_inference_steps=num_inference_steps,
-                                    guidance_scale=guidance_scale, seed=seed)
+                                    guidance_scale=guidance_scale, seed=seed, decoder=decoder or self.live_decoder())
         return self._live_world(request)
 
     def resume_world(self, state: WorldState, *, prompt: str | None = None, negative_prompt: str | None = None,
                      seed: int | None = None, num_inference_steps: int | None = None,
                      guidance_scale: float | None = None, mode: Mode | None = None,
-                     model: str | None = None) -> World:
+                     model: str | None = None, decoder: str | None = None) -> World:
         """The world of a saved state, ready to step on from its last latent (no decoder resume needed
         later: the decoder's state is rebuilt once, before the first new chunk)."""
         request = GenerationRequest(
@@ -633,7 +687,7 @@ class WorldPlayPipeline:
             negative_prompt=state.negative_prompt if negative_prompt is None else negative_prompt,
             num_inference_steps=num_inference_steps or state.num_inference_steps,
             guidance_scale=state.guidance_scale if guidance_scale is None else guidance_scale,
-            seed=state.seed if seed is None else seed, history=state,
+            seed=state.seed if seed is None else seed, history=state, decoder=decoder or self.live_decoder(),
         )
         return self._live_world(request)
 
@@ -649,13 +703,14 @@ class WorldPlayPipeline:
                                         f"(loaded: {', '.join(self.models)})")
         if request.steps < 1:
             raise PipelineError("num_inference_steps must be at least 1")
+        self._check_decoder(request.decoder)
         if request.history is not None:
             self._check_state(request.history, request.model, new_latents=0)
         timer = _Timer(self.device)
         past = request.history.num_latents if request.history is not None else 0
         # a live world hands every chunk's frames back from its step: no decoding later
         chunks = ChunkFrames(self.vae, timer, None, during_denoise=True, history_latents=past, keep=False,
-                             fallback=False)
+                             fallback=False, fast_model=self._fast_model(request))
         return self._world(model=request.model, seed=int(request.seed), prompt=request.prompt,
                            negative_prompt=request.negative_prompt, steps=request.steps, guidance=request.guidance,
                            image=request.image, history=request.history, timer=timer, frames=chunks,
@@ -757,8 +812,10 @@ class ChunkFrames:
     """
 
     def __init__(self, vae, timer: _Timer, on_frames: Callable[[np.ndarray], None] | None, *, during_denoise: bool,
-                 history_latents: int = 0, keep: bool = True, fallback: bool = True):
+                 history_latents: int = 0, keep: bool = True, fallback: bool = True, fast_model=None):
         self.vae = vae
+        # decode with the TAEHV tiny decoder (pipeline.encoders.fast_decode) instead of the VAE
+        self.fast_model = fast_model
         self.keep = keep  # keep every chunk's frames for finish() (a job); a live world hands them on only
         self.fallback = fallback  # on out-of-memory, decode after the rollout (a job) or raise (a live world)
         self.timer = timer
@@ -777,11 +834,15 @@ class ChunkFrames:
     def latents_decoded(self) -> int:
         return self.handed_over[-1][1] if self.handed_over else self.history_latents
 
-    def _new_decoder(self, latents: torch.Tensor) -> CausalVAEDecoder:
+    @property
+    def decoder_name(self) -> str:
+        return "fast" if self.fast_model is not None else "full"
+
+    def _new_decoder(self, latents: torch.Tensor) -> "CausalVAEDecoder | FastVideoDecoder":
         """A decoder ready for latent `history_latents`: after a session's history, its state is rebuilt
         by re-reading the history's last latents as far back as the decoder's receptive field reaches
         (frames dropped), which makes the next frames exactly those of one long decode."""
-        decoder = CausalVAEDecoder(self.vae)
+        decoder = FastVideoDecoder(self.fast_model) if self.fast_model is not None else CausalVAEDecoder(self.vae)
         if self.history_latents:
             start = max(0, self.history_latents - decoder.history_latents())
             with self.timer.stage("decode_resume"):
@@ -836,6 +897,25 @@ class ChunkFrames:
             with self.timer.stage("hand_over"):
                 self.on_frames(frames)
         return frames
+
+
+def load_fast_decoder_for(paths, device: torch.device, dtype: torch.dtype):
+    """The fast decoder of resolved model paths (``paths.fast_decoder``: a path, or why there is none;
+    :mod:`pipeline.model_files.fast_decoder`), or None and why. A file that does not load is logged and
+    reported, never fatal: the worker serves the full VAE."""
+    from pipeline.encoders.fast_decode import load_fast_decoder
+
+    found = getattr(paths, "fast_decoder", None)
+    if found is None or getattr(found, "path", None) is None:
+        reason = getattr(found, "reason", None) or "not resolved"
+        logger.info("no fast decoder: %s", reason)
+        return None, {"reason": reason}
+    try:
+        model = load_fast_decoder(found.path, device=device, dtype=dtype)
+    except PipelineError as exc:
+        logger.warning("fast decoder %s not loaded: %s", found.path, exc.message)
+        return None, {"reason": exc.message}
+    return model, {"file": {"path": str(found.path), "source": found.source, "variant": model.config.variant}}
 
 
 class HostResident:

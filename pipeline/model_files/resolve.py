@@ -24,6 +24,8 @@ from typing import Iterator, Sequence
 
 from pipeline.checkpoints import CHECKPOINTS, MODEL_NAMES
 from pipeline.errors import ModelDownloadError, ModelNotFoundError
+from pipeline.model_files.fast_decoder import beside as fast_decoder_beside
+from pipeline.model_files.fast_decoder import find_fast_decoder
 from pipeline.model_files.hub import (
     RepoFetch,
     RetryPolicy,
@@ -70,6 +72,8 @@ class ModelPaths:
     sources: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # seconds, plus "total"
     sr: Path | None = None  # the super-resolution folder (SR_FILES inside), when resolved
+    # the optional fast decoder's weights (pipeline.model_files.fast_decoder.FastDecoderFile: path or reason)
+    fast_decoder: object = None
 
     @property
     def sr_files(self) -> dict[str, Path]:
@@ -173,7 +177,8 @@ def layout_paths(root: str | os.PathLike, models: str | Sequence[str] = MODELS, 
     root = Path(root)
     keys = _keys(models, sr)
     return ModelPaths(root / COMPONENTS_DIRNAME, {m: root / WORLDPLAY_DIRNAME / _rel(m) for m in _models(keys)},
-                      sr=root / SR_DIRNAME if sr else None)
+                      sr=root / SR_DIRNAME if sr else None,
+                      fast_decoder=fast_decoder_beside(root / COMPONENTS_DIRNAME))
 
 
 def check_model_dir(root: str | os.PathLike, models: str | Sequence[str] = MODELS, *, sr: bool = False) -> list[str]:
@@ -315,9 +320,10 @@ def resolve_models(models: str | Sequence[str] = ("ar_distilled",), *, allow_dow
                 set_hub_offline(True)
     if set_offline:
         set_hub_offline(True)
+    fast = find_fast_decoder(s, snapshot_dirs, components=found["components"][0])  # optional: a path, or why not
     paths = ModelPaths(found["components"][0], {m: found[m][0] for m in _models(keys)}, {k: found[k][1] for k in keys},
                        {**{k: found[k][2] for k in keys}, "total": time.perf_counter() - t_start},
-                       sr=found["sr"][0] if sr else None)
+                       sr=found["sr"][0] if sr else None, fast_decoder=fast)
     logger.info("models resolved in %.2fs: %s", paths.timings["total"],
                 ", ".join(f"{k}={v}" for k, v in paths.sources.items()))
     return paths

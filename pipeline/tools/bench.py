@@ -532,6 +532,115 @@ def vae_decode_comparison(device: torch.device, dtype: torch.dtype, frames: int,
     return rows
 
 
+def _decode_chunk_child(kind: str, device: str, dtype: str, width: int, height: int, repeat: int, queue,
+                        timed_latents: int = 4) -> None:
+    """In a fresh process (so its peak memory is its own): build one decoder at its real size with random
+    weights, decode the start of a video (untimed), then time a mid-video chunk (4 latents, 16 frames). ``timed_latents`` < 4 times only that many
+    latents of the chunk and scales the time to the chunk (the full VAE decodes one latent per pass, so
+    its chunk is 4 equal passes: on a CPU one 16-frame chunk takes tens of minutes)."""
+    import resource
+
+    import psutil
+
+    torch.manual_seed(0)
+    dev, dt = torch.device(device), getattr(torch, dtype)
+    if kind == "full":
+        from diffusers import AutoencoderKLHunyuanVideo15
+
+        from pipeline.encoders.causal_decode import CausalVAEDecoder
+
+        with torch.device(dev):
+            vae = AutoencoderKLHunyuanVideo15().to(dt)
+        _random_init_(vae)
+        vae.eval().requires_grad_(False)
+        make = lambda: CausalVAEDecoder(vae)  # noqa: E731 - the worker's default: 1 latent per pass
+    else:
+        from pipeline.encoders.fast_decode import FastVideoDecoder, TAEHVDecoder, TAEHVDecoderConfig
+
+        config = TAEHVDecoderConfig.super_() if kind == "fast-super" else TAEHVDecoderConfig()
+        model = TAEHVDecoder(config)
+        with torch.no_grad():
+            for param in model.parameters():
+                param.normal_(0, (1.0 / param[0].numel()) ** 0.5 if param.ndim > 1 else 0.02)
+        model = model.to(dev, dt).eval().requires_grad_(False)
+        make = lambda: FastVideoDecoder(model)  # noqa: E731
+    latents = torch.randn(1, 32, 8, height // 16, width // 16, generator=torch.Generator().manual_seed(0)).to(dev)
+    rss_before = psutil.Process().memory_info().rss
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    seconds = []
+    for _ in range(repeat):
+        decoder = make()
+        # the video's first latent (one frame; for the full VAE that is all the priming its causal caches
+        # need: every later latent pass costs the same), or the fast decoder's whole first chunk
+        first = 1 if kind == "full" else 4
+        decoder.decode(latents[:, :, :first])
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        started = time.perf_counter()
+        frames = decoder.decode(latents[:, :, first:first + timed_latents])
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        seconds.append((time.perf_counter() - started) * 4 / timed_latents)
+    row = {"decoder": kind, "frames_timed": int(frames.shape[2]), "timed_latents": timed_latents,
+           "seconds": round(min(seconds), 3), "seconds_all": [round(x, 3) for x in seconds],
+           "params_m": round(sum(p.numel() for p in (vae if kind == "full" else model).parameters()) / 1e6, 2)}
+    if dev.type == "cuda":
+        row["peak_gib"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)
+    else:  # the process's peak resident memory, and what decoding added to the model built before it
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        row["peak_rss_gib"] = round(peak / 2**30, 2)
+        row["decode_peak_gib"] = round((peak - rss_before) / 2**30, 2)
+    queue.put(row)
+
+
+def fast_decode_comparison(device: torch.device, dtype: torch.dtype, width: int, height: int, repeat: int = 1,
+                           kinds: tuple[str, ...] = ("fast", "fast-super", "full"), full_latents: int = 4):
+    """One mid-video 16-frame chunk (4 latents after a first chunk) decoded by the fast decoder (TAEHV,
+    base and super widths) and by the full VAE (the worker's causal decoder, one latent per pass; timed over
+    `full_latents` of them), each at its real size with random weights, each in its own process. Yields a
+    row per decoder as it finishes, then the ratios."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    rows = []
+    for kind in kinds:
+        queue = context.Queue()
+        child = context.Process(target=_decode_chunk_child, args=(
+            kind, str(device), str(dtype).replace("torch.", ""), width, height, repeat, queue,
+            full_latents if kind == "full" else 4))
+        child.start()
+        child.join()
+        rows.append(queue.get() if child.exitcode == 0 else {"decoder": kind, "error": f"exit {child.exitcode}"})
+        yield rows[-1]
+    full = next((r for r in rows if r["decoder"] == "full" and "seconds" in r), None)
+    if full is not None:
+        yield {"ratio_full_over": {r["decoder"]: round(full["seconds"] / r["seconds"], 1)
+                                   for r in rows if r["decoder"] != "full" and "seconds" in r}}
+
+
+def decoder_jobs(frames: int = 125, width: int = 256, height: int = 144, steps: int = 1) -> list[dict]:
+    """A whole AR job on the tiny pipeline (CPU) with each decoder: the tiny VAE and a tiny TAEHV."""
+    from pipeline.model_files.resolve import layout_paths
+    from pipeline.tools.tiny import write_tiny_models
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = write_tiny_models(Path(tmp), modes=("ar",), fast_decoder=True)
+        pipe = WorldPlayPipeline.from_paths(layout_paths(root, ("ar",)), device="cpu", dtype=torch.float32)
+        for decoder in ("full", "fast", "full", "fast"):  # twice each, alternating: the second pair is reported
+            request = GenerationRequest(prompt="bench", image=demo_image(width, height),
+                                        camera=parse_pose(pose_for("ar", frames)), mode="ar",
+                                        num_inference_steps=steps, decoder=decoder)
+            started = time.perf_counter()
+            result = pipe.generate(request)
+            rows.append({"decoder": decoder, "frames": result.num_frames, "size": f"{result.width}x{result.height}",
+                         "seconds": round(time.perf_counter() - started, 2),
+                         "decode_seconds": result.timings.get("decode"),
+                         "denoise_seconds": result.timings.get("denoise")})
+    return rows[2:]
+
+
 @contextmanager
 def attention_choice(choice: str):
     """``WORLDPLAY_ATTENTION=choice`` (read on every attention call) for a block, restored after."""
@@ -569,6 +678,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vae-steps", type=int, nargs="+", default=[1, 2, 4],
                         help="latents per pass to try with --vae-decode")
     parser.add_argument("--no-untiled", action="store_true", help="with --vae-decode: skip the untiled decode")
+    parser.add_argument("--fast-decode", action="store_true",
+                        help="only compare the fast decoder (TAEHV) with the full VAE: one 16-frame chunk at "
+                             "--width x --height (real sizes, random weights), then a whole 125-frame job with "
+                             "each decoder on the tiny pipeline")
+    parser.add_argument("--repeat", type=int, default=1, help="with --fast-decode: timed chunks per decoder (best kept)")
+    parser.add_argument("--decoders", nargs="+", default=["fast", "fast-super", "full"],
+                        choices=["fast", "fast-super", "full"], help="with --fast-decode: which decoders")
+    parser.add_argument("--no-jobs", action="store_true", help="with --fast-decode: skip the tiny-pipeline jobs")
+    parser.add_argument("--full-latents", type=int, default=4, choices=[1, 2, 3, 4],
+                        help="with --fast-decode: latents of the chunk the full VAE is timed on (the time is scaled "
+                             "to the chunk's 4; on a CPU 1 saves most of an hour)")
     parser.add_argument("--sp", default=None,
                         help="sequence-parallel ranks: N or 'auto' (default: WORLDPLAY_SEQUENCE_PARALLEL, else 1); "
                              "with --tiny, N gloo ranks on the CPU")
@@ -595,6 +715,19 @@ def main(argv: list[str] | None = None) -> int:
                                          untiled=not args.no_untiled, tiny=args.tiny):
             print(json.dumps({"device": str(device), "dtype": str(dtype).replace("torch.", ""),
                               "size": f"{args.width}x{args.height}", **row}), flush=True)
+        return 0
+
+    if args.fast_decode:
+        device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{os.cpu_count()}"
+        for row in fast_decode_comparison(device, dtype, args.width, args.height, args.repeat,
+                                          kinds=tuple(args.decoders), full_latents=args.full_latents):
+            print(json.dumps({"device": where, "dtype": str(dtype).replace("torch.", ""),
+                              "size": f"{args.width}x{args.height}", **row}), flush=True)
+        if device.type == "cpu" and not args.no_jobs:
+            for row in decoder_jobs(frames=args.frames or 125):
+                print(json.dumps({"tiny_pipeline_job": True, **row}), flush=True)
         return 0
 
     if args.attention_kernels:

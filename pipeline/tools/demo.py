@@ -13,6 +13,15 @@ The inputs (image, camera path, output folder) are checked before any model is b
 MP4 it saves the input image (``<out>_input.png``) and the camera path seen from above
 (``<out>_path.png``, as ``python -m pipeline.camera --plot`` draws it).
 
+The fast decoder (TAEHV; with ``--tiny`` a tiny random one is written too) instead of the VAE:
+
+    python -m pipeline --tiny --pose "w-15" --decoder fast --out fast.mp4
+
+A saved world state (a live world's, or a job's) decoded again with the full VAE, no generation
+(:mod:`pipeline.tools.redecode`):
+
+    python -m pipeline --redecode world.safetensors --out full.mp4
+
 World sessions (the worker's continue_from, same code path; a continuation writes no side files):
 
     python -m pipeline --tiny --pose "w-15" --out part1.mp4 --state-out world.safetensors
@@ -65,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--state-out", type=Path, default=None,
                         help="write the world state (the whole session so far, tensor 'latents' included) to this "
                              ".safetensors file")
+    parser.add_argument("--decoder", choices=["full", "fast"], default="full",
+                        help="latents to frames: the VAE (full) or the TAEHV tiny decoder (fast)")
+    parser.add_argument("--redecode", type=Path, default=None, metavar="STATE",
+                        help="decode the latents of a saved world state with the full VAE into --out (no generation)")
     parser.add_argument("--continue-from", type=Path, default=None,
                         help="continue the world state in this file: --pose gives only the new latents")
     return parser
@@ -118,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
 
     pipe = None
     try:
+        if args.redecode is not None:
+            return _redecode(args)
         # every input first: a typo must not cost a model build
         if args.sp is not None:  # the form of --sp now; heads and GPUs once the model is known
             from pipeline.dit.parallel import parse_size
@@ -142,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                 camera=parse_pose(spec, mode=rollout_of(named or DEFAULT_MODEL)), model=named or DEFAULT_MODEL,
                 num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed or 0,
             )
+        request.decoder = args.decoder
         mode = request.mode
         if not args.out.parent.is_dir():
             raise InvalidArgumentError(f"--out {str(args.out)!r}: folder {str(args.out.parent)!r} "
@@ -152,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                 from pipeline.model_files.resolve import layout_paths
                 from pipeline.tools.tiny import write_tiny_models
 
-                root = write_tiny_models(Path(tmp), models=models)
+                root = write_tiny_models(Path(tmp), models=models, fast_decoder=args.decoder == "fast")
                 pipe = load_ranked(PathsLoader(layout_paths(root, models), models), "cpu", args.sp)
             else:
                 from pipeline.model_files.resolve import resolve_models
@@ -201,6 +217,45 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if hasattr(pipe, "close"):  # the followers of a sequence-parallel run
             pipe.close()
+
+
+def _redecode(args) -> int:
+    """``--redecode STATE``: the state's latents through the full VAE into ``--out``."""
+    from pipeline.encoders import components as comp
+    from pipeline.generation.world_state import WorldState
+    from pipeline.tools.redecode import redecode_state
+    from pipeline.video import Mp4Writer, probe_mp4
+
+    state = WorldState.load(args.redecode)
+    if not args.out.parent.is_dir():
+        raise PipelineError(f"--out {str(args.out)!r}: folder {str(args.out.parent)!r} does not exist")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.tiny:
+            from pipeline.model_files.resolve import layout_paths
+            from pipeline.tools.tiny import write_tiny_models
+
+            components = layout_paths(write_tiny_models(Path(tmp), modes=())).components
+        elif args.model_dir:
+            from pipeline.model_files.resolve import layout_paths
+
+            components = layout_paths(args.model_dir).components
+        else:
+            from pipeline.model_files.resolve import resolve_models
+
+            components = resolve_models((state.mode,)).components
+        import torch
+
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        vae = comp.load_vae(components, device=device,
+                            dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+        with Mp4Writer(args.out, fps=args.fps, background=True) as writer:
+            frames = redecode_state(state, vae, writer.write)
+    info = probe_mp4(args.out)
+    print(json.dumps({"out": str(args.out), "decoder": "full", "session_latents": state.num_latents,
+                      "num_frames": info.num_frames, "width": info.width, "height": info.height,
+                      "frames_decoded": frames, "seconds": round(time.perf_counter() - started, 2)}, indent=2))
+    return 0
 
 
 if __name__ == "__main__":

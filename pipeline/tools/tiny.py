@@ -264,10 +264,36 @@ def _quiet() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+#: widths of the tiny fast decoder (TAEHV layout; the published ones are (256, 128, 64, 64))
+TINY_FAST_DECODER_WIDTHS = (16, 8, 8, 8)
+
+
+def write_tiny_fast_decoder(path: Path, *, seed: int = 0, variant: str = "base",
+                            widths: tuple[int, int, int, int] = TINY_FAST_DECODER_WIDTHS) -> Path:
+    """A random-weight TAEHV decoder file in the published key layout (``decoder.*`` tensors only; the
+    loader never reads the encoder half), at tiny widths, 32 latent channels and patch size 2."""
+    from safetensors.torch import save_file
+
+    from pipeline.encoders.fast_decode import TAEHVDecoder, TAEHVDecoderConfig
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = TAEHVDecoder(TAEHVDecoderConfig(widths=widths, variant=variant))
+        with torch.no_grad():
+            for param in model.parameters():  # fan-in scaled: activations stay O(1), frames not saturated
+                param.normal_(0, (1.0 / param[0].numel()) ** 0.5 if param.ndim > 1 else 0.02)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
 def write_tiny_models(
-    root: Path, *, models: Iterable[str] = ("ar_distilled", "bidirectional"), seed: int = 0, sr: bool = False
+    root: Path, *, models: Iterable[str] = ("ar_distilled", "bidirectional"), seed: int = 0, sr: bool = False,
+    fast_decoder: bool = False,
 ) -> Path:
-    """Write every tiny component under ``root`` (see the module docstring) and return ``root``.
+    """Write every tiny component under ``root`` (see the module docstring) and return ``root``; with
+    `fast_decoder`, also ``root/TAEHV/taehv1_5.safetensors`` (:func:`write_tiny_fast_decoder`).
 
     Deterministic for a given ``seed``; the global torch RNG state is restored afterwards.
     """
@@ -281,6 +307,10 @@ def write_tiny_models(
         _write_transformers(root / WORLDPLAY_DIR, models, seed)
         if sr:
             _write_sr(root / SR_DIR, seed)
+    if fast_decoder:
+        from pipeline.model_files.fast_decoder import DEFAULT_FILE, FAST_DECODER_DIRNAME
+
+        write_tiny_fast_decoder(root / FAST_DECODER_DIRNAME / DEFAULT_FILE, seed=seed)
     return root
 
 
@@ -291,7 +321,9 @@ __all__ = [
     "TINY_DIMS",
     "TINY_SIGLIP_IMAGE_SIZE",
     "TINY_SIGLIP_PATCH",
+    "TINY_FAST_DECODER_WIDTHS",
     "TINY_VAE",
     "WORLDPLAY_DIR",
+    "write_tiny_fast_decoder",
     "write_tiny_models",
 ]
