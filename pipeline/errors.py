@@ -43,7 +43,8 @@ class ImageError(PipelineError, ValueError):
 
 
 class ModelUnavailableError(PipelineError):
-    """The request names a model (checkpoint) this worker does not hold; the message names those it serves."""
+    """The request names a model (checkpoint) or a stage (the 720p SR stage, the fast decoder) this worker does
+    not hold; the message names what it serves."""
 
     code = "MODEL_UNAVAILABLE"
 
@@ -58,12 +59,6 @@ class ModelDownloadError(PipelineError):
     """Downloading a model component failed (permanent error, or retries exhausted)."""
 
     code = "MODEL_DOWNLOAD_FAILED"
-
-
-class DecoderUnavailableError(PipelineError):
-    """The request asks for the fast decoder and this worker has no fast-decoder weights."""
-
-    code = "DECODER_UNAVAILABLE"
 
 
 class CheckpointError(PipelineError):

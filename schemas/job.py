@@ -240,7 +240,7 @@ class JobInput(_Strict):
     decoder: Literal["full", "fast"] = Field(
         "full", description='Latents to frames: "full", the HunyuanVideo-1.5 VAE; "fast", the TAEHV tiny '
                             "decoder (several times faster, lower quality), on workers that have its weights "
-                            "(else DECODER_UNAVAILABLE, before any GPU work). The saved world state holds "
+                            "(else MODEL_UNAVAILABLE, before any GPU work). The saved world state holds "
                             "latents either way.")
     output: OutputOptions = Field(default_factory=OutputOptions)
     continue_from: Optional[str] = Field(

@@ -54,6 +54,10 @@ class OpenMessage(_Strict):
     mode: Literal["ar", "bidirectional"] = Field(
         "ar", description="Live worlds are AR; bidirectional is refused (MODE_UNAVAILABLE).")
     drive: Literal["step", "continuous"] = "step"
+    decoder: Optional[Literal["fast", "full"]] = Field(
+        None, description="Which decoder streams the frames: fast (TAEHV; MODEL_UNAVAILABLE on a server without "
+                          "its weights) or full (the VAE). Omitted: the server's WORLDPLAY_LIVE_DECODER (fast "
+                          "when loaded). The saved state holds latents either way.")
     key_prefix: str = Field(DEFAULT_KEY_PREFIX, min_length=1, max_length=256,
                             pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-/]*$",
                             description="The state and recording go to {key_prefix}/{session_id}/.")
@@ -173,6 +177,7 @@ class ReadyMessage(BaseModel):
     fps: float
     mime: str = Field(description='MediaSource type, e.g. video/mp4; codecs="avc1.64001e"')
     drive: Literal["step", "continuous"]
+    decoder: Literal["fast", "full"] = Field(description="The decoder streaming this world's frames.")
     seed: int
     prompt: str
     num_latents: int = Field(description="Latents of the world so far (0 for a new world).")

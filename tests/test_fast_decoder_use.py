@@ -1,6 +1,6 @@
 """The fast decoder in use (tiny models, CPU): jobs opt in with ``decoder: "fast"``, live worlds stream with
 it by default when it is loaded, world states hold the same latents either way, a state re-decodes with the
-full VAE, and a worker without the weights says so (health, DECODER_UNAVAILABLE before any GPU work)."""
+full VAE, and a worker without the weights says so (health, MODEL_UNAVAILABLE before any GPU work)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from conftest import b64, png_bytes, run
 
 from pipeline.encoders import components as comp
 from pipeline.encoders.fast_decode import FastVideoDecoder, load_fast_decoder
-from pipeline.errors import DecoderUnavailableError
+from pipeline.errors import ModelUnavailableError
 from pipeline.generation.camera import parse_pose
 from pipeline.generation.engine import GenerationRequest
 from pipeline.generation.world import ChunkActions
@@ -88,9 +88,9 @@ def test_live_decoder_full_by_setting_and_fast_refused_without_weights(fast_pipe
     assert tiny_pipeline.live_decoder() == "full"
     health = tiny_pipeline.health()
     assert health["fast_decoder"] is None and "taehv1_5" in health["fast_decoder_missing"]
-    with pytest.raises(DecoderUnavailableError, match="fast decoder"):
+    with pytest.raises(ModelUnavailableError, match="fast decoder"):
         job(tiny_pipeline, image, decoder="fast")
-    with pytest.raises(DecoderUnavailableError):
+    with pytest.raises(ModelUnavailableError):
         tiny_pipeline.open_world(prompt=PROMPT, image=image, decoder="fast")
 
 
@@ -125,7 +125,7 @@ def test_decoder_fast_without_the_weights_is_a_coded_error_before_generation(rea
     calls = []
     monkeypatch.setattr(real_pipeline, "generate", lambda *a, **k: calls.append(a))
     out = run(request(decoder="fast"), job_id="no-fast-decoder")
-    assert out["error"].startswith("DECODER_UNAVAILABLE: ") and "WORLDPLAY_FAST_DECODER=0" in out["error"]
+    assert out["error"].startswith("MODEL_UNAVAILABLE: ") and "WORLDPLAY_FAST_DECODER=0" in out["error"]
     assert not calls
     assert run(request(decoder="fastest"), job_id="bad")["error"].startswith("INVALID_INPUT: decoder")
 
@@ -143,3 +143,45 @@ def test_model_paths_carry_the_fast_decoder_of_the_local_layout(tmp_path, tiny_m
     assert found.path == root / "TAEHV" / "taehv1_5.safetensors" and found.source == "local"
     monkeypatch.setenv("WORLDPLAY_FAST_DECODER", "off")
     assert layout_paths(root).fast_decoder.path is None
+
+
+# ---- the live socket --------------------------------------------------------------------------------------
+
+
+def test_the_live_socket_says_which_decoder_streams_and_a_client_may_choose(real_pipeline, fast_model, s3_env,
+                                                                             monkeypatch):
+    import asyncio
+    import json
+
+    import websockets
+
+    from tests.conftest import LiveServer
+    from worker.live_session import LiveSettings
+
+    monkeypatch.delenv("WORLDPLAY_LIVE_DECODER", raising=False)
+    settings = LiveSettings(idle_seconds=30.0, max_seconds=300.0, max_queued_actions=4, token=None, origins=(),
+                            allow_no_token=False, max_session_latents=1024)
+    srv = LiveServer(settings)
+
+    async def opened(**extra) -> dict:
+        async with websockets.connect(srv.url) as ws:
+            await ws.send(json.dumps({"type": "open", "prompt": PROMPT, "image_base64": b64(png_bytes()),
+                                      "seed": 3, **extra}))
+            while True:
+                msg = await asyncio.wait_for(ws.recv(), 60)
+                if isinstance(msg, str):
+                    reply = json.loads(msg)
+                    if reply["type"] in ("ready", "error"):
+                        return reply
+
+    try:
+        monkeypatch.setattr(real_pipeline, "fast_decoder", None)
+        monkeypatch.setattr(real_pipeline, "fast_decoder_info", {"reason": "WORLDPLAY_FAST_DECODER=0"})
+        assert asyncio.run(opened())["decoder"] == "full"  # no weights: the full VAE streams
+        refused = asyncio.run(opened(decoder="fast"))
+        assert refused["type"] == "error" and refused["code"] == "MODEL_UNAVAILABLE", refused
+        monkeypatch.setattr(real_pipeline, "fast_decoder", fast_model)
+        assert asyncio.run(opened())["decoder"] == "fast"  # the weights: the fast decoder by default
+        assert asyncio.run(opened(decoder="full"))["decoder"] == "full"  # unless the client asks for the VAE
+    finally:
+        srv.stop()

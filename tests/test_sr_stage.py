@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from conftest import b64, code_of, png_bytes, run
@@ -235,3 +236,29 @@ def test_a_sequence_parallel_follower_needs_no_sr_stage(sr_pipe):
             sr_pipe.validate(request)
     finally:
         sr_pipe.sr, sr_pipe.sequence_parallel = stage, None
+
+
+def test_720p_with_the_fast_decoder_decodes_the_preview_and_the_720p_frames_with_it(sr_pipe, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from pipeline.encoders import components as comp
+    from pipeline.encoders.fast_decode import FastVideoDecoder, load_fast_decoder
+    from pipeline.generation.camera import parse_pose
+    from pipeline.generation.engine import GenerationRequest
+    from pipeline.tools.tiny import write_tiny_fast_decoder
+
+    fast = load_fast_decoder(write_tiny_fast_decoder(tmp_path / "taehv1_5.safetensors"))
+    monkeypatch.setattr(sr_pipe, "fast_decoder", fast)
+    image = Image.new("RGB", (64, 48), (90, 120, 30))
+    results = {}
+    for decoder in ("full", "fast"):
+        preview = []
+        request = GenerationRequest(prompt="p", image=image, camera=parse_pose("w-3"), model="ar_distilled",
+                                    num_inference_steps=1, seed=1, resolution="720p", decoder=decoder)
+        results[decoder] = (sr_pipe.generate(request, on_preview_frames=preview.append), preview)
+    (full, _), (quick, preview) = results["full"], results["fast"]
+    assert torch.equal(quick.state.latents, full.state.latents)  # the decoder never touches the latents
+    assert quick.frames.shape == full.frames.shape and quick.height > quick.state.height
+    assert not np.array_equal(quick.frames, full.frames)
+    latents = quick.state.latents.permute(1, 0, 2, 3)[None]
+    assert np.array_equal(np.concatenate(preview), comp.frames_to_uint8(FastVideoDecoder(fast).decode(latents)))

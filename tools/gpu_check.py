@@ -12,8 +12,9 @@ Items (each in its own ``try``: a failure is recorded and the next item runs):
 ar_125          AR 125 frames at 832x480 through ``WorldPlayPipeline.generate`` after the worker's warm-up:
                 DiT (text / context / steps), VAE decode, generate, H.264 tail, first frames, DiT / floor
 vae_decode      the causal VAE decode chunk by chunk (4 latents per chunk, 32 latents), and the fast decoder
-                (``pipeline/encoders/fast_decode.py``) when it exists, else a stated skip
-live_world      ``pipe.open_world`` + ``World.step(ChunkActions(("w",)))``: open, first frame, chunk cadence
+                (``pipeline/encoders/fast_decode.py``, random weights at the published size) on the same latents
+live_world      ``pipe.open_world`` + ``World.step(ChunkActions(("w",)))``: open, first frame, chunk cadence, with
+                the fast decoder (what live worlds stream with) and then the full VAE
 preview         the live preview's first playable segment (``worker.preview``) with chunks handed over at
                 the cadence ``ar_125`` measured (default and ``WORLDPLAY_PREVIEW_LOW_LATENCY=1``)
 live_server     the live server in-process (``worker.live`` on uvicorn, a ``websockets`` client, continuous
@@ -169,7 +170,8 @@ def setup(ctx: Ctx) -> dict:
     torch.manual_seed(0)
     if ctx.tiny:
         ctx.device, ctx.dtype = torch.device("cpu"), torch.float32
-        ctx.tiny_root = write_tiny_models(ctx.scratch / "tiny", models=("ar_distilled", "bidirectional"))
+        ctx.tiny_root = write_tiny_models(ctx.scratch / "tiny", models=("ar_distilled", "bidirectional"),
+                                          fast_decoder=True)
         ctx.pipe = WorldPlayPipeline.from_paths(layout_paths(ctx.tiny_root, ("ar_distilled",)), device="cpu",
                                                 dtype=torch.float32, models=("ar_distilled",))
     else:
@@ -292,22 +294,13 @@ def item_ar_125(ctx: Ctx) -> dict:
 
 
 def _fast_decoder(pipe):
-    """The fast (TAEHV-style) decoder, when ``pipeline/encoders/fast_decode.py`` exists: returns an object
-    with ``decode(latents) -> frames`` fed chunk by chunk (like :class:`CausalVAEDecoder`), or raises
-    :class:`Skip` saying why not."""
-    name = "pipeline.encoders.fast_decode"
-    if importlib.util.find_spec(name) is None:
-        raise Skip("pipeline/encoders/fast_decode.py does not exist yet (the fast TAEHV decoder is being built); "
-                   "nothing to time")
-    module = importlib.import_module(name)
-    for factory in ("build_fast_decoder", "load_fast_decoder", "fast_decoder"):
-        if callable(getattr(module, factory, None)):
-            return getattr(module, factory)(pipe)
-    for cls in ("FastVAEDecoder", "FastDecoder", "TAEHVDecoder", "TinyVAEDecoder"):
-        if isinstance(getattr(module, cls, None), type):
-            return getattr(module, cls)(pipe.vae)
-    raise Skip(f"{name} exists but has none of the entry points this check knows (build_fast_decoder(pipe), "
-               f"FastVAEDecoder(vae), ...): wire it in tools/gpu_check._fast_decoder")
+    """The pipeline's fast decoder (TAEHV, :mod:`pipeline.encoders.fast_decode`) fed chunk by chunk like
+    :class:`CausalVAEDecoder`, or :class:`Skip` when the pipeline has none."""
+    from pipeline.encoders.fast_decode import FastVideoDecoder
+
+    if pipe.fast_decoder is None:
+        raise Skip(f"this pipeline has no fast decoder ({pipe.fast_decoder_info.get('reason', 'not loaded')})")
+    return FastVideoDecoder(pipe.fast_decoder)
 
 
 def _decode_chunks(ctx: Ctx, decoder, latents) -> list[float]:
@@ -361,17 +354,13 @@ def item_vae_decode(ctx: Ctx) -> dict:
     return out
 
 
-def item_live_world(ctx: Ctx) -> dict:
-    """A live world stepped chunk by chunk with W held (``World.step``): open, first frame, cadence."""
-    import torch
-
+def _live_run(ctx: Ctx, pipe, decoder: str) -> dict:
+    """Open a world with `decoder` and step it ``ctx.live_chunks`` chunks with W held."""
     from pipeline.generation.world import ChunkActions
 
-    pipe = ctx.need_pipe()
-    ctx.reset_peak()
     ctx.sync()
     t0 = time.perf_counter()
-    world = pipe.open_world(prompt=PROMPT, image=_image(ctx.width, ctx.height), seed=7)
+    world = pipe.open_world(prompt=PROMPT, image=_image(ctx.width, ctx.height), seed=7, decoder=decoder)
     ctx.sync()
     open_s = time.perf_counter() - t0
     steps = []
@@ -380,23 +369,40 @@ def item_live_world(ctx: Ctx) -> dict:
             s0 = time.perf_counter()
             chunk = world.step(ChunkActions(("w",)))
             ctx.sync()
-            steps.append((time.perf_counter() - s0, 0 if chunk.frames is None else int(chunk.frames.shape[0])))
+            steps.append((time.perf_counter() - s0, 0 if chunk.frames is None else int(chunk.frames.shape[0]),
+                          chunk.timings.get("decode", 0.0)))
     finally:
         world.close()
-    del torch
-    later = [s for s, _ in steps[1:]]
+    later = [s for s, _, _ in steps[1:]]
     return {
+        "decoder": decoder,
         "open_seconds": round(open_s, 3),
         "first_frame_seconds": round(open_s + steps[0][0], 3),  # open + first chunk: the player's wait
         "first_chunk_seconds": round(steps[0][0], 3),
-        "chunk_seconds": [round(s, 3) for s, _ in steps],
+        "chunk_seconds": [round(s, 3) for s, _, _ in steps],
         "chunk_median_seconds": round(statistics.median(later), 3) if later else None,
         "steady_chunk_seconds": round(later[-1], 3) if later else None,  # the memory context full
-        "frames_per_chunk": [n for _, n in steps],
-        "peak_gpu_memory_gb": ctx.peak_gb(),
-        "headline": (f"first frame {round(open_s + steps[0][0], 3)} s, then a 16-frame chunk every "
-                     f"{round(statistics.median(later), 3) if later else '-'} s (median)"),
+        "decode_median_seconds": round(statistics.median(d for _, _, d in steps[1:]), 3) if later else None,
+        "frames_per_chunk": [n for _, n, _ in steps],
     }
+
+
+def item_live_world(ctx: Ctx) -> dict:
+    """A live world stepped chunk by chunk with W held (``World.step``): open, first frame, cadence; with
+    the decoder a live world streams with (the fast one when loaded), then again with the full VAE."""
+    pipe = ctx.need_pipe()
+    ctx.reset_peak()
+    out = _live_run(ctx, pipe, pipe.live_decoder())
+    out["peak_gpu_memory_gb"] = ctx.peak_gb()
+    if out["decoder"] != "full":
+        full = _live_run(ctx, pipe, "full")
+        out["full_vae"] = {k: full[k] for k in ("first_frame_seconds", "chunk_median_seconds",
+                                                "decode_median_seconds")}
+    median = out["chunk_median_seconds"]
+    out["headline"] = (f"{out['decoder']} decoder: first frame {out['first_frame_seconds']} s, then a 16-frame chunk "
+                       f"every {median if median is not None else '-'} s (median)"
+                       + (f"; full VAE: every {out['full_vae']['chunk_median_seconds']} s" if "full_vae" in out else ""))
+    return out
 
 
 class MemoryStorage:
@@ -761,8 +767,9 @@ ITEMS: tuple[Item, ...] = (
     # load: write 17.1 GB + read 10.8 s + load 13.7 s; bidirectional: DiT swap + 2 steps (chunk 0
     # 2.6 s, chunk 1 8.4 s a step) + decode 5.3 s
     Item("ar_125", "AR 125 frames: DiT, decode, total, first frames", 30, 2, item_ar_125),
-    Item("vae_decode", "VAE decode per chunk (full; fast when present)", 12, 2, item_vae_decode),
-    Item("live_world", "live world: World.step cadence and first frame", 15, 2, item_live_world),
+    Item("vae_decode", "decode per chunk: full VAE and fast decoder (TAEHV)", 12, 2, item_vae_decode),
+    Item("live_world", "live world: World.step cadence and first frame, fast decoder then full VAE", 22, 2,
+         item_live_world),
     Item("preview", "preview: first playable segment at the measured cadence", 18, 2, item_preview,
          needs_models=False),
     Item("live_server", "live server in-process: key -> fragment, cadence", 18, 4, item_live_server),

@@ -19,8 +19,8 @@ ERROR_CODES = {
     "MODE_UNAVAILABLE": (False, "the requested mode is not served by this worker (WORLDPLAY_MODES), or a "
                                 "live world asks for a bidirectional model"),
     "MODEL_UNAVAILABLE": (False, "the requested model is not served by this worker (WORLDPLAY_MODELS; the "
-                                 "message names those it serves), or resolution 720p on a worker without "
-                                 "WORLDPLAY_SR=1"),
+                                 "message names those it serves), resolution 720p on a worker without "
+                                 "WORLDPLAY_SR=1, or decoder 'fast' on a worker without its weights"),
     "OBJECT_NOT_FOUND": (False, "image_key / pose_key does not exist in the bucket"),
     "OBJECT_TOO_LARGE": (False, "an input object exceeds its size limit"),
     "BUCKET_NOT_FOUND": (False, "MINIO_BUCKET does not exist"),
@@ -32,7 +32,6 @@ ERROR_CODES = {
     "IMAGE_URL_FORBIDDEN": (False, "image_url (or a redirect) points at a non-public address"),
     "MODEL_NOT_FOUND": (False, "model weights missing and downloading disabled"),
     "MODEL_DOWNLOAD_FAILED": (False, "model download failed"),
-    "DECODER_UNAVAILABLE": (False, "decoder 'fast' asked of a worker without the fast decoder's weights"),
     "CHECKPOINT_MISMATCH": (False, "a checkpoint does not match the architecture"),
     "STATE_NOT_FOUND": (False, "the world state named by continue_from does not exist"),
     "INVALID_STATE": (False, "continue_from names an object that is not a valid world state"),

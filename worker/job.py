@@ -553,8 +553,8 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
         stages.add("load", time.perf_counter() - t0)
         if req.decoder == "fast" and getattr(pipe, "fast_decoder", None) is None:
             reason = (getattr(pipe, "fast_decoder_info", None) or {}).get("reason", "not loaded")
-            raise WorkerError("DECODER_UNAVAILABLE", f"decoder 'fast' needs the fast decoder's weights, which "
-                                                     f"this worker does not have ({reason}); send decoder 'full'")
+            raise WorkerError("MODEL_UNAVAILABLE", f"decoder 'fast' needs the fast decoder's weights, which "
+                                                   f"this worker does not have ({reason}); send decoder 'full'")
         _check_cancel(cancel_event, "generation")
 
         workdir = tempfile.mkdtemp(prefix="worldplay-", dir=os.environ.get("WORLDPLAY_TMPDIR"))

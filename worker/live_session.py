@@ -220,10 +220,10 @@ class LiveSession:
             pipe, _ = job.MODELS.get(models)
             if state is not None:
                 return pipe.resume_world(state, prompt=msg.prompt, seed=msg.seed,
-                                         negative_prompt=msg.negative_prompt)
+                                         negative_prompt=msg.negative_prompt, decoder=msg.decoder)
             seed = msg.seed if msg.seed is not None else job.random_seed()
             return pipe.open_world(prompt=msg.prompt, image=image, seed=seed,
-                                   negative_prompt=msg.negative_prompt or "", model=live_model)
+                                   negative_prompt=msg.negative_prompt or "", model=live_model, decoder=msg.decoder)
 
         self.world = await self.gpu(build)
         self.req, self.storage, self.drive = req, storage, msg.drive
@@ -236,13 +236,14 @@ class LiveSession:
         self._recording = os.fdopen(fd, "wb")
         self._recording.write(self.encoder.init_segment)
         self.started = time.monotonic()
-        log.info("live %s: open (%s, seed %s, drive %s, %dx%d)", self.session_id,
+        log.info("live %s: open (%s, seed %s, drive %s, %dx%d, %s decoder)", self.session_id,
                  "continue_from " + req.continue_from if req.continue_from else "new world",
-                 self.world.seed, self.drive, self.world.width, self.world.height)
+                 self.world.seed, self.drive, self.world.width, self.world.height, self.world.decoder)
         s = self.settings
         ready = msgs.ReadyMessage(
             session_id=self.session_id, width=self.world.width, height=self.world.height,
-            fps=float(self.world.fps), mime=self.encoder.mime, drive=self.drive, seed=int(self.world.seed),
+            fps=float(self.world.fps), mime=self.encoder.mime, drive=self.drive, decoder=self.world.decoder,
+            seed=int(self.world.seed),
             prompt=self.world.prompt, num_latents=int(self.world.num_latents),
             limits=msgs.Limits(max_session_latents=s.max_session_latents, idle_seconds=s.idle_seconds,
                                max_seconds=s.max_seconds, max_queued_actions=s.max_queued_actions))

@@ -28,7 +28,6 @@ from pipeline.encoders import components as comp
 from pipeline.encoders.causal_decode import CausalVAEDecoder
 from pipeline.encoders.fast_decode import FastVideoDecoder
 from pipeline.errors import (
-    DecoderUnavailableError,
     ImageError,
     ModelUnavailableError,
     PipelineError,
@@ -467,7 +466,7 @@ class WorldPlayPipeline:
         if decoder not in DECODERS:
             raise PipelineError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         if decoder == "fast" and self.fast_decoder is None:
-            raise DecoderUnavailableError(
+            raise ModelUnavailableError(
                 "decoder 'fast' needs the fast decoder's weights, which this worker does not have ("
                 f"{self.fast_decoder_info.get('reason', 'not loaded')}); send decoder 'full'")
 
@@ -721,6 +720,7 @@ class WorldPlayPipeline:
                limits) -> World:
         """Prepare a world's inputs (rank 0: image latent, image embedding, conditioning; with sequence
         parallelism they are broadcast to the followers, which encode nothing) and build it."""
+        self.use_cpu_threads()
         sp = self.sequence_parallel
         use_cfg = guidance > 1.0
         if follower:
@@ -763,6 +763,13 @@ class WorldPlayPipeline:
                      guidance=guidance, width=width, height=height, image_latent=image_latent, vision=vision,
                      positive=positive, negative=negative, history=history, history_latents=history_latents,
                      frames=frames, timer=timer, limits=limits)
+
+    def use_cpu_threads(self) -> None:
+        """Run this thread's CPU kernels with :attr:`cpu_threads` (a thread keeps the count it first ran with,
+        and the count decides the bits): every entry that computes calls it (opening a world, its steps, a
+        prompt change), so a world is the same whichever thread opens and steps it."""
+        if self.cpu_threads and torch.get_num_threads() != self.cpu_threads:
+            torch.set_num_threads(self.cpu_threads)
 
     def _world_conditioning(self, prompt: str, negative_prompt: str, vision: torch.Tensor, guidance: float,
                             timer: "_Timer") -> tuple[Conditioning, Conditioning | None]:

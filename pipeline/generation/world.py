@@ -207,6 +207,12 @@ class World:
         """float64 [L, 4, 4]: every camera so far."""
         return self.c2w64
 
+    @property
+    def decoder(self) -> str | None:
+        """Which decoder turns this world's chunks into frames: ``"fast"`` (TAEHV) or ``"full"`` (the VAE);
+        None on a follower rank, which decodes nothing."""
+        return self.frames.decoder_name if self.frames is not None else None
+
     def actions(self) -> list[dict[str, Any]]:
         """The action list a queue job sends to render what this world rendered (a resumed world: the
         continuation's part), given every step was made with :class:`ChunkActions`."""
@@ -248,9 +254,7 @@ class World:
             raise SessionTooLongError(
                 f"the world would reach {end} latents ({4 * (end - 1) + 1} frames); this worker allows at most "
                 f"{allowed} latents per session (WORLDPLAY_MAX_SESSION_LATENTS)")
-        threads = getattr(self.pipe, "cpu_threads", None)
-        if threads and torch.get_num_threads() != threads:  # this thread's own count (see engine)
-            torch.set_num_threads(threads)
+        self.pipe.use_cpu_threads()  # this thread's own count decides the bits (see the engine)
         before = self.timer.timings.copy()
         saved = (self.job.latents, self.job.cond_latents, self.job.camera, self.c2w64, self.w2c, self.intrinsics,
                  self.actions_labels)
@@ -275,6 +279,7 @@ class World:
         """Condition the following chunks on `prompt` (the negative prompt stays)."""
         if prompt == self.prompt:
             return
+        self.pipe.use_cpu_threads()
         positive, negative = self.pipe._world_conditioning(prompt, self.negative_prompt, self.vision,
                                                            self.guidance, self.timer)
         with torch.inference_mode():

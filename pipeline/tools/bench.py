@@ -218,7 +218,7 @@ def build_full_size(modes: tuple[str, ...], device: torch.device, dtype: torch.d
         T5EncoderModel,
     )
 
-    from pipeline.tools.tiny import COMPONENTS_DIR, write_tiny_models
+    from pipeline.tools.tiny import COMPONENTS_DIR, random_fast_decoder, write_tiny_models
 
     tiny_root = tiny_root or write_tiny_models(scratch / "tiny", models=())
     tiny_components = tiny_root / COMPONENTS_DIR
@@ -276,6 +276,9 @@ def build_full_size(modes: tuple[str, ...], device: torch.device, dtype: torch.d
         dtype=dtype,
         offload_encoders=offload,
         load_info={"build_seconds": round(time.perf_counter() - started, 2), "weights": "random, full size"},
+        # the published base size (taehv1_5): live worlds stream with it, as on a worker that has its weights
+        fast_decoder=random_fast_decoder().to(device, dtype),
+        fast_decoder_info={"file": {"path": None, "source": "random, full size", "variant": "base"}},
     )
     return pipe
 
@@ -555,14 +558,11 @@ def _decode_chunk_child(kind: str, device: str, dtype: str, width: int, height: 
         vae.eval().requires_grad_(False)
         make = lambda: CausalVAEDecoder(vae)  # noqa: E731 - the worker's default: 1 latent per pass
     else:
-        from pipeline.encoders.fast_decode import FastVideoDecoder, TAEHVDecoder, TAEHVDecoderConfig
+        from pipeline.encoders.fast_decode import FastVideoDecoder, TAEHVDecoderConfig
+        from pipeline.tools.tiny import random_fast_decoder
 
         config = TAEHVDecoderConfig.super_() if kind == "fast-super" else TAEHVDecoderConfig()
-        model = TAEHVDecoder(config)
-        with torch.no_grad():
-            for param in model.parameters():
-                param.normal_(0, (1.0 / param[0].numel()) ** 0.5 if param.ndim > 1 else 0.02)
-        model = model.to(dev, dt).eval().requires_grad_(False)
+        model = random_fast_decoder(config).to(dev, dt)
         make = lambda: FastVideoDecoder(model)  # noqa: E731
     latents = torch.randn(1, 32, 8, height // 16, width // 16, generator=torch.Generator().manual_seed(0)).to(dev)
     rss_before = psutil.Process().memory_info().rss
@@ -626,8 +626,9 @@ def decoder_jobs(frames: int = 125, width: int = 256, height: int = 144, steps: 
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        root = write_tiny_models(Path(tmp), modes=("ar",), fast_decoder=True)
-        pipe = WorldPlayPipeline.from_paths(layout_paths(root, ("ar",)), device="cpu", dtype=torch.float32)
+        root = write_tiny_models(Path(tmp), models=("ar_distilled",), fast_decoder=True)
+        pipe = WorldPlayPipeline.from_paths(layout_paths(root, ("ar_distilled",)), device="cpu", dtype=torch.float32,
+                                            models=("ar_distilled",))
         for decoder in ("full", "fast", "full", "fast"):  # twice each, alternating: the second pair is reported
             request = GenerationRequest(prompt="bench", image=demo_image(width, height),
                                         camera=parse_pose(pose_for("ar", frames)), mode="ar",

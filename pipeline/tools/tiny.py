@@ -268,20 +268,30 @@ def _quiet() -> Iterator[None]:
 TINY_FAST_DECODER_WIDTHS = (16, 8, 8, 8)
 
 
+def random_fast_decoder(config=None, *, seed: int = 0):
+    """A TAEHV decoder (:class:`pipeline.encoders.fast_decode.TAEHVDecoder`, default: the published base
+    size) with seeded random weights, fan-in scaled so activations stay O(1) and frames are not saturated;
+    on the CPU, in fp32, the global RNG state untouched."""
+    from pipeline.encoders.fast_decode import TAEHVDecoder, TAEHVDecoderConfig
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = TAEHVDecoder(config if config is not None else TAEHVDecoderConfig())
+        with torch.no_grad():
+            for param in model.parameters():
+                param.normal_(0, (1.0 / param[0].numel()) ** 0.5 if param.ndim > 1 else 0.02)
+    return model.eval().requires_grad_(False)
+
+
 def write_tiny_fast_decoder(path: Path, *, seed: int = 0, variant: str = "base",
                             widths: tuple[int, int, int, int] = TINY_FAST_DECODER_WIDTHS) -> Path:
     """A random-weight TAEHV decoder file in the published key layout (``decoder.*`` tensors only; the
     loader never reads the encoder half), at tiny widths, 32 latent channels and patch size 2."""
     from safetensors.torch import save_file
 
-    from pipeline.encoders.fast_decode import TAEHVDecoder, TAEHVDecoderConfig
+    from pipeline.encoders.fast_decode import TAEHVDecoderConfig
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = TAEHVDecoder(TAEHVDecoderConfig(widths=widths, variant=variant))
-        with torch.no_grad():
-            for param in model.parameters():  # fan-in scaled: activations stay O(1), frames not saturated
-                param.normal_(0, (1.0 / param[0].numel()) ** 0.5 if param.ndim > 1 else 0.02)
+    model = random_fast_decoder(TAEHVDecoderConfig(widths=widths, variant=variant), seed=seed)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
