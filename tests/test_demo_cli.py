@@ -64,3 +64,26 @@ def test_state_out_and_continue_from_match_one_long_run(tmp_path, capsys):
     assert main(["--tiny", "--continue-from", str(tmp_path / "missing.safetensors"), "--pose", "w-4",
                  "--out", str(tmp_path / "c.mp4")]) == 1
     assert "error: STATE_NOT_FOUND" in capsys.readouterr().err
+
+
+def test_a_fast_decoder_video_and_its_full_quality_redecode(tmp_path, capsys):
+    """--decoder fast renders with the tiny TAEHV; --redecode turns its saved state into the full VAE's video,
+    the frames a full-decoder run of the same world makes."""
+    import av
+    import numpy as np
+
+    def read_frames(path):
+        with av.open(str(path)) as container:
+            return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+    fast, full, again = tmp_path / "fast.mp4", tmp_path / "full.mp4", tmp_path / "again.mp4"
+    state = tmp_path / "world.safetensors"
+    assert main(["--tiny", "--pose", "w-7", "--seed", "3", "--decoder", "fast", "--out", str(fast),
+                 "--state-out", str(state)]) == 0
+    assert json.loads(capsys.readouterr().out)["num_frames"] == 29
+    assert main(["--tiny", "--redecode", str(state), "--out", str(again)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["decoder"], report["num_frames"], report["session_latents"]) == ("full", 29, 8)
+    assert main(["--tiny", "--pose", "w-7", "--seed", "3", "--out", str(full)]) == 0
+    assert np.array_equal(read_frames(again), read_frames(full))  # the same latents, the same VAE
+    assert not np.array_equal(read_frames(fast), read_frames(full))

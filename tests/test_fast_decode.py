@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -232,3 +233,38 @@ def test_download_models_fetches_and_checks_the_fast_decoder(tiny_models, tmp_pa
     (dest / "TAEHV" / "taehv1_5.safetensors").write_bytes(body[:-1] + b" ")  # same size, other bytes
     assert download_models.main(["--check", "--fast-decoder", "--dest", str(dest)]) == 1
     assert "not the published taehv1_5.safetensors" in capsys.readouterr().err
+
+
+# ---- quality against the full VAE (pipeline.tools.decoder_quality) ---------------------------------------
+
+
+def test_psnr_and_ssim_of_known_frames():
+    from pipeline.tools.decoder_quality import psnr, ssim
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (3, 40, 56, 3), dtype=np.uint8)
+    assert psnr(frames, frames) == float("inf") and ssim(frames, frames) == pytest.approx(1.0)
+    off_by_one = np.clip(frames.astype(int) + 1, 0, 255).astype(np.uint8)
+    mse = np.mean((frames.astype(float) - off_by_one) ** 2)
+    assert psnr(frames, off_by_one) == pytest.approx(10 * np.log10(255 ** 2 / mse))
+    noisy = np.clip(frames + rng.normal(0, 20, frames.shape), 0, 255).astype(np.uint8)
+    noisier = np.clip(frames + rng.normal(0, 60, frames.shape), 0, 255).astype(np.uint8)
+    assert 1.0 > ssim(frames, noisy) > ssim(frames, noisier) > -1.0
+    assert psnr(frames, noisy) > psnr(frames, noisier)
+    # constant frames that differ only in brightness: structure is equal, luminance is not
+    flat = np.full((1, 16, 16, 3), 100, np.uint8)
+    assert ssim(flat, flat + 50) < 1.0
+
+
+def test_the_decoder_quality_tool_compares_the_fast_decoder_with_the_full_vae(tmp_path, capsys):
+    import json
+
+    from pipeline.tools.decoder_quality import main
+
+    out = tmp_path / "quality.json"
+    assert main(["--tiny", "--pose", "w-3", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["decoder"] for r in rows] == ["full", "taehv1_5"] and {r["frames"] for r in rows} == {13}
+    fast = rows[1]
+    assert fast["decode_seconds"] > 0 and np.isfinite(fast["psnr_db"]) and -1 <= fast["ssim"] <= 1
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == rows

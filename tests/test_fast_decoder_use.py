@@ -153,6 +153,7 @@ def test_the_live_socket_says_which_decoder_streams_and_a_client_may_choose(real
     import asyncio
     import json
 
+    import httpx
     import websockets
 
     from tests.conftest import LiveServer
@@ -167,21 +168,27 @@ def test_the_live_socket_says_which_decoder_streams_and_a_client_may_choose(real
         async with websockets.connect(srv.url) as ws:
             await ws.send(json.dumps({"type": "open", "prompt": PROMPT, "image_base64": b64(png_bytes()),
                                       "seed": 3, **extra}))
-            while True:
+            reply = None
+            while reply is None:
                 msg = await asyncio.wait_for(ws.recv(), 60)
-                if isinstance(msg, str):
+                if isinstance(msg, str) and json.loads(msg)["type"] in ("ready", "error"):
                     reply = json.loads(msg)
-                    if reply["type"] in ("ready", "error"):
-                        return reply
+            if reply["type"] == "ready":  # close the world (one per worker) before the next one opens
+                await ws.send(json.dumps({"type": "close"}))
+                while not (isinstance(msg, str) and json.loads(msg)["type"] == "closed"):
+                    msg = await asyncio.wait_for(ws.recv(), 60)
+            return reply
 
     try:
         monkeypatch.setattr(real_pipeline, "fast_decoder", None)
         monkeypatch.setattr(real_pipeline, "fast_decoder_info", {"reason": "WORLDPLAY_FAST_DECODER=0"})
         assert asyncio.run(opened())["decoder"] == "full"  # no weights: the full VAE streams
+        assert httpx.get(srv.http + "/ping").json()["live_decoder"] == "full"
         refused = asyncio.run(opened(decoder="fast"))
         assert refused["type"] == "error" and refused["code"] == "MODEL_UNAVAILABLE", refused
         monkeypatch.setattr(real_pipeline, "fast_decoder", fast_model)
         assert asyncio.run(opened())["decoder"] == "fast"  # the weights: the fast decoder by default
+        assert httpx.get(srv.http + "/ping").json()["live_decoder"] == "fast"
         assert asyncio.run(opened(decoder="full"))["decoder"] == "full"  # unless the client asks for the VAE
     finally:
         srv.stop()

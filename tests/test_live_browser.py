@@ -60,7 +60,7 @@ def live_server():
 
 # ---- a stand-in world: docs/LIVE.md's engine API without a model -------------------------------
 class StandInWorld:
-    width, height, fps, mode = 128, 72, 24.0, "ar"
+    width, height, fps, mode, decoder = 128, 72, 24.0, "ar", "fast"
 
     def __init__(self, prompt, seed):
         self.prompt, self.seed = prompt, int(seed)

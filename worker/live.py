@@ -99,7 +99,10 @@ def create_app(settings: Optional[LiveSettings] = None, *, preload: bool = True)
     @app.get("/ping")
     def ping():
         if job.MODELS.loaded:
-            return JSONResponse({"status": "healthy", "busy": state.session is not None})
+            pipe = job.MODELS.pipe
+            live_decoder = getattr(pipe, "live_decoder", None)  # which decoder a new world streams with
+            return JSONResponse({"status": "healthy", "busy": state.session is not None,
+                                 "live_decoder": live_decoder() if callable(live_decoder) else "full"})
         if job.MODELS.last_error:
             return JSONResponse({"status": "unhealthy", "error": job.MODELS.last_error}, status_code=503)
         return Response(status_code=204)  # initialising

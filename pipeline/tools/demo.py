@@ -235,7 +235,7 @@ def _redecode(args) -> int:
             from pipeline.model_files.resolve import layout_paths
             from pipeline.tools.tiny import write_tiny_models
 
-            components = layout_paths(write_tiny_models(Path(tmp), modes=())).components
+            components = layout_paths(write_tiny_models(Path(tmp), models=())).components
         elif args.model_dir:
             from pipeline.model_files.resolve import layout_paths
 
@@ -243,7 +243,7 @@ def _redecode(args) -> int:
         else:
             from pipeline.model_files.resolve import resolve_models
 
-            components = resolve_models((state.mode,)).components
+            components = resolve_models((state.model,)).components
         import torch
 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
