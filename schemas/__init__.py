@@ -18,6 +18,7 @@ from schemas.job import (  # noqa: F401
     JobInput,
     JobOutput,
     OutputOptions,
+    RedecodeInput,
     Timings,
     default_pose,
     format_validation_error,

@@ -51,6 +51,10 @@ MODEL_DEFAULTS = {name: {"num_inference_steps": c.steps, "guidance_scale": c.gui
 #: the older `mode` names: mode -> the defaults of the model it means
 MODE_DEFAULTS = {mode: MODEL_DEFAULTS[model] for mode, model in MODE_ALIASES.items()}
 ModelName = Literal["ar_distilled", "ar", "ar_rl", "bidirectional"]
+Decoder = Literal["full", "fast"]
+DECODER_DESCRIPTION = ('Latents to frames: "full", the HunyuanVideo-1.5 VAE; "fast", the TAEHV tiny decoder (several '
+                       "times faster, lower quality), on workers that have its weights (else MODEL_UNAVAILABLE, "
+                       "before any GPU work). A saved world state holds latents either way.")
 
 _KEY_PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]*$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
@@ -237,11 +241,7 @@ class JobInput(_Strict):
     seed: Optional[int] = Field(None, ge=0, le=MAX_SEED,
                                 description="null: random in 0..2^31-1 (returned in the output).")
     fps: int = Field(24, ge=1, le=60, description="Frame rate of the MP4.")
-    decoder: Literal["full", "fast"] = Field(
-        "full", description='Latents to frames: "full", the HunyuanVideo-1.5 VAE; "fast", the TAEHV tiny '
-                            "decoder (several times faster, lower quality), on workers that have its weights "
-                            "(else MODEL_UNAVAILABLE, before any GPU work). The saved world state holds "
-                            "latents either way.")
+    decoder: Decoder = Field("full", description=DECODER_DESCRIPTION)
     output: OutputOptions = Field(default_factory=OutputOptions)
     continue_from: Optional[str] = Field(
         None, max_length=MAX_KEY_CHARS,
@@ -408,6 +408,28 @@ class JobInput(_Strict):
         }
 
 
+class RedecodeInput(_Strict):
+    """``{"redecode_from": state_key}``: a saved world's whole video again from its latents, no generation."""
+
+    redecode_from: str = Field(
+        ..., max_length=MAX_KEY_CHARS,
+        description="state_key of a job or a live world: its whole video is decoded again from the state's "
+                    "latents (a live world streamed with the fast decoder, at full quality), no generation. "
+                    "Takes only decoder, fps and output; the state is not saved again.")
+    decoder: Decoder = Field("full", description=DECODER_DESCRIPTION)
+    fps: int = Field(24, ge=1, le=60, description="Frame rate of the MP4.")
+    output: OutputOptions = Field(default_factory=OutputOptions)
+
+    @field_validator("redecode_from")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        return _check_object_key(v, "redecode_from")
+
+    def summary(self) -> dict:
+        """A log-safe description of the request."""
+        return {"redecode_from": True, "decoder": self.decoder, "fps": self.fps}
+
+
 class HealthInput(_Strict):
     """``{"health": true}``: report readiness without generating."""
 
@@ -515,12 +537,14 @@ def strip_data_url(value: str) -> str:
     return value[match.end():] if match else value
 
 
-def parse_input(data: Any) -> Union[JobInput, HealthInput]:
+def parse_input(data: Any) -> Union[JobInput, RedecodeInput, HealthInput]:
     """Validate ``job["input"]``; raises :class:`pydantic.ValidationError` (or ``TypeError``)."""
     if not isinstance(data, dict):
         raise TypeError(f"input must be a JSON object, got {type(data).__name__}")
     if "health" in data:
         return HealthInput.model_validate(data)
+    if "redecode_from" in data:
+        return RedecodeInput.model_validate(data)
     return JobInput.model_validate(data)
 
 
@@ -554,7 +578,7 @@ def json_schemas(part: str = "job") -> dict:
     """
     from pydantic.json_schema import models_json_schema
 
-    inputs = [(JobInput, "validation"), (HealthInput, "validation")]
+    inputs = [(JobInput, "validation"), (RedecodeInput, "validation"), (HealthInput, "validation")]
     outputs = [(JobOutput, "serialization"), (HealthOutput, "serialization"),
                (ErrorOutput, "serialization")]
     if part not in ("job", "input", "output"):
@@ -563,8 +587,8 @@ def json_schemas(part: str = "job") -> dict:
     refs, doc = models_json_schema(chosen, by_alias=True)
     defs = doc["$defs"]
     if part != "output":
-        defs["Input"] = {"title": "Input", "description": 'job["input"]: a generation request or '
-                                                         "a health check.",
+        defs["Input"] = {"title": "Input", "description": 'job["input"]: a generation request, a '
+                                                         "saved world decoded again or a health check.",
                          "anyOf": [refs[item] for item in inputs]}
     if part != "input":
         defs["Output"] = {"title": "Output", "description": "What a job returns.",

@@ -137,6 +137,12 @@ def test_input_table_is_the_input_schema():
     assert table == schema, f"only in docs/INPUTS.md: {sorted(table - schema)}; only in schemas/job.py: {sorted(schema - table)}"
 
 
+def test_redecode_table_is_the_redecode_schema():
+    from schemas.job import RedecodeInput
+
+    assert _readme_fields("## Redecode a saved world") == set(RedecodeInput.model_fields)
+
+
 def test_every_output_field_is_described_in_the_output_section():
     from schemas.job import JobOutput, Timings
 

@@ -95,13 +95,14 @@ def test_live_decoder_full_by_setting_and_fast_refused_without_weights(fast_pipe
 
 
 def test_a_state_redecodes_with_the_full_vae_to_the_full_jobs_frames(fast_pipe, image):
-    from pipeline.tools.redecode import redecode_state
-
     full = job(fast_pipe, image)
     pieces = []
-    frames = redecode_state(full.state, fast_pipe.vae, pieces.append)
-    assert frames == 29 and [len(p) for p in pieces] == [13, 16]
-    assert np.array_equal(np.concatenate(pieces), full.frames)
+    again = fast_pipe.redecode(full.state, on_frames=pieces.append)
+    assert [len(p) for p in pieces] == [13, 16] and again.state is None
+    assert np.array_equal(np.concatenate(pieces), full.frames) and np.array_equal(again.frames, full.frames)
+    assert (again.seed, again.model, again.num_inference_steps) == (5, "ar_distilled", 1)
+    fast = fast_pipe.redecode(full.state, decoder="fast")  # the fast decoder's frames of the same world
+    assert np.array_equal(fast.frames, job(fast_pipe, image, decoder="fast").frames)
 
 
 # ---- through the worker -------------------------------------------------------------------------------

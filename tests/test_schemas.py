@@ -207,7 +207,11 @@ def test_python_m_schemas_prints_both_schemas():
     assert doc["properties"]["input"] == {"$ref": "#/$defs/Input"} and doc["required"] == ["input"]
     defs = doc["$defs"]
     job_schema, health_schema = defs["JobInput"], defs["HealthInput"]
-    assert [r["$ref"] for r in defs["Input"]["anyOf"]] == ["#/$defs/JobInput", "#/$defs/HealthInput"]
+    assert [r["$ref"] for r in defs["Input"]["anyOf"]] == ["#/$defs/JobInput", "#/$defs/RedecodeInput",
+                                                         "#/$defs/HealthInput"]
+    redecode = defs["RedecodeInput"]
+    assert redecode["required"] == ["redecode_from"] and redecode["additionalProperties"] is False
+    assert set(redecode["properties"]) == {"redecode_from", "decoder", "fps", "output"}
     assert "prompt" in job_schema["properties"] and job_schema["additionalProperties"] is False
     # prompt is required unless continue_from names a world state (checked by the model, not the schema)
     assert "required" not in job_schema and "continue_from" in job_schema["properties"]
@@ -231,6 +235,15 @@ def test_continuation_requests():
     off = parse_input({"prompt": "p", **IMG, "output": {"save_state": False}})
     assert off.output.save_state is False
     assert "save_state" in errors_of({"prompt": "p", **IMG, "output": {"save_state": "no"}})
+
+
+def test_redecode_requests():
+    req = parse_input({"redecode_from": "worldplay/live-1/world.safetensors"})
+    assert (req.decoder, req.fps, req.output.preview) == ("full", 24, True)
+    assert parse_input({"redecode_from": "a/world.safetensors", "decoder": "fast", "fps": 30}).decoder == "fast"
+    assert "'..'" in errors_of({"redecode_from": "a/../b"})
+    assert "pose: unknown field" in errors_of({"redecode_from": "a/world.safetensors", "pose": "w-3"})
+    assert "decoder" in errors_of({"redecode_from": "a/world.safetensors", "decoder": "tiny"})
 
 
 # ---- models by name ----------------------------------------------------------------------------------------------

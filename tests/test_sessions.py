@@ -188,3 +188,24 @@ def test_num_frames_of_a_continuation_is_answered_in_frames(sixteen, storage):
     assert "error" not in ok and ok["num_frames"] == 32
     out = run({"continue_from": key, "pose": "w-8", "num_frames": 48}, "nf4")
     assert "send num_frames 32, or leave num_frames out" in out["error"]
+
+
+def test_redecode_from_gives_the_whole_world_again_as_one_job_made_it(sixteen, storage, tmp_path, monkeypatch):
+    """A saved world's whole video decoded again from its latents (a live world's full-quality MP4): the
+    frames of the one job that rendered the same world, with nothing generated and no new state."""
+    one, a = sixteen
+    b = run({"continue_from": a["state_key"], "pose": "right-8"}, "job-b2")
+    again = run({"redecode_from": b["state_key"], "output": {"preview": False}}, "redecode")
+    assert "error" not in again, again
+    assert (again["seed"], again["model"], again["mode"], again["num_inference_steps"]) == (5, "ar_distilled", "ar", 2)
+    assert again["num_frames"] == 61 and again["state_key"] is None  # the state it read stays the one
+    assert again["minio_key"] == "worldplay/redecode/video.mp4"
+    assert np.array_equal(frames_of(storage, again, tmp_path, "again"), frames_of(storage, one, tmp_path, "one"))
+    # what it refuses, by name and before any decoding
+    assert code_of(run({"redecode_from": "worldplay/none/world.safetensors"}, "r1")) == "STATE_NOT_FOUND"
+    refused = run({"redecode_from": b["state_key"], "prompt": "more"}, "r2")
+    assert code_of(refused) == "INVALID_INPUT" and "prompt: unknown field" in refused["error"]
+    assert code_of(run({"redecode_from": b["state_key"], "decoder": "fast"}, "r3")) == "MODEL_UNAVAILABLE"
+    monkeypatch.setenv("WORLDPLAY_CONTINUE_PREFIXES", "sessions/")
+    forbidden = run({"redecode_from": b["state_key"]}, "r4")
+    assert code_of(forbidden) == "STATE_FORBIDDEN" and "redecode_from" in forbidden["error"]

@@ -387,12 +387,15 @@ def validate_job(job: dict) -> "JobPlan | dict":
     if isinstance(req, schemas.HealthInput):
         return health_report()
     models = configured_models()
-    check_model_served(req, models)
-    check_resolution_served(req)
+    redecode = isinstance(req, schemas.RedecodeInput)
+    if not redecode:  # a redecode generates nothing: any worker's VAE decodes any state
+        check_model_served(req, models)
+        check_resolution_served(req)
     from worker import delivery
 
     storage = delivery.preflight(req, get_storage)  # None: inline result
-    seed = req.seed if req.seed is not None else random_seed()
+    # a redecode's seed is its state's (read in the fetch stage)
+    seed = 0 if redecode else req.seed if req.seed is not None else random_seed()
     log.info("job %s: %s", job_id, json.dumps({**req.summary(), "seed": seed}))
     return JobPlan(req=req, job_id=job_id, storage=storage, seed=seed, models=models)
 
@@ -433,8 +436,13 @@ def random_seed() -> int:
 
 
 def fetch_inputs(plan: JobPlan, cancel_event: Optional[threading.Event] = None) -> JobInputs:
-    """The fetch stage: the camera spec and the picture, or the saved world a continuation resumes."""
+    """The fetch stage: the camera spec and the picture, or the saved world a continuation resumes (or a
+    redecode decodes again: then the request is that :class:`WorldState`)."""
     req = plan.req
+    if isinstance(req, schemas.RedecodeInput):
+        state, _ = session.read_state(req.redecode_from, plan.storage, field="redecode_from")
+        return JobInputs(request=state, req=req, seed=int(state.seed),
+                         expected_frames=4 * (state.num_latents - 1) + 1)
     spec = camera_spec(req, get_storage)
     if req.continue_from is not None:  # a world session: no image, new latents only
         world = session.open_world(req, spec, plan.storage, plan.models)
@@ -492,8 +500,13 @@ def render(pipe, plan: JobPlan, inputs: JobInputs, workdir: str, progress: "Prog
             writer = stack.enter_context(Mp4Writer(path, req.fps, background=True,
                                                    **live_preview.writer_options(preview)))
         should_cancel = cancel_event.is_set if cancel_event is not None else None
-        result = pipe.generate(inputs.request, callback=_callback, should_cancel=should_cancel,
-                               on_frames=_on_frames, **extra)
+        if isinstance(req, schemas.RedecodeInput):  # a saved world's latents, decoded again: no generation
+            progress.update("decode", force=True)
+            result = pipe.redecode(inputs.request, decoder=req.decoder, on_frames=_on_frames,
+                                   should_cancel=should_cancel)
+        else:
+            result = pipe.generate(inputs.request, callback=_callback, should_cancel=should_cancel,
+                                   on_frames=_on_frames, **extra)
         if "on_preview_frames" in extra:
             preview_writer.close()
         frames = result.frames
@@ -575,9 +588,7 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
         out = schemas.JobOutput(
             **delivered,
             num_frames=info.num_frames, fps=req.fps, width=info.width, height=info.height,
-            duration_seconds=round(info.duration, 4), seed=inputs.seed, model=req.resolved_model,
-            mode=req.rollout,
-            num_inference_steps=req.steps, guidance_scale=req.guidance,
+            duration_seconds=round(info.duration, 4), seed=inputs.seed, **_described(req, rendered.result),
             timings=schemas.Timings(**stages.timings), generation_time_seconds=total,
             **saved, **previewed,
         ).model_dump(by_alias=True, exclude=delivery.left_out(delivered))
@@ -597,6 +608,15 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
         live_preview.close(preview)  # waits (at most 2 s) unless finish() did
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _described(req, result) -> Dict[str, Any]:
+    """The output's model, rollout, steps and guidance: the request's, or for a redecode its state's."""
+    if isinstance(req, schemas.RedecodeInput):
+        return {"model": result.model, "mode": result.mode, "num_inference_steps": result.num_inference_steps,
+                "guidance_scale": result.guidance_scale}
+    return {"model": req.resolved_model, "mode": req.rollout, "num_inference_steps": req.steps,
+            "guidance_scale": req.guidance}
 
 
 def failure(exc: BaseException, what: str) -> dict:

@@ -506,7 +506,9 @@ def start(req, job_id: str, storage_getter: Callable, progress=None) -> Optional
             return None
         prefix = f"{req.output.key_prefix}/{job_id}/preview"
         preview = LivePreview(storage, prefix, expiry=req.output.presign_expiry_seconds,
-                              fps=req.fps, segment_frames=segment_frames(req.mode))
+                              fps=req.fps,
+                              # a redecode hands over AR-sized chunks (4 latents)
+                              segment_frames=segment_frames(getattr(req, "rollout", "ar")))
         if progress is not None:
             progress.attach_source(preview.progress_fields)
 

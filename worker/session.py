@@ -77,12 +77,10 @@ def verify_state(secret: bytes, key: str, data: bytes, signature: Optional[str])
                                            f"with another {SECRET_ENV}")
 
 
-def check_continue_key(key: str, prefixes: Tuple[str, ...]) -> None:
+def check_continue_key(key: str, prefixes: Tuple[str, ...], field: str = "continue_from") -> None:
     if prefixes and not any(key.startswith(prefix) for prefix in prefixes):
-        raise WorkerError("STATE_FORBIDDEN", f"continue_from {key!r} is outside the key prefixes this worker "
-                                             f"continues ({PREFIXES_ENV}={','.join(prefixes)})")
-
-
+        raise WorkerError("STATE_FORBIDDEN", f"{field} {key!r} is outside the key prefixes this worker "
+                                             f"reads world states from ({PREFIXES_ENV}={','.join(prefixes)})")
 
 
 @dataclass
@@ -102,14 +100,15 @@ class ContinuedWorld:
         return 4 * self.new_latents
 
 
-def read_state(key: str, storage):
+def read_state(key: str, storage, field: str = "continue_from"):
     """The world state ``key`` from the bucket, size-checked before the download and parsed strictly:
-    ``(state, size in bytes)``. Shared by ``continue_from`` jobs and live worlds (worker.live_session)."""
+    ``(state, size in bytes)``. Shared by ``continue_from`` and ``redecode_from`` jobs (`field`: the input
+    that named it, for the messages) and live worlds (worker.live_session)."""
     from pipeline.generation.world_state import SessionLimits, WorldState, check_state_size
 
-    check_continue_key(key, continue_prefixes())  # before the bucket is asked anything
+    check_continue_key(key, continue_prefixes(), field)  # before the bucket is asked anything
     if storage is None:
-        raise WorkerError("STORAGE_NOT_CONFIGURED", "continue_from reads the world state from the bucket: "
+        raise WorkerError("STORAGE_NOT_CONFIGURED", f"{field} reads the world state from the bucket: "
                                                     "this worker has no storage configured (MINIO_*)")
     limits = SessionLimits.from_env()
     try:
@@ -117,8 +116,8 @@ def read_state(key: str, storage):
     except WorkerError as exc:
         if exc.code == "OBJECT_NOT_FOUND":
             raise WorkerError("STATE_NOT_FOUND", f"world state {key!r} does not exist in bucket "
-                                                 f"{storage.bucket!r} (continue_from takes the state_key "
-                                                 "of an earlier job)") from None
+                                                 f"{storage.bucket!r} ({field} takes the state_key "
+                                                 "of an earlier job or live world)") from None
         raise
     check_state_size(size, limits)
     data = storage.get_bytes(key, limits.max_bytes)

@@ -28,6 +28,7 @@ from pipeline.encoders import components as comp
 from pipeline.encoders.causal_decode import CausalVAEDecoder
 from pipeline.encoders.fast_decode import FastVideoDecoder
 from pipeline.errors import (
+    GenerationCancelled,
     ImageError,
     ModelUnavailableError,
     PipelineError,
@@ -481,7 +482,10 @@ class WorldPlayPipeline:
 
     def _fast_model(self, request: GenerationRequest):
         """The tiny decoder model when `request` asks for it (validated), else None (the VAE decodes)."""
-        return self.fast_decoder if request.decoder == "fast" else None
+        return self._fast_model_for(request.decoder)
+
+    def _fast_model_for(self, decoder: str):
+        return self.fast_decoder if decoder == "fast" else None
 
     def _validate_continuation(self, request: GenerationRequest) -> None:
         """A world state fits this model, this mode and the session limits; the new part is whole chunks."""
@@ -691,6 +695,25 @@ class WorldPlayPipeline:
         return self._live_world(request)
 
     @torch.inference_mode()
+    def redecode(self, state: WorldState, *, decoder: str = "full",
+                  on_frames: Callable[[np.ndarray], None] | None = None,
+                  should_cancel: Callable[[], bool] | None = None) -> GenerationResult:
+        """A saved world's whole video again from its latents, no generation: with ``"full"`` the VAE's frames
+        (a live world streamed with the fast decoder, at full quality), with ``"fast"`` the fast decoder's. The
+        result describes the state's world (seed, model, steps); it carries no new state."""
+        self._check_decoder(decoder)
+        if self.vae is None:
+            raise PipelineError("this pipeline was loaded without a VAE (a follower rank): it cannot decode")
+        self.use_cpu_threads()
+        timer = _Timer(self.device)
+        frames = decode_state(state, self.vae, on_frames, fast_model=self._fast_model_for(decoder), timer=timer,
+                              should_cancel=should_cancel)
+        return GenerationResult(frames=frames, width=frames.shape[2], height=frames.shape[1],
+                                num_frames=frames.shape[0], seed=int(state.seed), mode=state.mode,
+                                num_inference_steps=int(state.num_inference_steps),
+                                guidance_scale=float(state.guidance_scale), timings=timer.timings, state=None,
+                                model=state.model)
+
     def _live_world(self, request: GenerationRequest) -> World:
         if self.sequence_parallel is not None:
             raise PipelineError("a world that steps chunk by chunk runs on one GPU; this worker splits its DiT "
@@ -904,6 +927,25 @@ class ChunkFrames:
             with self.timer.stage("hand_over"):
                 self.on_frames(frames)
         return frames
+
+
+def decode_state(state: WorldState, vae, on_frames: Callable[[np.ndarray], None] | None = None, *, fast_model=None,
+                 timer: "_Timer | None" = None, should_cancel: Callable[[], bool] | None = None) -> np.ndarray:
+    """Every latent of a world state decoded again, in order, one AR chunk (4 latents) per call of one causal
+    decoder (the VAE, or the fast decoder `fast_model`): the frames [T, H, W, 3] a job with that decoder made
+    of the same latents, each chunk handed to `on_frames` as it is decoded. `should_cancel` is polled before
+    every chunk (:class:`GenerationCancelled`)."""
+    param = next((fast_model if fast_model is not None else vae).parameters())
+    latents = state.latents.permute(1, 0, 2, 3).unsqueeze(0)  # [T, C, h, w] -> [1, C, T, h, w]; moved per chunk
+    chunks = ChunkFrames(vae, timer or _Timer(param.device), on_frames, during_denoise=True, keep=True,
+                         fallback=False, fast_model=fast_model)
+    total = latents.shape[2]
+    with torch.inference_mode():
+        for start in range(0, total, AR_CHUNK_LATENTS):
+            if should_cancel is not None and should_cancel():
+                raise GenerationCancelled("cancelled while decoding the world state")
+            chunks.chunk_done(start, min(start + AR_CHUNK_LATENTS, total), latents)
+        return chunks.finish(latents)
 
 
 def load_fast_decoder_for(paths, device: torch.device, dtype: torch.dtype):

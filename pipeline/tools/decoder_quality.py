@@ -65,7 +65,7 @@ def compare(pipe, image, pose: str, seed: int, fast_models: dict) -> list[dict]:
     compare. One row per decoder (the full VAE's first, with its own decode time)."""
     from pipeline.generation.camera import parse_pose
     from pipeline.generation.engine import GenerationRequest
-    from pipeline.tools.redecode import redecode_state
+    from pipeline.generation.engine import decode_state
 
     request = GenerationRequest(prompt=PROMPT, image=image, camera=parse_pose(pose, mode="ar"), model=DEFAULT_MODEL,
                                 seed=seed)
@@ -74,11 +74,9 @@ def compare(pipe, image, pose: str, seed: int, fast_models: dict) -> list[dict]:
     rows = [{"decoder": "full", "frames": int(full.shape[0]), "size": f"{result.width}x{result.height}",
              "decode_seconds": result.timings.get("decode")}]
     for name, model in fast_models.items():
-        pieces: list[np.ndarray] = []
         started = time.perf_counter()
-        redecode_state(result.state, pipe.vae, pieces.append, decoder="fast", fast_model=model)
+        frames = decode_state(result.state, pipe.vae, fast_model=model)
         seconds = time.perf_counter() - started
-        frames = np.concatenate(pieces)
         if frames.shape != full.shape:
             raise RuntimeError(f"{name}: {frames.shape} frames against the full VAE's {full.shape}")
         rows.append({"decoder": name, "frames": int(frames.shape[0]), "decode_seconds": round(seconds, 3),

@@ -18,7 +18,7 @@ The fast decoder (TAEHV; with ``--tiny`` a tiny random one is written too) inste
     python -m pipeline --tiny --pose "w-15" --decoder fast --out fast.mp4
 
 A saved world state (a live world's, or a job's) decoded again with the full VAE, no generation
-(:mod:`pipeline.tools.redecode`):
+(:func:`pipeline.generation.engine.decode_state`; a queue job does the same with ``redecode_from``):
 
     python -m pipeline --redecode world.safetensors --out full.mp4
 
@@ -222,8 +222,8 @@ def main(argv: list[str] | None = None) -> int:
 def _redecode(args) -> int:
     """``--redecode STATE``: the state's latents through the full VAE into ``--out``."""
     from pipeline.encoders import components as comp
+    from pipeline.generation.engine import decode_state
     from pipeline.generation.world_state import WorldState
-    from pipeline.tools.redecode import redecode_state
     from pipeline.video import Mp4Writer, probe_mp4
 
     state = WorldState.load(args.redecode)
@@ -250,7 +250,7 @@ def _redecode(args) -> int:
         vae = comp.load_vae(components, device=device,
                             dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
         with Mp4Writer(args.out, fps=args.fps, background=True) as writer:
-            frames = redecode_state(state, vae, writer.write)
+            frames = len(decode_state(state, vae, writer.write))
     info = probe_mp4(args.out)
     print(json.dumps({"out": str(args.out), "decoder": "full", "session_latents": state.num_latents,
                       "num_frames": info.num_frames, "width": info.width, "height": info.height,
