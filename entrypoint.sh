@@ -11,7 +11,8 @@
 #   WORLDPLAY_ALLOW_CPU=1     start without a visible GPU (tests, CPU smoke runs)
 #   WORLDPLAY_SEQUENCE_PARALLEL  ranks (GPUs) per pass: N or auto (default 1); N > visible GPUs fails here
 #   WORLDPLAY_SERVE           queue (default: the RunPod queue handler) or live (python -m worker.live:
-#                             the live-world server on PORT, health on PORT_HEALTH; load-balancing endpoints)
+#                             the live-world server on PORT, health on PORT_HEALTH; load-balancing endpoints;
+#                             WORLDPLAY_FAST_DECODER defaults to taehv1_5 there: fetched when missing)
 #   WORLDPLAY_LOCAL_SERVE=1   run RunPod's local API server (--rp_serve_api on 0.0.0.0)
 #   WORLDPLAY_LOCAL_PORT      port of that server (default: the SDK's, 8000)
 #   WORLDPLAY_PYTHON          python command to run (default: python)
@@ -93,7 +94,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 case "${serve}" in
     queue) ;;
     live)
-        log "WORLDPLAY_SERVE=live: live-world server on port ${PORT:-8000} (health on ${PORT_HEALTH:-${PORT:-8000}})"
+        # a live world streams through the fast decoder: fetched (pinned, checked) when not on disk, unless
+        # WORLDPLAY_FAST_DECODER says otherwise (0: none, the full VAE streams)
+        export WORLDPLAY_FAST_DECODER="${WORLDPLAY_FAST_DECODER-taehv1_5}"
+        log "WORLDPLAY_SERVE=live: live-world server on port ${PORT:-8000} (health on ${PORT_HEALTH:-${PORT:-8000}}), fast decoder ${WORLDPLAY_FAST_DECODER:-none}"
         # shellcheck disable=SC2086
         exec ${PY} -u -m worker.live "$@"
         ;;

@@ -18,7 +18,7 @@ SECRETS = {"MINIO_ACCESS_KEY": "AKIA-very-private-access", "MINIO_SECRET_KEY": "
 FAKE_PYTHON = """#!/bin/sh
 echo "ARGS:$*"
 for v in HF_HUB_OFFLINE WORLDPLAY_AUTO_OFFLINE PYTORCH_CUDA_ALLOC_CONF WORLDPLAY_ALLOW_DOWNLOAD \
-         HF_XET_HIGH_PERFORMANCE PYTHONUNBUFFERED; do
+         HF_XET_HIGH_PERFORMANCE PYTHONUNBUFFERED WORLDPLAY_FAST_DECODER; do
   eval "val=\\${$v-<unset>}"
   echo "$v=$val"
 done
@@ -223,11 +223,15 @@ def test_serve_live_runs_the_live_server(env):
     assert res.returncode == 0, res.stderr
     assert parsed(res.stdout)["ARGS"] == "-u -m worker.live --health-port 8081"
     assert "live-world server on port 8080" in res.stderr
+    assert parsed(res.stdout)["WORLDPLAY_FAST_DECODER"] == "taehv1_5"  # live worlds stream with it
+    env["WORLDPLAY_FAST_DECODER"] = "0"  # the deployer's choice stands
+    assert parsed(run(env).stdout)["WORLDPLAY_FAST_DECODER"] == "0"
 
 
 def test_serve_queue_is_the_default_and_unknown_values_fail(env):
     env["WORLDPLAY_SERVE"] = "queue"
-    assert parsed(run(env).stdout)["ARGS"] == "-u handler.py"
+    out = parsed(run(env).stdout)
+    assert out["ARGS"] == "-u handler.py" and out["WORLDPLAY_FAST_DECODER"] == "<unset>"  # jobs: opt-in
     env["WORLDPLAY_SERVE"] = "websocket"
     res = run(env)
     assert res.returncode != 0 and "WORLDPLAY_SERVE=websocket is not queue or live" in res.stderr
