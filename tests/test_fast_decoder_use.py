@@ -101,6 +101,12 @@ def test_a_state_redecodes_with_the_full_vae_to_the_full_jobs_frames(fast_pipe, 
     assert [len(p) for p in pieces] == [13, 16] and again.state is None
     assert np.array_equal(np.concatenate(pieces), full.frames) and np.array_equal(again.frames, full.frames)
     assert (again.seed, again.model, again.num_inference_steps) == (5, "ar_distilled", 1)
+    streamed = []  # a long session's video is handed over without being kept (the worker's way)
+    only = fast_pipe.redecode(full.state, on_frames=streamed.append, keep_frames=False)
+    assert only.frames.shape == (0, 48, 80, 3) and only.num_frames == 29
+    assert np.array_equal(np.concatenate(streamed), full.frames)
+    with pytest.raises(ValueError, match="on_frames"):
+        fast_pipe.redecode(full.state, keep_frames=False)
     fast = fast_pipe.redecode(full.state, decoder="fast")  # the fast decoder's frames of the same world
     assert np.array_equal(fast.frames, job(fast_pipe, image, decoder="fast").frames)
 

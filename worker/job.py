@@ -503,7 +503,7 @@ def render(pipe, plan: JobPlan, inputs: JobInputs, workdir: str, progress: "Prog
         if isinstance(req, schemas.RedecodeInput):  # a saved world's latents, decoded again: no generation
             progress.update("decode", force=True)
             result = pipe.redecode(inputs.request, decoder=req.decoder, on_frames=_on_frames,
-                                   should_cancel=should_cancel)
+                                   should_cancel=should_cancel, keep_frames=False)  # streamed only
         else:
             result = pipe.generate(inputs.request, callback=_callback, should_cancel=should_cancel,
                                    on_frames=_on_frames, **extra)
@@ -513,12 +513,13 @@ def render(pipe, plan: JobPlan, inputs: JobInputs, workdir: str, progress: "Prog
         stages.add("generate", time.perf_counter() - t0)
         if getattr(frames, "shape", None) is None or len(frames.shape) != 4:
             raise WorkerError("INTERNAL_ERROR", "pipeline returned frames of an unexpected shape")
-        if streamed not in (0, frames.shape[0]):
-            raise WorkerError("INTERNAL_ERROR", f"pipeline handed over {streamed} frames but "
-                                                f"returned {frames.shape[0]}")
-        if frames.shape[0] != inputs.expected_frames:
-            log.warning("job %s: pipeline returned %d frames, camera path has %d", plan.job_id,
-                        frames.shape[0], inputs.expected_frames)
+        # a redecode hands its frames over without keeping them; a generation returns them all too
+        made = result.num_frames if isinstance(req, schemas.RedecodeInput) else frames.shape[0]
+        if streamed not in (0, made) or (isinstance(req, schemas.RedecodeInput) and streamed != made):
+            raise WorkerError("INTERNAL_ERROR", f"pipeline handed over {streamed} frames but made {made}")
+        if made != inputs.expected_frames:
+            log.warning("job %s: pipeline made %d frames, expected %d", plan.job_id, made,
+                        inputs.expected_frames)
         _check_cancel(cancel_event, "encoding")
 
         # -- encode: what is left of it (the last chunk, the container's index)

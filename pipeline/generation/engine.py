@@ -697,19 +697,31 @@ class WorldPlayPipeline:
     @torch.inference_mode()
     def redecode(self, state: WorldState, *, decoder: str = "full",
                   on_frames: Callable[[np.ndarray], None] | None = None,
-                  should_cancel: Callable[[], bool] | None = None) -> GenerationResult:
+                  should_cancel: Callable[[], bool] | None = None, keep_frames: bool = True) -> GenerationResult:
         """A saved world's whole video again from its latents, no generation: with ``"full"`` the VAE's frames
         (a live world streamed with the fast decoder, at full quality), with ``"fast"`` the fast decoder's. The
-        result describes the state's world (seed, model, steps); it carries no new state."""
+        result describes the state's world (seed, model, steps); it carries no new state. With `on_frames`
+        and ``keep_frames=False`` the frames are only handed over: ``result.frames`` is empty and
+        ``result.num_frames`` counts them (a 1024-latent session is 4093 frames, ~5 GB at 848x480)."""
         self._check_decoder(decoder)
         if self.vae is None:
             raise PipelineError("this pipeline was loaded without a VAE (a follower rank): it cannot decode")
         self.use_cpu_threads()
         timer = _Timer(self.device)
-        frames = decode_state(state, self.vae, on_frames, fast_model=self._fast_model_for(decoder), timer=timer,
-                              should_cancel=should_cancel)
+        if not keep_frames and on_frames is None:
+            raise ValueError("keep_frames=False needs on_frames: the frames would go nowhere")
+        count = 0
+
+        def hand_over(frames: np.ndarray) -> None:
+            nonlocal count
+            count += frames.shape[0]
+            if on_frames is not None:
+                on_frames(frames)
+
+        frames = decode_state(state, self.vae, hand_over, fast_model=self._fast_model_for(decoder), timer=timer,
+                              should_cancel=should_cancel, keep=keep_frames)
         return GenerationResult(frames=frames, width=frames.shape[2], height=frames.shape[1],
-                                num_frames=frames.shape[0], seed=int(state.seed), mode=state.mode,
+                                num_frames=count, seed=int(state.seed), mode=state.mode,
                                 num_inference_steps=int(state.num_inference_steps),
                                 guidance_scale=float(state.guidance_scale), timings=timer.timings, state=None,
                                 model=state.model)
@@ -930,22 +942,26 @@ class ChunkFrames:
 
 
 def decode_state(state: WorldState, vae, on_frames: Callable[[np.ndarray], None] | None = None, *, fast_model=None,
-                 timer: "_Timer | None" = None, should_cancel: Callable[[], bool] | None = None) -> np.ndarray:
+                 timer: "_Timer | None" = None, should_cancel: Callable[[], bool] | None = None,
+                 keep: bool = True) -> np.ndarray:
     """Every latent of a world state decoded again, in order, one AR chunk (4 latents) per call of one causal
     decoder (the VAE, or the fast decoder `fast_model`): the frames [T, H, W, 3] a job with that decoder made
-    of the same latents, each chunk handed to `on_frames` as it is decoded. `should_cancel` is polled before
-    every chunk (:class:`GenerationCancelled`)."""
+    of the same latents, each chunk handed to `on_frames` as it is decoded. Without `keep` the frames are
+    only handed over (a long session's video need not sit in memory) and an empty [0, H, W, 3] array is
+    returned. `should_cancel` is polled before every chunk (:class:`GenerationCancelled`)."""
     param = next((fast_model if fast_model is not None else vae).parameters())
     latents = state.latents.permute(1, 0, 2, 3).unsqueeze(0)  # [T, C, h, w] -> [1, C, T, h, w]; moved per chunk
-    chunks = ChunkFrames(vae, timer or _Timer(param.device), on_frames, during_denoise=True, keep=True,
+    chunks = ChunkFrames(vae, timer or _Timer(param.device), on_frames, during_denoise=True, keep=keep,
                          fallback=False, fast_model=fast_model)
     total = latents.shape[2]
     with torch.inference_mode():
         for start in range(0, total, AR_CHUNK_LATENTS):
             if should_cancel is not None and should_cancel():
                 raise GenerationCancelled("cancelled while decoding the world state")
-            chunks.chunk_done(start, min(start + AR_CHUNK_LATENTS, total), latents)
-        return chunks.finish(latents)
+            last = chunks.chunk_done(start, min(start + AR_CHUNK_LATENTS, total), latents)
+        if keep:
+            return chunks.finish(latents)
+    return np.zeros((0, *last.shape[1:]), np.uint8)
 
 
 def load_fast_decoder_for(paths, device: torch.device, dtype: torch.dtype):
