@@ -185,6 +185,8 @@ FIELDS = {
                                                             "save_state": scalars, "preview": scalars,
                                                             "presign_expiry_seconds": numbers}), json_values),
     "continue_from": st.one_of(st.text(max_size=10), scalars),
+    "decoder": st.one_of(st.sampled_from(["full", "fast", "FAST"]), scalars),
+    "redecode_from": st.one_of(st.text(max_size=10), scalars),
     "health": scalars,
     "unknown_field": json_values,
 }
@@ -222,9 +224,9 @@ def test_the_schema_answers_every_input_with_a_validation_error(data):
     except TypeError as exc:
         assert "input must be a JSON object" in str(exc)
         return
-    assert isinstance(parsed, (schemas.JobInput, schemas.HealthInput))
+    assert isinstance(parsed, (schemas.JobInput, schemas.RedecodeInput, schemas.HealthInput))
     parsed.model_dump()  # the summary the job logs must not fail either
-    if isinstance(parsed, schemas.JobInput):
+    if not isinstance(parsed, schemas.HealthInput):
         json.dumps(parsed.summary())
 
 
