@@ -188,6 +188,9 @@ class FakePipeline:
     def health(self):
         return {"modes": list(self._modes), "device": "cpu", "dtype": "float32", "fake": True}
 
+    def check_decoder(self, decoder):  # the fake decodes with anything it is asked for
+        pass
+
     def generate(self, request, callback=None, should_cancel=None, on_frames=None):
         import numpy as np
 

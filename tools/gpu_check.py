@@ -51,7 +51,6 @@ ran or was skipped with a reason, 1 when one failed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -71,7 +70,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 
 JSON_NAME = "gpu_check.json"
 MD_NAME = "gpu_check.md"
@@ -197,30 +195,10 @@ def setup(ctx: Ctx) -> dict:
 def _generate(ctx: Ctx, request, *, writer_path: Path | None = None) -> tuple[dict, Any]:
     """``pipe.generate`` with a pass trace, frames handed to a background H.264 writer (when PyAV is
     installed) as the worker does; returns (figures, result)."""
-    from pipeline.generation.rollout import Trace
+    from pipeline.tools.bench import timed_generate
 
-    pipe = ctx.need_pipe()
-    Mp4Writer = None
-    if writer_path is not None and importlib.util.find_spec("av") is not None:
-        from pipeline.video import Mp4Writer
-    trace = Trace(ctx.device)
-    handed: list[tuple[float, int]] = []
-    writer = Mp4Writer(writer_path, fps=24, background=True) if Mp4Writer else None
-    ctx.sync()
-    started = time.perf_counter()
-
-    def on_frames(frames: np.ndarray) -> None:
-        handed.append((time.perf_counter() - started, int(frames.shape[0])))
-        if writer is not None:
-            writer.write(frames)
-
-    with writer if writer is not None else contextlib.nullcontext():
-        result = pipe.generate(request, on_frames=on_frames, trace=trace)
-        generate_s = time.perf_counter() - started
-        t0 = time.perf_counter()
-        if writer is not None:
-            writer.close()
-        tail_s = time.perf_counter() - t0 if writer is not None else None
+    run = timed_generate(ctx.need_pipe(), request, writer_path)
+    result, trace, handed, generate_s, tail_s = run.result, run.trace, run.handed, run.generate_seconds, run.tail_seconds
     by_kind: dict[str, float] = {}
     by_chunk: dict[int, list[float]] = {}
     for event in trace.events:

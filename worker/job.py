@@ -514,8 +514,9 @@ def render(pipe, plan: JobPlan, inputs: JobInputs, workdir: str, progress: "Prog
         if getattr(frames, "shape", None) is None or len(frames.shape) != 4:
             raise WorkerError("INTERNAL_ERROR", "pipeline returned frames of an unexpected shape")
         # a redecode hands its frames over without keeping them; a generation returns them all too
-        made = result.num_frames if isinstance(req, schemas.RedecodeInput) else frames.shape[0]
-        if streamed not in (0, made) or (isinstance(req, schemas.RedecodeInput) and streamed != made):
+        redecode = isinstance(req, schemas.RedecodeInput)
+        made = result.num_frames if redecode else frames.shape[0]
+        if streamed not in ((made,) if redecode else (0, made)):
             raise WorkerError("INTERNAL_ERROR", f"pipeline handed over {streamed} frames but made {made}")
         if made != inputs.expected_frames:
             log.warning("job %s: pipeline made %d frames, expected %d", plan.job_id, made,
@@ -565,10 +566,7 @@ def run_job(job: dict, *, cancel_event: Optional[threading.Event] = None,
         progress.update("load", force=True)
         pipe, _ = MODELS.get(plan.models)  # once per worker
         stages.add("load", time.perf_counter() - t0)
-        if req.decoder == "fast" and getattr(pipe, "fast_decoder", None) is None:
-            reason = (getattr(pipe, "fast_decoder_info", None) or {}).get("reason", "not loaded")
-            raise WorkerError("MODEL_UNAVAILABLE", f"decoder 'fast' needs the fast decoder's weights, which "
-                                                   f"this worker does not have ({reason}); send decoder 'full'")
+        pipe.check_decoder(req.decoder)  # MODEL_UNAVAILABLE before any GPU work (the preview, the workdir)
         _check_cancel(cancel_event, "generation")
 
         workdir = tempfile.mkdtemp(prefix="worldplay-", dir=os.environ.get("WORLDPLAY_TMPDIR"))

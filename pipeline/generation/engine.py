@@ -461,9 +461,10 @@ class WorldPlayPipeline:
                 raise PipelineError(f"resolution {request.resolution!r} is for new worlds; a continuation renders "
                                     "480p")
             check_sr_frames(request.camera.num_frames)
-        self._check_decoder(request.decoder)
+        self.check_decoder(request.decoder)
 
-    def _check_decoder(self, decoder: str) -> None:
+    def check_decoder(self, decoder: str) -> None:
+        """`decoder` is one this pipeline can decode with: ModelUnavailableError for "fast" without its weights."""
         if decoder not in DECODERS:
             raise PipelineError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         if decoder == "fast" and self.fast_decoder is None:
@@ -480,11 +481,8 @@ class WorldPlayPipeline:
             choice = "fast"
         return "fast" if choice == "fast" and self.fast_decoder is not None else "full"
 
-    def _fast_model(self, request: GenerationRequest):
-        """The tiny decoder model when `request` asks for it (validated), else None (the VAE decodes)."""
-        return self._fast_model_for(request.decoder)
-
-    def _fast_model_for(self, decoder: str):
+    def _fast_model(self, decoder: str):
+        """The tiny decoder model when `decoder` is "fast" (validated), else None (the VAE decodes)."""
         return self.fast_decoder if decoder == "fast" else None
 
     def _validate_continuation(self, request: GenerationRequest) -> None:
@@ -576,10 +574,10 @@ class WorldPlayPipeline:
                                     "generate on its own")
             if not super_resolve:
                 chunks = ChunkFrames(self.vae, timer, on_frames, during_denoise=self.decode_during_denoise,
-                                     history_latents=past, keep=True, fast_model=self._fast_model(request))
+                                     history_latents=past, keep=True, fast_model=self._fast_model(request.decoder))
             elif on_preview_frames is not None:  # 480p frames for the preview only, never kept
                 chunks = ChunkFrames(self.vae, timer, on_preview_frames, during_denoise=True, history_latents=past,
-                                     keep=False, fallback=False, fast_model=self._fast_model(request))
+                                     keep=False, fallback=False, fast_model=self._fast_model(request.decoder))
         world = self._world(
             model=request.model, seed=int(request.seed), prompt=request.prompt, negative_prompt=request.negative_prompt,
             steps=request.steps, guidance=request.guidance, image=request.image, history=history, timer=timer,
@@ -658,7 +656,7 @@ class WorldPlayPipeline:
                                   byt5=positive.byt5, byt5_mask=positive.byt5_mask, vision=vision,
                                   seed=int(request.seed), callback=step_done, should_cancel=progress.should_cancel)
         with timer.stage("decode_720p"):  # chunk by chunk, each turned into uint8 at once (bounded memory)
-            fast = self._fast_model(request)
+            fast = self._fast_model(request.decoder)
             decoder = FastVideoDecoder(fast) if fast is not None else CausalVAEDecoder(self.vae)
             step = AR_CHUNK_LATENTS
             pieces = [comp.frames_to_uint8(decoder.decode(latents[:, :, start:start + step]))
@@ -703,7 +701,7 @@ class WorldPlayPipeline:
         result describes the state's world (seed, model, steps); it carries no new state. With `on_frames`
         and ``keep_frames=False`` the frames are only handed over: ``result.frames`` is empty and
         ``result.num_frames`` counts them (a 1024-latent session is 4093 frames, ~5 GB at 848x480)."""
-        self._check_decoder(decoder)
+        self.check_decoder(decoder)
         if self.vae is None:
             raise PipelineError("this pipeline was loaded without a VAE (a follower rank): it cannot decode")
         self.use_cpu_threads()
@@ -718,7 +716,7 @@ class WorldPlayPipeline:
             if on_frames is not None:
                 on_frames(frames)
 
-        frames = decode_state(state, self.vae, hand_over, fast_model=self._fast_model_for(decoder), timer=timer,
+        frames = decode_state(state, self.vae, hand_over, fast_model=self._fast_model(decoder), timer=timer,
                               should_cancel=should_cancel, keep=keep_frames)
         return GenerationResult(frames=frames, width=frames.shape[2], height=frames.shape[1],
                                 num_frames=count, seed=int(state.seed), mode=state.mode,
@@ -737,14 +735,14 @@ class WorldPlayPipeline:
                                         f"(loaded: {', '.join(self.models)})")
         if request.steps < 1:
             raise PipelineError("num_inference_steps must be at least 1")
-        self._check_decoder(request.decoder)
+        self.check_decoder(request.decoder)
         if request.history is not None:
             self._check_state(request.history, request.model, new_latents=0)
         timer = _Timer(self.device)
         past = request.history.num_latents if request.history is not None else 0
         # a live world hands every chunk's frames back from its step: no decoding later
         chunks = ChunkFrames(self.vae, timer, None, during_denoise=True, history_latents=past, keep=False,
-                             fallback=False, fast_model=self._fast_model(request))
+                             fallback=False, fast_model=self._fast_model(request.decoder))
         return self._world(model=request.model, seed=int(request.seed), prompt=request.prompt,
                            negative_prompt=request.negative_prompt, steps=request.steps, guidance=request.guidance,
                            image=request.image, history=request.history, timer=timer, frames=chunks,

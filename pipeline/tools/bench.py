@@ -334,21 +334,33 @@ def pose_for(mode: str, frames: int) -> str:
     return f"w-{latents - 1}"
 
 
-def run_one(pipe: WorldPlayPipeline, mode: str, frames: int, width: int, height: int, steps: int | None,
-            guidance: float | None, out_dir: Path, prompt: str = PROMPT, ranks: int = 1) -> dict:
+@dataclass
+class TimedRun:
+    """One timed ``pipe.generate`` (:func:`timed_generate`)."""
+
+    result: object  # GenerationResult
+    trace: Trace  # the DiT passes
+    handed: list[tuple[float, int]]  # (seconds since start, frames) per chunk handed over
+    generate_seconds: float
+    tail_seconds: float | None  # what the H.264 writer still took after generate returned (None: no writer)
+    encode_seconds: float | None  # the writer's whole encoding time (beside generation)
+
+
+def timed_generate(pipe: WorldPlayPipeline, request: GenerationRequest, writer_path: Path | None = None) -> TimedRun:
+    """``pipe.generate`` with a pass trace, each chunk handed to a background H.264 writer as the worker does
+    (when `writer_path` is given and PyAV is installed; a bare GPU box times the model only)."""
     import importlib.util
 
     Mp4Writer = None
-    if importlib.util.find_spec("av") is not None:  # PyAV missing (a bare GPU box): time the model only
+    if writer_path is not None and importlib.util.find_spec("av") is not None:
         from pipeline.video import Mp4Writer
 
     device = pipe.device
     if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(device)
+        torch.cuda.synchronize(device)
     trace = Trace(device)
-    handed: list[tuple[float, int]] = []  # (seconds since start, frames) per chunk handed over
-    writer = Mp4Writer(out_dir / f"bench_{mode}.mp4", fps=24, background=True) if Mp4Writer else None
+    handed: list[tuple[float, int]] = []
+    writer = Mp4Writer(writer_path, fps=24, background=True) if Mp4Writer else None
     started = time.perf_counter()
 
     def on_frames(frames_np: np.ndarray) -> None:
@@ -356,10 +368,6 @@ def run_one(pipe: WorldPlayPipeline, mode: str, frames: int, width: int, height:
         if writer is not None:
             writer.write(frames_np)  # H.264 on a background thread while the next chunk denoises
 
-    request = GenerationRequest(
-        prompt=prompt, image=demo_image(width, height), camera=parse_pose(pose_for(mode, frames)), mode=mode,
-        num_inference_steps=steps or BENCH_DEFAULTS[mode]["steps"], guidance_scale=guidance, seed=42,
-    )
     with writer if writer is not None else nullcontext():  # a failed run aborts the writer
         result = pipe.generate(request, on_frames=on_frames, trace=trace)
         generate_s = time.perf_counter() - started
@@ -367,6 +375,20 @@ def run_one(pipe: WorldPlayPipeline, mode: str, frames: int, width: int, height:
         if writer is not None:
             writer.close()
         tail_s = time.perf_counter() - t0 if writer is not None else None
+    return TimedRun(result, trace, handed, generate_s, tail_s, writer.encode_seconds if writer is not None else None)
+
+
+def run_one(pipe: WorldPlayPipeline, mode: str, frames: int, width: int, height: int, steps: int | None,
+            guidance: float | None, out_dir: Path, prompt: str = PROMPT, ranks: int = 1) -> dict:
+    device = pipe.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    request = GenerationRequest(
+        prompt=prompt, image=demo_image(width, height), camera=parse_pose(pose_for(mode, frames)), mode=mode,
+        num_inference_steps=steps or BENCH_DEFAULTS[mode]["steps"], guidance_scale=guidance, seed=42,
+    )
+    run = timed_generate(pipe, request, out_dir / f"bench_{mode}.mp4")
+    result, trace, handed, generate_s, tail_s = run.result, run.trace, run.handed, run.generate_seconds, run.tail_seconds
 
     config = next(iter(pipe.transformers.values())).config
     per_kind: dict[str, float] = defaultdict(float)
@@ -396,7 +418,7 @@ def run_one(pipe: WorldPlayPipeline, mode: str, frames: int, width: int, height:
         "sequence_parallel": ranks,
         "generate_seconds": round(generate_s, 3),
         # H.264 runs beside generation; what the job still waits for after the last frame is the tail
-        "h264_encode_seconds": round(writer.encode_seconds, 3) if writer is not None else None,
+        "h264_encode_seconds": round(run.encode_seconds, 3) if run.encode_seconds is not None else None,
         "h264_tail_seconds": round(tail_s, 3) if tail_s is not None else None,
         "total_seconds": round(generate_s + (tail_s or 0.0), 3),
         "time_to_first_frames_seconds": round(handed[0][0], 3) if handed else None,
