@@ -31,6 +31,13 @@ def default_rope_axes(head_dim: int) -> tuple[int, int, int]:
     return (t, hw, hw)
 
 
+
+def layer_count(shapes, prefix: str) -> int:
+    """How many numbered layers ``<prefix><n>.`` a checkpoint's tensor names hold (highest index + 1)."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    found = {int(m.group(1)) for k in shapes for m in [pattern.match(k)] if m}
+    return max(found) + 1 if found else 0
+
 @dataclass(frozen=True)
 class WorldPlayConfig:
     """Shape of the HunyuanVideo-1.5 480p i2v DiT with the WorldPlay action additions."""
@@ -131,11 +138,6 @@ class WorldPlayConfig:
                 raise CheckpointError(f"checkpoint has no tensor {key!r}; is this a WorldPlay transformer?")
             return tuple(shapes[key])
 
-        def count(prefix: str) -> int:
-            pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
-            found = {int(m.group(1)) for k in shapes for m in [pattern.match(k)] if m}
-            return max(found) + 1 if found else 0
-
         hidden, in_ch = shape("img_in.proj.weight")[:2]
         head_dim = shape("double_blocks.0.img_attn_q_norm.weight")[0]
         if (in_ch - 1) % 2:
@@ -143,13 +145,13 @@ class WorldPlayConfig:
         return cls(
             hidden_size=hidden,
             num_heads=hidden // head_dim,
-            num_layers=count("double_blocks."),
+            num_layers=layer_count(shapes, "double_blocks."),
             mlp_hidden_size=shape("double_blocks.0.img_mlp.fc1.weight")[0],
             latent_channels=(in_ch - 1) // 2,
             out_channels=shape("final_layer.linear.weight")[0],
             rope_axes=default_rope_axes(head_dim),
             text_dim=shape("txt_in.input_embedder.weight")[1],
-            refiner_depth=count("txt_in.individual_token_refiner.blocks."),
+            refiner_depth=layer_count(shapes, "txt_in.individual_token_refiner.blocks."),
             refiner_mlp_hidden_size=shape("txt_in.individual_token_refiner.blocks.0.mlp.fc1.weight")[0],
             byt5_dim=shape("byt5_in.layernorm.weight")[0],
             byt5_hidden_size=shape("byt5_in.fc1.weight")[0],

@@ -495,7 +495,19 @@ class VideoTokens:
     rope_start: int  # temporal RoPE position of the first latent
 
 
-class WorldPlayTransformer(nn.Module):
+class TransformerBase(nn.Module):
+    """What the WorldPlay DiT and the SR transformer share: dtype and device are those of their final layer."""
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.final_layer.linear.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.final_layer.linear.weight.device
+
+
+class WorldPlayTransformer(TransformerBase):
     def __init__(self, config: WorldPlayConfig):
         super().__init__()
         self.config = config
@@ -511,14 +523,6 @@ class WorldPlayTransformer(nn.Module):
         self.final_layer = FinalLayer(c, config.out_channels)
         # pipeline.dit.parallel.SequenceParallel when the worker runs several ranks (set by the pipeline)
         self.sequence_parallel = None
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.final_layer.linear.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.final_layer.linear.weight.device
 
     # -- conditioning
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from torch import nn
 
 from pipeline.dit.attention import attention
 from pipeline.dit.checkpoint import check_keys
-from pipeline.dit.config import WorldPlayConfig, checkpoint_shapes
+from pipeline.dit.config import WorldPlayConfig, checkpoint_shapes, layer_count
 from pipeline.dit.transformer import (
     ByT5Mapper,
     DoubleStreamBlock,
@@ -41,6 +40,7 @@ from pipeline.dit.transformer import (
     Rope,
     SingleTokenRefiner,
     TimestepEmbedder,
+    TransformerBase,
     VisionProjection,
 )
 from pipeline.errors import CheckpointError
@@ -114,11 +114,6 @@ class SRConfig:
                 raise CheckpointError(f"{source}: no tensor {key!r}; is this the SR transformer?")
             return tuple(shapes[key])
 
-        def count(prefix: str) -> int:
-            pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
-            found = {int(m.group(1)) for k in shapes for m in [pattern.match(k)] if m}
-            return max(found) + 1 if found else 0
-
         try:
             hidden, heads = int(config["hidden_size"]), int(config["heads_num"])
             in_channels = int(config["in_channels"])
@@ -135,7 +130,7 @@ class SRConfig:
                 rope_axes=tuple(int(a) for a in config.get("rope_dim_list", (16, 56, 56))),
                 rope_theta=float(config.get("rope_theta", 256)),
                 text_dim=int(config.get("text_states_dim", shape("txt_in.input_embedder.weight")[1])),
-                refiner_depth=count("txt_in.individual_token_refiner.blocks."),
+                refiner_depth=layer_count(shapes, "txt_in.individual_token_refiner.blocks."),
                 refiner_mlp_hidden_size=shape("txt_in.individual_token_refiner.blocks.0.mlp.fc1.weight")[0],
                 byt5_dim=shape("byt5_in.layernorm.weight")[0],
                 byt5_hidden_size=shape("byt5_in.fc1.weight")[0],
@@ -176,7 +171,7 @@ class SRBlock(DoubleStreamBlock):
         return img, txt
 
 
-class SRTransformer(nn.Module):
+class SRTransformer(TransformerBase):
     def __init__(self, config: SRConfig):
         super().__init__()
         self.config = config
@@ -192,14 +187,6 @@ class SRTransformer(nn.Module):
         self.cond_type_embedding = nn.Embedding(3, c)
         self.double_blocks = nn.ModuleList(SRBlock(base) for _ in range(base.num_layers))
         self.final_layer = FinalLayer(c, base.out_channels)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.final_layer.linear.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.final_layer.linear.weight.device
 
     def condition_tokens(self, text, text_mask, byt5, byt5_mask, vision, t: torch.Tensor) -> torch.Tensor:
         """[1, Lc, C]: SigLIP, valid byT5 and valid Qwen tokens (the refiner conditioned on `t`)."""
