@@ -496,7 +496,17 @@ class VideoTokens:
 
 
 class TransformerBase(nn.Module):
-    """What the WorldPlay DiT and the SR transformer share: dtype and device are those of their final layer."""
+    """What the WorldPlay DiT and the SR transformer share: their input layers under the published names, and
+    dtype and device (those of their final layer)."""
+
+    def _build_inputs(self, config: WorldPlayConfig, in_channels: int) -> None:
+        """Patch embedding, text refiner, byT5 mapper, SigLIP projection and timestep embedder, in this order."""
+        c = config.hidden_size
+        self.img_in = PatchEmbed(in_channels, c)
+        self.txt_in = SingleTokenRefiner(config)
+        self.byt5_in = ByT5Mapper(config)
+        self.vision_in = VisionProjection(config)
+        self.time_in = TimestepEmbedder(c, config.timestep_embed_dim)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -512,11 +522,7 @@ class WorldPlayTransformer(TransformerBase):
         super().__init__()
         self.config = config
         c = config.hidden_size
-        self.img_in = PatchEmbed(config.in_channels, c)
-        self.txt_in = SingleTokenRefiner(config)
-        self.byt5_in = ByT5Mapper(config)
-        self.vision_in = VisionProjection(config)
-        self.time_in = TimestepEmbedder(c, config.timestep_embed_dim)
+        self._build_inputs(config, config.in_channels)
         self.action_in = TimestepEmbedder(c, config.timestep_embed_dim)
         self.cond_type_embedding = nn.Embedding(3, c)
         self.double_blocks = nn.ModuleList(DoubleStreamBlock(config) for _ in range(config.num_layers))

@@ -33,15 +33,11 @@ from pipeline.dit.attention import attention
 from pipeline.dit.checkpoint import check_keys
 from pipeline.dit.config import WorldPlayConfig, checkpoint_shapes, layer_count
 from pipeline.dit.transformer import (
-    ByT5Mapper,
     DoubleStreamBlock,
     FinalLayer,
-    PatchEmbed,
     Rope,
-    SingleTokenRefiner,
     TimestepEmbedder,
     TransformerBase,
-    VisionProjection,
 )
 from pipeline.errors import CheckpointError
 
@@ -177,11 +173,7 @@ class SRTransformer(TransformerBase):
         self.config = config
         base = config.base
         c = base.hidden_size
-        self.img_in = PatchEmbed(config.in_channels, c)
-        self.txt_in = SingleTokenRefiner(base)
-        self.byt5_in = ByT5Mapper(base)
-        self.vision_in = VisionProjection(base)
-        self.time_in = TimestepEmbedder(c, base.timestep_embed_dim)
+        self._build_inputs(base, config.in_channels)
         if config.use_meanflow:
             self.time_r_in = TimestepEmbedder(c, base.timestep_embed_dim)
         self.cond_type_embedding = nn.Embedding(3, c)
