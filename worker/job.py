@@ -476,6 +476,7 @@ def render(pipe, plan: JobPlan, inputs: JobInputs, workdir: str, progress: "Prog
     streamed = 0
     t0 = time.perf_counter()
     super_resolve = getattr(inputs.request, "resolution", "480p") != "480p"
+    redecode = isinstance(req, schemas.RedecodeInput)  # a saved world's latents decoded again: no generation
 
     def _on_frames(chunk) -> None:
         nonlocal streamed
@@ -500,7 +501,7 @@ def render(pipe, plan: JobPlan, inputs: JobInputs, workdir: str, progress: "Prog
             writer = stack.enter_context(Mp4Writer(path, req.fps, background=True,
                                                    **live_preview.writer_options(preview)))
         should_cancel = cancel_event.is_set if cancel_event is not None else None
-        if isinstance(req, schemas.RedecodeInput):  # a saved world's latents, decoded again: no generation
+        if redecode:
             progress.update("decode", force=True)
             result = pipe.redecode(inputs.request, decoder=req.decoder, on_frames=_on_frames,
                                    should_cancel=should_cancel, keep_frames=False)  # streamed only
@@ -514,7 +515,6 @@ def render(pipe, plan: JobPlan, inputs: JobInputs, workdir: str, progress: "Prog
         if getattr(frames, "shape", None) is None or len(frames.shape) != 4:
             raise WorkerError("INTERNAL_ERROR", "pipeline returned frames of an unexpected shape")
         # a redecode hands its frames over without keeping them; a generation returns them all too
-        redecode = isinstance(req, schemas.RedecodeInput)
         made = result.num_frames if redecode else frames.shape[0]
         if streamed not in ((made,) if redecode else (0, made)):
             raise WorkerError("INTERNAL_ERROR", f"pipeline handed over {streamed} frames but made {made}")
